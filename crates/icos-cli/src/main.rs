@@ -1,0 +1,327 @@
+//! `icos`: the command-line entry point. Thin: parses arguments and calls the libraries.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "icos",
+    version,
+    about = "icos: build, run and verify Internet Computer node OS images"
+)]
+struct Cli {
+    /// Log level for diagnostics (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", env = "ICOS_LOG")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a disk image (and update package) from its recipe.
+    Build(BuildArgs),
+    /// Run images in QEMU.
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
+    /// Benchmarks (each runs a baseline in the same run and prints the ratio).
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+    /// Rebuild an image from the inputs in its manifest and compare bit for bit.
+    VerifyBuild {
+        /// The manifest.json of the build to check.
+        manifest: PathBuf,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Boot a disk image (UEFI). Serial console on the terminal unless --serial-log is given.
+    Run(VmRunArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Boot time to the SUCCESS line against the same kernel with a one-line init.
+    Boot {
+        /// An image output folder (with disk.img and manifest.json).
+        image: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct VmRunArgs {
+    disk: PathBuf,
+    /// Write the serial console to this file instead of the terminal.
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// Stop after this many seconds (exit code 2).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Exit 0 as soon as a console line matches this regular expression, then stop the VM.
+    #[arg(long)]
+    until: Option<String>,
+    /// auto (KVM if it truly works, else TCG), kvm or tcg.
+    #[arg(long, default_value = "auto")]
+    accel: String,
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Discard all writes to the disk when the VM stops.
+    #[arg(long)]
+    snapshot: bool,
+    /// Host end of the host-guest virtio-serial channel (a Unix socket).
+    #[arg(long)]
+    channel: Option<PathBuf>,
+    /// Forward a host TCP port to the guest: HOST:GUEST. Repeatable.
+    #[arg(long = "forward", value_name = "HOST:GUEST")]
+    forwards: Vec<String>,
+    /// Exit instead of rebooting when the guest reboots.
+    #[arg(long)]
+    no_reboot: bool,
+}
+
+#[derive(clap::Args)]
+struct CommonArgs {
+    /// Folder with one recipe folder per image (default: ./images, else the source tree's).
+    #[arg(long, env = "ICOS_RECIPES")]
+    recipes: Option<PathBuf>,
+    /// Cache for Debian bases (default: $ICOS_CACHE or ~/.cache/icos).
+    #[arg(long, env = "ICOS_CACHE")]
+    cache: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// guestos, hostos or setupos.
+    image: String,
+    #[arg(long)]
+    version: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Override a partition size: LABEL=SIZE (e.g. data=4G). Repeatable.
+    #[arg(long = "size", value_name = "LABEL=SIZE")]
+    sizes: Vec<String>,
+    /// SetupOS: output folder of the HostOS build to install.
+    #[arg(long)]
+    hostos: Option<PathBuf>,
+    /// SetupOS: output folder of the GuestOS build to install.
+    #[arg(long)]
+    guestos: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn recipes_root(arg: &Option<PathBuf>) -> PathBuf {
+    if let Some(p) = arg {
+        return p.clone();
+    }
+    let local = Path::new("images");
+    if local.join("guestos/recipe.toml").is_file() {
+        return local.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images")
+}
+
+fn parse_sizes(list: &[String]) -> Result<BTreeMap<String, u64>> {
+    let mut m = BTreeMap::new();
+    for s in list {
+        let (label, size) = s
+            .split_once('=')
+            .with_context(|| format!("--size {s}: expected LABEL=SIZE, e.g. data=4G"))?;
+        let bytes = disk_layout::parse_size(size).with_context(|| format!("--size {s}"))?;
+        m.insert(label.to_string(), bytes);
+    }
+    Ok(m)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Build(a) => {
+            let root = recipes_root(&a.common.recipes);
+            let dir = image_recipe::recipe_dir(root.parent().unwrap_or(Path::new(".")), &a.image)
+                .map(|_| root.join(&a.image))?;
+            let mut req = image_builder::BuildRequest::new(dir, &a.version, &a.out);
+            if let Some(c) = a.common.cache {
+                req.cache = c;
+            }
+            req.size_overrides = parse_sizes(&a.sizes)?;
+            req.hostos = a.hostos;
+            req.guestos = a.guestos;
+            let m = image_builder::build(&req)
+                .with_context(|| format!("building {} {}", a.image, a.version))?;
+            println!("{}", a.out.join("disk.img").display());
+            if m.outputs.contains_key("update.tar") {
+                println!("{}", a.out.join("update.tar").display());
+            }
+            Ok(0)
+        }
+        Cmd::Vm { cmd: VmCmd::Run(a) } => vm_run(a),
+        Cmd::Bench {
+            cmd: BenchCmd::Boot { image, runs },
+        } => {
+            let m = image_builder::BuildManifest::load(&image.join("manifest.json"))?;
+            let banner = m.image.banner();
+            let r = icos_bench::boot_benchmark(&image.join("disk.img"), banner, &m.cmdline, runs)?;
+            println!(
+                "boot {} {}: image median {:.2} s, one-line-init baseline median {:.2} s, ratio {:.2} (runs: {})",
+                m.image,
+                m.version,
+                r.image_median(),
+                r.baseline_median(),
+                r.ratio(),
+                runs
+            );
+            Ok(0)
+        }
+        Cmd::VerifyBuild { manifest, common } => {
+            let root = recipes_root(&common.recipes);
+            let cache = common
+                .cache
+                .unwrap_or_else(image_builder::default_cache_dir);
+            let report = image_builder::verify_build(&manifest, &root, &cache)
+                .with_context(|| format!("verifying {}", manifest.display()))?;
+            for c in &report.compared {
+                let bad = report.differences.iter().any(|d| &d.part == c);
+                println!("{} {c}", if bad { "DIFFERS  " } else { "identical" });
+            }
+            for d in &report.differences {
+                println!(
+                    "DIFFERS: {}: expected {} got {}",
+                    d.part, d.expected, d.actual
+                );
+            }
+            if report.identical() {
+                println!(
+                    "{} {}: rebuild is bit-for-bit identical",
+                    report.image, report.version
+                );
+                Ok(0)
+            } else {
+                bail!(
+                    "{} {}: rebuild differs in {} part(s), first: {}",
+                    report.image,
+                    report.version,
+                    report.differences.len(),
+                    report.differences[0].part
+                )
+            }
+        }
+    }
+}
+
+fn vm_run(a: VmRunArgs) -> Result<i32> {
+    use std::io::IsTerminal;
+    use std::time::Duration;
+    let accel = vm_runner::Accel::parse(&a.accel)
+        .with_context(|| format!("--accel {}: expected auto, kvm or tcg", a.accel))?;
+    let until = a
+        .until
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .context("--until is not a valid regular expression")?;
+    let scratch = std::env::temp_dir().join(format!("icos-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let on_terminal = a.serial_log.is_none();
+    let log = a
+        .serial_log
+        .clone()
+        .unwrap_or_else(|| scratch.join("serial.log"));
+    let mut cfg = vm_runner::VmConfig::new(&a.disk, &log);
+    cfg.accel = accel;
+    cfg.memory_mib = a.memory;
+    cfg.cpus = a.cpus;
+    cfg.snapshot = a.snapshot;
+    cfg.no_reboot = a.no_reboot;
+    cfg.channel_socket = a.channel.clone();
+    cfg.console_on_terminal = on_terminal;
+    cfg.cache_dir = Some(image_builder::default_cache_dir());
+    cfg.efi_vars = Some(scratch.join("efivars.fd"));
+    cfg.qmp_socket = Some(scratch.join("qmp.sock"));
+    let mut fwd = Vec::new();
+    for f in &a.forwards {
+        let (h, g) = f
+            .split_once(':')
+            .with_context(|| format!("--forward {f}: expected HOST:GUEST"))?;
+        fwd.push((
+            h.parse().with_context(|| format!("--forward {f}"))?,
+            g.parse().with_context(|| format!("--forward {f}"))?,
+        ));
+    }
+    cfg.network = Some(fwd);
+    let mut vm =
+        vm_runner::Vm::start(&cfg).with_context(|| format!("starting {}", a.disk.display()))?;
+    if !on_terminal || !std::io::stderr().is_terminal() {
+        eprintln!(
+            "icos vm: {} started ({:?}), serial console: {}",
+            a.disk.display(),
+            vm.accel(),
+            log.display()
+        );
+    }
+    let timeout = a
+        .timeout
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(u64::MAX / 4));
+    let patterns: Vec<regex::Regex> = until.into_iter().collect();
+    let outcome = vm.wait_for(&patterns, timeout)?;
+    let code = match outcome {
+        vm_runner::WaitOutcome::Matched { line, elapsed, .. } => {
+            eprintln!(
+                "icos vm: matched after {:.1} s: {line}",
+                elapsed.as_secs_f64()
+            );
+            0
+        }
+        vm_runner::WaitOutcome::Exited { status, elapsed } => {
+            if patterns.is_empty() {
+                0
+            } else {
+                eprintln!(
+                    "icos vm: QEMU exited ({status}) after {:.1} s before a line matched; last console lines:\n{}",
+                    elapsed.as_secs_f64(),
+                    vm.serial_tail(30)
+                );
+                3
+            }
+        }
+        vm_runner::WaitOutcome::TimedOut { elapsed } => {
+            eprintln!(
+                "icos vm: timed out after {:.1} s; last console lines:\n{}",
+                elapsed.as_secs_f64(),
+                vm.serial_tail(30)
+            );
+            2
+        }
+    };
+    vm.kill();
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(code)
+}

@@ -1,0 +1,946 @@
+//! Builds icos disk images and update packages from the recipes in `images/`.
+//!
+//! A build ([`build`]) goes: Debian base (debootstrap, cached under a key of its inputs) →
+//! root tree (overlays, units, release file, SBOM) → initramfs (made inside the tree with
+//! the image's own initramfs-tools) → erofs root + dm-verity hash tree → GPT disk with the
+//! root in slot A and an ESP holding systemd-boot, the slot's kernel, initrd and boot entry
+//! → update package → `manifest.json` and `SHA256SUMS`. Everything is written into a
+//! partial directory next to the output and renamed into place only when complete, so a
+//! failed build never leaves output that looks valid.
+//!
+//! [`verify_build`] rebuilds from the inputs recorded in a manifest and names every part
+//! that differs.
+//!
+//! ```no_run
+//! use image_builder::{build, BuildRequest};
+//! let req = BuildRequest::new("images/guestos", "1.0.0", "out/guestos-1.0.0");
+//! let manifest = build(&req).unwrap();
+//! println!("root hash {}", manifest.verity.root_hash);
+//! ```
+
+mod base;
+mod disk;
+pub mod progress;
+mod rootfs;
+mod rootimg;
+
+pub use rootimg::verify_root_image;
+
+use disk_layout::{Layout, LayoutError, PartitionSpec, Role};
+use image_recipe::{PartSize, Recipe, RecipeError};
+use progress::Progress;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use update_package::{ImageKind, Part, PartFiles, UpdateManifest, Verity};
+use uuid::Uuid;
+
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Free space a build needs next to its output (base copy, root image, package, disk).
+pub const MIN_FREE_BYTES: u64 = 1536 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Tool(#[from] host_tools::ToolError),
+    #[error(transparent)]
+    Esp(#[from] boot_slots::EspError),
+    #[error(transparent)]
+    Package(#[from] update_package::PackageError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("debootstrap could not build the Debian base ({suite} from {mirror}): {detail}")]
+    Debootstrap {
+        suite: String,
+        mirror: String,
+        detail: String,
+    },
+    #[error("not enough free space in {path}: a build needs at least {need_mib} MiB, {have_mib} MiB are free")]
+    NoSpace {
+        path: PathBuf,
+        need_mib: u64,
+        have_mib: u64,
+    },
+    #[error("partition `{partition}`: {what} ({need} bytes) does not fit into {size} bytes; raise its size in the recipe or with --size {partition}=...")]
+    TooSmall {
+        partition: String,
+        what: String,
+        need: u64,
+        size: u64,
+    },
+    #[error("invalid version `{0}`: use 1-64 characters from [0-9A-Za-z.+~-], e.g. 1.0.0")]
+    BadVersion(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("manifest {path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+}
+
+impl BuildError {
+    pub(crate) fn io(what: &str, path: &Path, source: std::io::Error) -> Self {
+        BuildError::Io {
+            what: what.to_string(),
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// One installed Debian package (the SBOM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+}
+
+/// Size and SHA-256 of a file or byte range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digested {
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipeRef {
+    /// Recipe folder relative to the recipes root (`images/`).
+    pub name: String,
+    pub content_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    pub key: String,
+    pub suite: String,
+    pub mirror: String,
+    pub variant: String,
+    pub debootstrap: String,
+}
+
+/// An input image of a SetupOS build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    /// Path of the input's output folder, relative to this output's parent when possible.
+    pub path: String,
+    pub version: String,
+    pub manifest_sha256: String,
+}
+
+/// `manifest.json`: what was built, from what, and the hash of every part. It holds no
+/// timestamps or machine-specific paths, so it is itself reproducible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildManifest {
+    pub format: u32,
+    pub image: ImageKind,
+    pub version: String,
+    pub builder: String,
+    pub recipe: RecipeRef,
+    pub base: BaseRef,
+    pub size_overrides: BTreeMap<String, u64>,
+    pub inputs: BTreeMap<String, InputRef>,
+    pub kernel_version: String,
+    pub cmdline: String,
+    pub boot_options: String,
+    pub verity: Verity,
+    pub layout: Layout,
+    /// vmlinuz, initrd.img, root.img, esp (the ESP partition's bytes), and for SetupOS the
+    /// config and data partitions.
+    pub parts: BTreeMap<String, Digested>,
+    /// disk.img and (GuestOS, HostOS) update.tar.
+    pub outputs: BTreeMap<String, Digested>,
+    /// The SBOM: every installed Debian package with its exact version.
+    pub packages: Vec<Package>,
+}
+
+impl BuildManifest {
+    pub fn load(path: &Path) -> Result<BuildManifest, BuildError> {
+        let text = std::fs::read_to_string(path).map_err(|e| BuildError::io("reading", path, e))?;
+        let m: BuildManifest = serde_json::from_str(&text).map_err(|e| BuildError::Manifest {
+            path: path.to_path_buf(),
+            message: format!("not a build manifest: {e}"),
+        })?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(BuildError::Manifest {
+                path: path.to_path_buf(),
+                message: format!("format {} is not the supported {MANIFEST_FORMAT}", m.format),
+            });
+        }
+        Ok(m)
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub recipe_dir: PathBuf,
+    pub version: String,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    pub size_overrides: BTreeMap<String, u64>,
+    /// SetupOS only: the HostOS and GuestOS output folders to put on the data partition.
+    pub hostos: Option<PathBuf>,
+    pub guestos: Option<PathBuf>,
+}
+
+impl BuildRequest {
+    pub fn new(recipe_dir: impl Into<PathBuf>, version: &str, out: impl Into<PathBuf>) -> Self {
+        BuildRequest {
+            recipe_dir: recipe_dir.into(),
+            version: version.to_string(),
+            out: out.into(),
+            cache: default_cache_dir(),
+            size_overrides: BTreeMap::new(),
+            hostos: None,
+            guestos: None,
+        }
+    }
+}
+
+/// `$ICOS_CACHE`, else `$XDG_CACHE_HOME/icos`, else `~/.cache/icos`: outside the checkout,
+/// so CI can keep it between runs.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("ICOS_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(p).join("icos");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/icos")
+}
+
+pub fn validate_version(v: &str) -> Result<(), BuildError> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+~-".contains(c))
+        && v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(BuildError::BadVersion(v.to_string()))
+    }
+}
+
+/// A fixed 16-byte value derived from the image identity (filesystem UUIDs, verity salt).
+fn derive(parts: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
+fn derive_uuid(parts: &[&str]) -> Uuid {
+    let d = derive(parts);
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_random_bytes(b).into_uuid()
+}
+
+/// SHA-256 and length of a byte range of a file.
+pub fn digest_range(path: &Path, start: u64, len: u64) -> Result<Digested, BuildError> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| BuildError::io("opening", path, e))?;
+    f.seek(SeekFrom::Start(start))
+        .map_err(|e| BuildError::io("seeking", path, e))?;
+    let mut r = f.take(len);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = r
+            .read(&mut buf)
+            .map_err(|e| BuildError::io("reading", path, e))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok(Digested {
+        size: n,
+        sha256: hex::encode(h.finalize()),
+    })
+}
+
+pub fn digest_file(path: &Path) -> Result<Digested, BuildError> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| BuildError::io("reading size of", path, e))?
+        .len();
+    digest_range(path, 0, len)
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// Removes a directory when dropped unless disarmed: failed builds leave nothing behind.
+struct Cleanup(Option<PathBuf>);
+impl Cleanup {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
+}
+
+fn relative_to(path: &Path, base: &Path) -> String {
+    let abs = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+    match abs.strip_prefix(&base) {
+        Ok(r) => r.display().to_string(),
+        Err(_) => abs.display().to_string(),
+    }
+}
+
+struct SetupInput {
+    name: &'static str,
+    dir: PathBuf,
+    manifest: BuildManifest,
+    manifest_sha256: String,
+}
+
+fn load_setup_input(
+    name: &'static str,
+    dir: Option<&PathBuf>,
+    kind: ImageKind,
+) -> Result<SetupInput, BuildError> {
+    let dir = dir.ok_or_else(|| {
+        BuildError::Invalid(format!(
+            "SetupOS needs --{name} <output folder of an icos build {name}>"
+        ))
+    })?;
+    let mpath = dir.join("manifest.json");
+    let manifest = BuildManifest::load(&mpath)?;
+    if manifest.image != kind {
+        return Err(BuildError::Manifest {
+            path: mpath,
+            message: format!(
+                "is a {} build, --{name} needs a {kind} build",
+                manifest.image
+            ),
+        });
+    }
+    let disk = dir.join("disk.img");
+    let want = manifest
+        .outputs
+        .get("disk.img")
+        .ok_or_else(|| BuildError::Manifest {
+            path: mpath.clone(),
+            message: "lists no disk.img".into(),
+        })?;
+    let size = std::fs::metadata(&disk)
+        .map_err(|e| BuildError::io("reading", &disk, e))?
+        .len();
+    if size != want.size {
+        return Err(BuildError::Manifest {
+            path: mpath,
+            message: format!("disk.img is {size} bytes, the manifest says {}", want.size),
+        });
+    }
+    let manifest_sha256 = digest_file(&dir.join("manifest.json"))?.sha256;
+    Ok(SetupInput {
+        name,
+        dir: dir.clone(),
+        manifest,
+        manifest_sha256,
+    })
+}
+
+/// Build an image. See the crate documentation for the steps.
+pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
+    validate_version(&req.version)?;
+    let mut recipe = Recipe::load(&req.recipe_dir)?;
+    recipe.override_sizes(&req.size_overrides)?;
+    let mut needed = vec![
+        host_tools::tools::DEBOOTSTRAP,
+        host_tools::tools::MKFS_EROFS,
+        host_tools::tools::VERITYSETUP,
+        host_tools::tools::SGDISK,
+        host_tools::tools::CHROOT,
+    ];
+    if recipe.kind == ImageKind::Setupos {
+        needed.push(host_tools::tools::ZSTD);
+    }
+    host_tools::require_all(&needed)?;
+    let setup_inputs = if recipe.kind == ImageKind::Setupos {
+        vec![
+            load_setup_input("hostos", req.hostos.as_ref(), ImageKind::Hostos)?,
+            load_setup_input("guestos", req.guestos.as_ref(), ImageKind::Guestos)?,
+        ]
+    } else {
+        if req.hostos.is_some() || req.guestos.is_some() {
+            return Err(BuildError::Invalid(
+                "--hostos and --guestos are only for building setupos".into(),
+            ));
+        }
+        Vec::new()
+    };
+
+    let out_name = req
+        .out
+        .file_name()
+        .ok_or_else(|| {
+            BuildError::Invalid(format!(
+                "output path {} has no folder name",
+                req.out.display()
+            ))
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match req.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| BuildError::io("creating output folder", &parent, e))?;
+    if let Some(have) = free_bytes(&parent) {
+        if have < MIN_FREE_BYTES {
+            return Err(BuildError::NoSpace {
+                path: parent,
+                need_mib: MIN_FREE_BYTES >> 20,
+                have_mib: have >> 20,
+            });
+        }
+    }
+    let partial = parent.join(format!(".{out_name}.partial-{}", std::process::id()));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| BuildError::io("removing", &partial, e))?;
+    }
+    std::fs::create_dir_all(&partial).map_err(|e| BuildError::io("creating", &partial, e))?;
+    let mut cleanup = Cleanup(Some(partial.clone()));
+    let work = partial.join("work");
+    std::fs::create_dir_all(&work).map_err(|e| BuildError::io("creating", &work, e))?;
+
+    let upgradable = recipe.kind != ImageKind::Setupos;
+    let total = 7;
+    let mut progress = Progress::new(&format!("{} {}", recipe.name, req.version), total);
+
+    progress.step("Debian base");
+    let base = base::ensure_base(&recipe, &req.cache, &progress)?;
+    progress.detail(&format!(
+        "{} ({} packages, {})",
+        base.key,
+        base.packages.len(),
+        if base.fresh { "debootstrap" } else { "cached" }
+    ));
+
+    progress.step("root tree");
+    let root = rootfs::copy_base(&base.rootfs, &work)?;
+    rootfs::customize(&recipe, &root, &req.version, &base.packages)?;
+
+    progress.step("initramfs");
+    let tree = rootfs::build_initramfs(&root, &work)?;
+    rootfs::strip(&recipe, &root)?;
+
+    progress.step("root filesystem (erofs + dm-verity)");
+    let root_img = work.join("root.img");
+    let kind = recipe.kind.as_str();
+    let fs_uuid = derive_uuid(&["icos-rootfs", kind, &req.version]);
+    let salt = derive(&["icos-verity-salt", kind, &req.version]);
+    let verity = rootimg::build_root_image(&root, &root_img, fs_uuid, &salt)?;
+    // The tree is no longer needed; free its space before the disk is written.
+    std::fs::remove_dir_all(&root).map_err(|e| BuildError::io("removing", &root, e))?;
+
+    let mut setup_payload = None;
+    if !upgradable {
+        progress.step("SetupOS payload (HostOS and GuestOS images)");
+        setup_payload = Some(build_setup_payload(&setup_inputs, &work, &progress)?);
+    }
+
+    progress.step("disk image");
+    let mut specs: Vec<PartitionSpec> = Vec::new();
+    for p in &recipe.partitions {
+        let size = match p.size {
+            PartSize::Fixed(s) => s,
+            PartSize::Auto => {
+                let payload = setup_payload
+                    .as_ref()
+                    .expect("auto size only for SetupOS data");
+                let len = std::fs::metadata(payload)
+                    .map_err(|e| BuildError::io("reading", payload, e))?
+                    .len();
+                (len + (1 << 20)).div_ceil(disk_layout::ALIGN) * disk_layout::ALIGN
+            }
+        };
+        specs.push(p.spec(size));
+    }
+    let layout = Layout::compute(recipe.disk_guid, specs)?;
+    let disk_img = partial.join("disk.img");
+    layout.create_sparse(&disk_img)?;
+    layout.write_gpt(&disk_img)?;
+    let root_role = if upgradable {
+        Role::Root(disk::BUILT_SLOT)
+    } else {
+        Role::SetupRoot
+    };
+    let root_part = layout.by_role(root_role).expect("validated recipe").clone();
+    disk::write_into_partition(&disk_img, &root_part, &root_img)?;
+    let var_part = upgradable.then(|| {
+        layout
+            .by_role(Role::Var(disk::BUILT_SLOT))
+            .expect("validated recipe")
+            .clone()
+    });
+
+    let mut parts = BTreeMap::new();
+    let vmlinuz = digest_file(&tree.vmlinuz)?;
+    let initrd = digest_file(&tree.initrd)?;
+    let rootd = digest_file(&root_img)?;
+    let manifest_parts = vec![
+        Part {
+            name: "vmlinuz".into(),
+            size: vmlinuz.size,
+            sha256: vmlinuz.sha256.clone(),
+        },
+        Part {
+            name: "initrd.img".into(),
+            size: initrd.size,
+            sha256: initrd.sha256.clone(),
+        },
+        Part {
+            name: "root.img".into(),
+            size: rootd.size,
+            sha256: rootd.sha256.clone(),
+        },
+    ];
+    let update_manifest = UpdateManifest {
+        format: update_package::FORMAT,
+        kind: recipe.kind,
+        version: req.version.clone(),
+        cmdline: recipe.kernel.cmdline.clone(),
+        kernel_version: tree.kernel_version.clone(),
+        verity: verity.clone(),
+        parts: manifest_parts,
+    };
+    let slot_str = disk::BUILT_SLOT.as_str();
+    let boot_options = update_manifest.boot_options(
+        upgradable.then_some(slot_str),
+        &root_part.spec.guid.to_string(),
+        var_part
+            .as_ref()
+            .map(|p| p.spec.guid.to_string())
+            .as_deref(),
+    );
+    let title = format!("icos {} {}", recipe.kind, req.version);
+    let entry =
+        boot_slots::BootEntry::new(disk::BUILT_SLOT, 1, &title, &req.version, &boot_options);
+    let volume_id = u32::from_le_bytes(
+        derive(&["icos-esp", kind])[..4]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    disk::write_esp(
+        &disk_img,
+        &layout,
+        &disk::EspContent {
+            bootloader: &tree.bootloader,
+            vmlinuz: &tree.vmlinuz,
+            initrd: &tree.initrd,
+            entry,
+            volume_id,
+        },
+    )?;
+    if let (Some(cfg_dir), Some(payload)) = (&recipe.setup_config_dir, &setup_payload) {
+        let cfg = layout
+            .by_role(Role::SetupConfig)
+            .expect("validated")
+            .clone();
+        let cfg_id = u32::from_le_bytes(
+            derive(&["icos-config", kind])[..4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        disk::write_fat_partition(&disk_img, &cfg, "CONFIG", cfg_id, cfg_dir)?;
+        parts.insert(
+            "config".to_string(),
+            digest_range(&disk_img, cfg.start, cfg.size())?,
+        );
+        let data = layout.by_role(Role::SetupData).expect("validated").clone();
+        disk::write_into_partition(&disk_img, &data, payload)?;
+        parts.insert(
+            "data".to_string(),
+            digest_range(&disk_img, data.start, data.size())?,
+        );
+    }
+    let esp_part = layout.by_role(Role::Esp).expect("validated");
+    parts.insert(
+        "esp".to_string(),
+        digest_range(&disk_img, esp_part.start, esp_part.size())?,
+    );
+    parts.insert("vmlinuz".to_string(), vmlinuz);
+    parts.insert("initrd.img".to_string(), initrd);
+    parts.insert("root.img".to_string(), rootd);
+
+    let mut outputs = BTreeMap::new();
+    if upgradable {
+        progress.step("update package");
+        let pkg = partial.join("update.tar");
+        update_package::write_package(
+            &pkg,
+            &update_manifest,
+            &PartFiles {
+                vmlinuz: tree.vmlinuz.clone(),
+                initrd: tree.initrd.clone(),
+                root: root_img.clone(),
+            },
+        )?;
+        outputs.insert("update.tar".to_string(), digest_file(&pkg)?);
+    }
+
+    progress.step("checksums and manifest");
+    outputs.insert("disk.img".to_string(), digest_file(&disk_img)?);
+    let inputs = setup_inputs
+        .iter()
+        .map(|i| {
+            (
+                i.name.to_string(),
+                InputRef {
+                    path: relative_to(&i.dir, &parent),
+                    version: i.manifest.version.clone(),
+                    manifest_sha256: i.manifest_sha256.clone(),
+                },
+            )
+        })
+        .collect();
+    let manifest = BuildManifest {
+        format: MANIFEST_FORMAT,
+        image: recipe.kind,
+        version: req.version.clone(),
+        builder: format!("icos image-builder {}", env!("CARGO_PKG_VERSION")),
+        recipe: RecipeRef {
+            name: recipe.name.clone(),
+            content_hash: recipe.content_hash()?,
+        },
+        base: BaseRef {
+            key: base.key.clone(),
+            suite: recipe.base.suite.clone(),
+            mirror: recipe.base.mirror.clone(),
+            variant: recipe.base.variant.clone(),
+            debootstrap: base.debootstrap_version.clone(),
+        },
+        size_overrides: req.size_overrides.clone(),
+        inputs,
+        kernel_version: tree.kernel_version.clone(),
+        cmdline: recipe.kernel.cmdline.clone(),
+        boot_options,
+        verity,
+        layout,
+        parts,
+        outputs,
+        packages: base.packages.clone(),
+    };
+    std::fs::remove_dir_all(&work).map_err(|e| BuildError::io("removing", &work, e))?;
+    let mpath = partial.join("manifest.json");
+    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
+    std::fs::write(&mpath, json).map_err(|e| BuildError::io("writing", &mpath, e))?;
+    let mut sums = String::new();
+    let mut names: Vec<String> = manifest.outputs.keys().cloned().collect();
+    names.push("manifest.json".into());
+    names.sort();
+    for n in names {
+        let d = match manifest.outputs.get(&n) {
+            Some(d) => d.clone(),
+            None => digest_file(&partial.join(&n))?,
+        };
+        sums.push_str(&format!("{}  {n}\n", d.sha256));
+    }
+    let spath = partial.join("SHA256SUMS");
+    std::fs::write(&spath, sums).map_err(|e| BuildError::io("writing", &spath, e))?;
+
+    // Swap the finished build into place.
+    if req.out.exists() {
+        let old = parent.join(format!(".{out_name}.old-{}", std::process::id()));
+        std::fs::rename(&req.out, &old).map_err(|e| BuildError::io("moving aside", &req.out, e))?;
+        std::fs::rename(&partial, &req.out)
+            .map_err(|e| BuildError::io("moving into place", &req.out, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&partial, &req.out)
+            .map_err(|e| BuildError::io("moving into place", &req.out, e))?;
+    }
+    cleanup.disarm();
+    progress.finish(&format!("built {}", req.out.display()));
+    Ok(manifest)
+}
+
+/// SetupOS data: an erofs holding each input's disk image (zstd, sparse-friendly) and
+/// manifest, plus SHA256SUMS over them.
+fn build_setup_payload(
+    inputs: &[SetupInput],
+    work: &Path,
+    progress: &Progress,
+) -> Result<PathBuf, BuildError> {
+    let stage = work.join("setup-data");
+    std::fs::create_dir_all(&stage).map_err(|e| BuildError::io("creating", &stage, e))?;
+    let mut sums = String::new();
+    for i in inputs {
+        progress.detail(&format!(
+            "compressing {} {} disk image",
+            i.name, i.manifest.version
+        ));
+        let img = stage.join(format!("{}.img.zst", i.name));
+        let mut cmd = host_tools::tools::ZSTD.command()?;
+        cmd.arg("-q")
+            .arg("-3")
+            .arg("-T2")
+            .arg("-f")
+            .arg(i.dir.join("disk.img"))
+            .arg("-o")
+            .arg(&img);
+        host_tools::run(&mut cmd, &format!("compress the {} disk image", i.name))?;
+        let m = stage.join(format!("{}-manifest.json", i.name));
+        std::fs::copy(i.dir.join("manifest.json"), &m)
+            .map_err(|e| BuildError::io("copying", &m, e))?;
+        for f in [&img, &m] {
+            let d = digest_file(f)?;
+            sums.push_str(&format!(
+                "{}  {}\n",
+                d.sha256,
+                f.file_name().unwrap_or_default().to_string_lossy()
+            ));
+        }
+    }
+    std::fs::write(stage.join("SHA256SUMS"), sums)
+        .map_err(|e| BuildError::io("writing", &stage, e))?;
+    let out = work.join("setup-data.erofs");
+    let mut cmd = host_tools::tools::MKFS_EROFS.command()?;
+    cmd.arg("-T0")
+        .arg(format!("-U{}", derive_uuid(&["icos-setup-data"])))
+        .arg("--all-root")
+        .arg("--quiet")
+        .arg(&out)
+        .arg(&stage);
+    host_tools::run(&mut cmd, "build the SetupOS data filesystem")?;
+    Ok(out)
+}
+
+/// One part that came out differently in a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub part: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+/// Result of a rebuild-and-compare.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub image: ImageKind,
+    pub version: String,
+    pub compared: Vec<String>,
+    pub differences: Vec<Difference>,
+}
+
+impl VerifyReport {
+    pub fn identical(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+/// Rebuild the image a manifest describes and compare every part.
+///
+/// `recipes` is the recipes root (`images/`); the recipe must be unchanged since the build
+/// (its content hash is compared first). SetupOS inputs are looked up at the recorded paths.
+pub fn verify_build(
+    manifest_path: &Path,
+    recipes: &Path,
+    cache: &Path,
+) -> Result<VerifyReport, BuildError> {
+    let original = BuildManifest::load(manifest_path)?;
+    let recipe_dir = recipes.join(&original.recipe.name);
+    let recipe = Recipe::load(&recipe_dir)?;
+    let now = recipe.content_hash()?;
+    if now != original.recipe.content_hash {
+        return Err(BuildError::Manifest {
+            path: manifest_path.to_path_buf(),
+            message: format!(
+                "recipe {} changed since this build (content hash {} now, {} then): check out the sources it was built from",
+                recipe_dir.display(),
+                &now[..12],
+                &original.recipe.content_hash[..12]
+            ),
+        });
+    }
+    let out_dir = manifest_path
+        .canonicalize()
+        .map_err(|e| BuildError::io("resolving", manifest_path, e))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let parent = out_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let input = |name: &str| -> Option<PathBuf> {
+        original.inputs.get(name).map(|i| {
+            let p = PathBuf::from(&i.path);
+            if p.is_absolute() {
+                p
+            } else {
+                parent.join(p)
+            }
+        })
+    };
+    for (name, i) in &original.inputs {
+        let p = input(name).expect("listed");
+        let sha = digest_file(&p.join("manifest.json"))?.sha256;
+        if sha != i.manifest_sha256 {
+            return Err(BuildError::Manifest {
+                path: manifest_path.to_path_buf(),
+                message: format!(
+                    "input {name} at {} is not the one this build used",
+                    p.display()
+                ),
+            });
+        }
+    }
+    let scratch = parent.join(format!(".verify-{}-{}", original.image, std::process::id()));
+    let _cleanup = Cleanup(Some(scratch.clone()));
+    std::fs::create_dir_all(&scratch).map_err(|e| BuildError::io("creating", &scratch, e))?;
+    // Keep the same output folder name so relative input paths come out the same.
+    let out = scratch.join(out_dir.file_name().unwrap_or_default());
+    let req = BuildRequest {
+        recipe_dir,
+        version: original.version.clone(),
+        out: out.clone(),
+        cache: cache.to_path_buf(),
+        size_overrides: original.size_overrides.clone(),
+        hostos: input("hostos"),
+        guestos: input("guestos"),
+    };
+    let rebuilt = build(&req)?;
+    Ok(compare(&original, &rebuilt))
+}
+
+/// Compare two manifests part by part, most specific parts first.
+pub fn compare(a: &BuildManifest, b: &BuildManifest) -> VerifyReport {
+    let mut differences = Vec::new();
+    let mut compared = Vec::new();
+    compared.push("packages".to_string());
+    let pa: BTreeMap<&str, &str> = a
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    let pb: BTreeMap<&str, &str> = b
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    for (name, va) in &pa {
+        match pb.get(name) {
+            Some(vb) if vb == va => {}
+            Some(vb) => differences.push(Difference {
+                part: format!("package {name}"),
+                expected: va.to_string(),
+                actual: vb.to_string(),
+            }),
+            None => differences.push(Difference {
+                part: format!("package {name}"),
+                expected: va.to_string(),
+                actual: "absent".into(),
+            }),
+        }
+    }
+    for (name, vb) in &pb {
+        if !pa.contains_key(name) {
+            differences.push(Difference {
+                part: format!("package {name}"),
+                expected: "absent".into(),
+                actual: vb.to_string(),
+            });
+        }
+    }
+    let describe = |part: &str| match part {
+        "vmlinuz" => "kernel (vmlinuz)".to_string(),
+        "initrd.img" => "initramfs (initrd.img)".to_string(),
+        "root.img" => "root filesystem with verity tree (root.img)".to_string(),
+        "esp" => "EFI system partition".to_string(),
+        "config" => "SetupOS config partition".to_string(),
+        "data" => "SetupOS data partition".to_string(),
+        other => other.to_string(),
+    };
+    if a.verity.root_hash != b.verity.root_hash {
+        differences.push(Difference {
+            part: "verity root hash".into(),
+            expected: a.verity.root_hash.clone(),
+            actual: b.verity.root_hash.clone(),
+        });
+    }
+    compared.push("verity root hash".into());
+    for (section_a, section_b) in [(&a.parts, &b.parts), (&a.outputs, &b.outputs)] {
+        for (name, da) in section_a {
+            compared.push(describe(name));
+            match section_b.get(name) {
+                Some(db) if db == da => {}
+                Some(db) => differences.push(Difference {
+                    part: describe(name),
+                    expected: da.sha256.clone(),
+                    actual: db.sha256.clone(),
+                }),
+                None => differences.push(Difference {
+                    part: describe(name),
+                    expected: da.sha256.clone(),
+                    actual: "missing".into(),
+                }),
+            }
+        }
+    }
+    VerifyReport {
+        image: a.image,
+        version: a.version.clone(),
+        compared,
+        differences,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_checked() {
+        for ok in ["1.0.0", "1.1.0-rc1", "2024.10.1+dev"] {
+            validate_version(ok).unwrap();
+        }
+        for bad in ["", "-1", "1.0 0", "../x", &"9".repeat(65)] {
+            assert!(validate_version(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        assert_eq!(derive_uuid(&["a", "1"]), derive_uuid(&["a", "1"]));
+        assert_ne!(derive_uuid(&["a", "1"]), derive_uuid(&["a", "2"]));
+        assert_ne!(derive(&["ab", "c"]), derive(&["a", "bc"]));
+    }
+
+    #[test]
+    fn digest_range_hashes_the_range() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let r = digest_range(&p, 2, 3).unwrap();
+        assert_eq!(r.size, 3);
+        assert_eq!(r.sha256, hex::encode(Sha256::digest(b"234")));
+    }
+}

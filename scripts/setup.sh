@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs every host package icos needs to build and boot images. Idempotent:
+# a second run with everything present does no network access.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Packages from bookworm (stable). Each one is used by the image builder or the VM runner.
+STABLE_PKGS=(
+  ovmf               # UEFI firmware for QEMU
+  debootstrap        # base root filesystem from Debian packages
+  erofs-utils        # mkfs.erofs for read-only roots
+  cryptsetup-bin     # veritysetup
+  dosfstools         # mkfs.vfat for the ESP and config partitions
+  mtools             # write files into FAT images without mounting
+  gdisk              # sgdisk for GPT layouts
+  systemd-boot-efi   # the systemd-boot EFI binary
+  e2fsprogs          # mkfs.ext4
+  zstd
+  busybox-static     # one-line init for the boot-time baseline benchmark
+  cpio               # pack the baseline initramfs
+)
+# QEMU must come from backports: the preinstalled qemu-utils is from there and the
+# bookworm qemu-system conflicts with it.
+BACKPORTS_PKGS=(qemu-system-x86)
+
+missing=()
+for p in "${STABLE_PKGS[@]}" "${BACKPORTS_PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  log "all host packages present"
+  exit 0
+fi
+log "missing packages: ${missing[*]}"
+
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  log "adding the bookworm-backports apt source"
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    | $SUDO tee /etc/apt/sources.list.d/icos-backports.sources >/dev/null
+fi
+
+log "apt-get update"
+$SUDO apt-get update -q -o Dpkg::Progress-Fancy=0
+export DEBIAN_FRONTEND=noninteractive
+log "installing stable packages"
+$SUDO apt-get install -y -q --no-install-recommends "${STABLE_PKGS[@]}"
+log "installing QEMU from bookworm-backports"
+$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports "${BACKPORTS_PKGS[@]}"
+log "done"
