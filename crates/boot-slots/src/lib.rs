@@ -63,6 +63,35 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> EspError {
     move |source| EspError::Io { what, source }
 }
 
+/// Every file gets the same valid timestamp, 1980-01-01 00:00:00, so an ESP made from the same
+/// files is byte-identical. (fatfs's own fallback without a clock is "month 0, day 0", which
+/// the UEFI FAT driver rejects when systemd-boot renames an entry to count a boot try.)
+#[derive(Debug)]
+struct FixedTime;
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime {
+            date: self.get_current_date(),
+            time: fatfs::Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static FIXED_TIME: FixedTime = FixedTime;
+
 /// A Boot Loader Specification type #1 entry for one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootEntry {
@@ -262,8 +291,8 @@ impl<IO: Read + Write + Seek> Esp<IO> {
 
     /// Open an existing FAT filesystem.
     pub fn open(io: IO) -> Result<Self, EspError> {
-        // Without the chrono feature fatfs stamps every file 1980-01-01: reproducible.
-        let fs = FileSystem::new(io, FsOptions::new()).map_err(io_err("opening FAT filesystem"))?;
+        let fs = FileSystem::new(io, FsOptions::new().time_provider(&FIXED_TIME))
+            .map_err(io_err("opening FAT filesystem"))?;
         Ok(Esp { fs })
     }
 

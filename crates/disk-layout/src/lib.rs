@@ -222,7 +222,7 @@ pub fn format_size(bytes: u64) -> String {
         ("M", 1 << 20),
         ("K", 1 << 10),
     ] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{}", bytes / unit, suffix);
         }
     }
@@ -249,7 +249,7 @@ impl Layout {
             if !guids.insert(spec.guid) {
                 return Err(LayoutError::DuplicateGuid(spec.guid));
             }
-            if spec.size == 0 || spec.size % ALIGN != 0 {
+            if spec.size == 0 || !spec.size.is_multiple_of(ALIGN) {
                 return Err(LayoutError::Unaligned {
                     label: spec.label,
                     size: spec.size,

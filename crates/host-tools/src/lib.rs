@@ -53,7 +53,8 @@ impl Tool {
     }
 
     /// Full path of the program, searched in `PATH` plus the sbin directories (tools like
-    /// `sgdisk` live there and a non-root `PATH` often lacks them).
+    /// `sgdisk` live there and a non-root `PATH` often lacks them), or only in
+    /// `ICOS_TOOL_PATH` when that is set.
     pub fn locate(&self) -> Result<PathBuf, ToolError> {
         find_in_path(self.program).ok_or_else(|| ToolError::Missing {
             tool: self.program.to_string(),
@@ -68,6 +69,12 @@ impl Tool {
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
+    // ICOS_TOOL_PATH replaces the search path entirely (unusual installs, tests).
+    if let Some(p) = std::env::var_os("ICOS_TOOL_PATH") {
+        return std::env::split_paths(&p)
+            .map(|d| d.join(program))
+            .find(|p| is_executable(p));
+    }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();

@@ -1,0 +1,347 @@
+//! System tests: real images built from the recipes and booted in QEMU (TCG here).
+
+mod common;
+use common::*;
+
+fn boots_to_success(kind: &str, banner: &str) {
+    let out = image(kind);
+    let log = run_dir().join(format!("{kind}-boot.log"));
+    let success = format!("{banner} BOOT SUCCESS version={VERSION}");
+    let failure = format!("{banner} BOOT FAILURE");
+    let (i, line, t) = boot_until(&out.join("disk.img"), &log, &[&success, &failure], true);
+    assert_eq!(
+        i,
+        0,
+        "{kind} reported failure: {line}\n{}",
+        vm_runner::serial_tail(&log, 60)
+    );
+    if kind != "setupos" {
+        assert!(line.ends_with("slot=A"), "{line}");
+    }
+    eprintln!("{kind} booted to SUCCESS in {:.1} s", t.as_secs_f64());
+}
+
+#[test]
+fn guestos_boots_to_success() {
+    boots_to_success("guestos", "GUESTOS");
+}
+
+#[test]
+fn hostos_boots_to_success() {
+    boots_to_success("hostos", "HOSTOS");
+}
+
+#[test]
+fn setupos_boots_to_success() {
+    boots_to_success("setupos", "SETUPOS");
+}
+
+/// Physical byte range of a file inside an erofs image (first extent), via dump.erofs.
+fn first_extent(erofs: &std::path::Path, path: &str) -> (u64, u64) {
+    let out = std::process::Command::new("dump.erofs")
+        .arg(format!("--path={path}"))
+        .arg("-e")
+        .arg(erofs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "   0:        0..   11271 |   11271 :   55717888..  55721984 |    4096"
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("0:") {
+            let phys = t.split(':').nth(2).unwrap();
+            let range = phys.split('|').next().unwrap().trim();
+            let (a, b) = range.split_once("..").unwrap();
+            return (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+        }
+    }
+    panic!("no extent for {path} in dump.erofs output:\n{text}");
+}
+
+/// Flip one byte inside the root filesystem of a built image: the OS must not come up on
+/// the tampered data. Two places: the erofs superblock (read at mount) and the first block
+/// of /usr/lib/systemd/systemd (read when PID 1 starts).
+#[test]
+fn tampered_root_filesystem_does_not_boot() {
+    use std::os::unix::fs::FileExt;
+    let out = image("guestos");
+    let m = manifest(&out);
+    let root = m
+        .layout
+        .partitions
+        .iter()
+        .find(|p| p.spec.label == "A_root")
+        .unwrap();
+    let dir = run_dir();
+    // Extract the erofs part of the root partition to locate the systemd binary in it.
+    let disk = std::fs::File::open(out.join("disk.img")).unwrap();
+    let mut fs = vec![0u8; m.verity.hash_offset as usize];
+    disk.read_exact_at(&mut fs, root.start).unwrap();
+    let erofs = dir.join("tamper-root.erofs");
+    std::fs::write(&erofs, &fs).unwrap();
+    let (start, end) = first_extent(&erofs, "/usr/lib/systemd/systemd");
+    assert!(end > start && end <= m.verity.hash_offset);
+
+    for (name, offset) in [
+        ("superblock", 1024 + 8),
+        ("systemd", start + (end - start) / 2),
+    ] {
+        let copy = dir.join(format!("tampered-{name}.img"));
+        sparse_copy(&out.join("disk.img"), &copy);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&copy)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, root.start + offset).unwrap();
+        b[0] ^= 0x40;
+        f.write_all_at(&b, root.start + offset).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let log = dir.join(format!("tampered-{name}.log"));
+        let (i, line, _) = boot_until(
+            &copy,
+            &log,
+            &[
+                r"data block \d+ is corrupted|dm-verity device corrupted|GUESTOS BOOT FAILURE",
+                "GUESTOS BOOT SUCCESS",
+            ],
+            true,
+        );
+        assert_eq!(i, 0, "tampered ({name}) image booted: {line}");
+        eprintln!("tampered {name}: {line}");
+        let _ = std::fs::remove_file(&copy);
+    }
+}
+
+/// Two builds of the same version from the same inputs are bit-identical, and
+/// `icos verify-build` says so; a manifest that records a different root image is
+/// reported with that part's name.
+#[test]
+fn builds_are_reproducible_and_verifiable() {
+    let out = image("guestos");
+    let first = manifest(&out);
+    let again = run_dir()
+        .join("guestos-again")
+        .join(format!("guestos-{VERSION}"));
+    let req = image_builder::BuildRequest::new(recipes().join("guestos"), VERSION, &again);
+    let second = image_builder::build(&req).unwrap();
+    assert_eq!(
+        first.outputs["disk.img"], second.outputs["disk.img"],
+        "disk.img differs"
+    );
+    assert_eq!(
+        first.outputs["update.tar"], second.outputs["update.tar"],
+        "update.tar differs"
+    );
+    assert_eq!(
+        std::fs::read(out.join("manifest.json")).unwrap(),
+        std::fs::read(again.join("manifest.json")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(out.join("SHA256SUMS")).unwrap(),
+        std::fs::read(again.join("SHA256SUMS")).unwrap()
+    );
+
+    let verify = icos()
+        .arg("verify-build")
+        .arg(again.join("manifest.json"))
+        .arg("--recipes")
+        .arg(recipes())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(stdout.contains("bit-for-bit identical"), "{stdout}");
+
+    // A manifest claiming another root image: the comparison names the part.
+    let mut forged = first.clone();
+    forged.parts.get_mut("root.img").unwrap().sha256 = "00".repeat(32);
+    let report = image_builder::compare(&forged, &second);
+    assert_eq!(report.differences.len(), 1, "{:?}", report.differences);
+    assert!(report.differences[0].part.contains("root.img"));
+    std::fs::remove_dir_all(again.parent().unwrap()).unwrap();
+}
+
+/// The update package is what the upgrade engine consumes: valid, and within the size target.
+#[test]
+fn update_package_is_valid_and_small() {
+    let out = image("guestos");
+    let pkg = out.join("update.tar");
+    let m = update_package::verify_package(&pkg).unwrap();
+    assert_eq!(m.version, VERSION);
+    assert_eq!(m.kind, update_package::ImageKind::Guestos);
+    let size = std::fs::metadata(&pkg).unwrap().len();
+    assert!(size <= 150 << 20, "update package is {} MiB", size >> 20);
+    let bm = manifest(&out);
+    image_builder::verify_root_image(
+        &{
+            // root.img from the disk's A_root partition.
+            let root = bm
+                .layout
+                .partitions
+                .iter()
+                .find(|p| p.spec.label == "A_root")
+                .unwrap();
+            let p = run_dir().join("root-check.img");
+            let disk = std::fs::File::open(out.join("disk.img")).unwrap();
+            let mut buf = vec![0u8; bm.parts["root.img"].size as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&disk, &mut buf, root.start).unwrap();
+            std::fs::write(&p, buf).unwrap();
+            p
+        },
+        &bm.verity,
+    )
+    .unwrap();
+    // SHA256SUMS covers every output.
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    for f in ["disk.img", "update.tar", "manifest.json"] {
+        assert!(sums.contains(f), "{sums}");
+    }
+    // The SBOM names the kernel package with its exact version.
+    assert!(bm
+        .packages
+        .iter()
+        .any(|p| p.name.starts_with("linux-image-") && !p.version.is_empty()));
+}
+
+/// Which entry systemd-boot picks, and that it counts tries down, on the real boot loader:
+/// an entry for "slot B" that boots the same kernel and root as A but says `icos.slot=B`, so
+/// the SUCCESS line tells which entry was chosen.
+#[test]
+fn systemd_boot_follows_generations_and_counts_tries() {
+    use boot_slots::{BootEntry, EntryName, Esp};
+    use disk_layout::{Slot, Window};
+    let out = image("guestos");
+    let m = manifest(&out);
+    let esp_part = m
+        .layout
+        .partitions
+        .iter()
+        .find(|p| p.spec.label == "esp")
+        .unwrap();
+    let dir = run_dir();
+    let open_esp = |disk: &std::path::Path| {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk)
+            .unwrap();
+        Esp::open(Window::new(f, esp_part.start, esp_part.size())).unwrap()
+    };
+
+    // (tries left for the B entry, slot expected to boot)
+    for (case, tries, expect) in [("bad-b", Some(0u32), "A"), ("fresh-b", Some(2), "B")] {
+        let disk = dir.join(format!("bootcount-{case}.img"));
+        sparse_copy(&out.join("disk.img"), &disk);
+        {
+            let mut esp = open_esp(&disk);
+            let a = esp.entry_for(Slot::A).unwrap();
+            for f in ["vmlinuz", "initrd.img"] {
+                let data = esp.read_file(&format!("icos/a/{f}")).unwrap();
+                esp.write_file(&format!("icos/b/{f}"), &mut data.as_slice())
+                    .unwrap();
+            }
+            let mut b = BootEntry::new(
+                Slot::B,
+                2,
+                "test B",
+                &a.version,
+                &a.options.replace("icos.slot=A", "icos.slot=B"),
+            );
+            b.tries_left = tries;
+            b.tries_done = if tries == Some(0) { 3 } else { 0 };
+            esp.write_entry(&b).unwrap();
+            assert_eq!(
+                boot_slots::next_boot(&esp.entries().unwrap()).unwrap().slot,
+                Slot::parse(expect).unwrap()
+            );
+            esp.close().unwrap();
+        }
+        let log = dir.join(format!("bootcount-{case}.log"));
+        // Not a snapshot: systemd-boot's renaming of the entry must reach the disk.
+        let (i, line, _) = boot_until(
+            &disk,
+            &log,
+            &["GUESTOS BOOT SUCCESS", "GUESTOS BOOT FAILURE"],
+            false,
+        );
+        assert_eq!(i, 0, "{line}");
+        assert!(
+            line.ends_with(&format!("slot={expect}")),
+            "case {case}: expected slot {expect}, got: {line}"
+        );
+        let esp = open_esp(&disk);
+        let names: Vec<String> = esp.entry_files().unwrap();
+        if case == "fresh-b" {
+            let want = EntryName {
+                generation: 2,
+                slot: Slot::B,
+                tries_left: Some(1),
+                tries_done: 1,
+            }
+            .file_name();
+            assert!(
+                names.contains(&want),
+                "systemd-boot should have counted one try: {names:?}"
+            );
+        } else {
+            assert!(
+                names.contains(&"icos-2-b+0-3.conf".to_string()),
+                "{names:?}"
+            );
+        }
+        let _ = std::fs::remove_file(&disk);
+    }
+}
+
+/// A required unit that fails makes the OS print the FAILURE line naming it (and no SUCCESS).
+#[test]
+fn failing_required_unit_prints_failure() {
+    let t = run_dir().join("failing-recipe");
+    let _ = std::fs::remove_dir_all(&t);
+    std::fs::create_dir_all(&t).unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(recipes())
+        .arg(&t)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let images = t.join("images");
+    let units = images.join("guestos/files/usr/lib/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    std::fs::write(
+        units.join("icos-test-broken.service"),
+        "[Unit]\nDescription=A required service that fails\n[Service]\nType=oneshot\nExecStart=/bin/false\n",
+    )
+    .unwrap();
+    let recipe = images.join("guestos/recipe.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace(
+        "required_units = [\"local-fs.target\", \"systemd-networkd.service\"]",
+        "required_units = [\"local-fs.target\", \"systemd-networkd.service\", \"icos-test-broken.service\"]",
+    );
+    assert!(text.contains("icos-test-broken"));
+    std::fs::write(&recipe, text).unwrap();
+    let out = t.join("guestos-broken");
+    let req = image_builder::BuildRequest::new(images.join("guestos"), VERSION, &out);
+    image_builder::build(&req).unwrap();
+    let log = t.join("broken.log");
+    let (i, line, _) = boot_until(
+        &out.join("disk.img"),
+        &log,
+        &["GUESTOS BOOT FAILURE", "GUESTOS BOOT SUCCESS"],
+        true,
+    );
+    assert_eq!(
+        i, 0,
+        "a failed required unit must not report success: {line}"
+    );
+    assert!(line.contains("icos-test-broken.service"), "{line}");
+    std::fs::remove_dir_all(&t).unwrap();
+}
