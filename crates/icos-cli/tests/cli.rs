@@ -20,6 +20,22 @@ fn assert_nothing_left(parent: &Path, name: &str) {
     }
 }
 
+/// Copy the recipes, apply one text edit to the GuestOS recipe, and return a build command
+/// for the edited recipes with its output at `dst/x`.
+fn build_edited(dst: &Path, from: &str, to: &str) -> std::process::Command {
+    let images = copy_recipes(dst);
+    let recipe = images.join("guestos/recipe.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    assert!(text.contains(from), "recipe lacks {from}");
+    std::fs::write(&recipe, text.replace(from, to)).unwrap();
+    let mut cmd = icos();
+    cmd.args(["build", "guestos", "--version", "1.0.0", "--recipes"])
+        .arg(&images)
+        .arg("--out")
+        .arg(dst.join("x"));
+    cmd
+}
+
 fn copy_recipes(dst: &Path) -> std::path::PathBuf {
     let st = std::process::Command::new("cp")
         .arg("-a")
@@ -124,17 +140,7 @@ fn missing_host_tool_names_its_package() {
 #[test]
 fn recipe_naming_a_missing_file_fails_before_building() {
     let t = tempfile::tempdir().unwrap();
-    let images = copy_recipes(t.path());
-    let recipe = images.join("guestos/recipe.toml");
-    let text = std::fs::read_to_string(&recipe)
-        .unwrap()
-        .replace("\"files\"]", "\"no-such-overlay\"]");
-    std::fs::write(&recipe, text).unwrap();
-    let out = icos()
-        .args(["build", "guestos", "--version", "1.0.0", "--recipes"])
-        .arg(&images)
-        .arg("--out")
-        .arg(t.path().join("x"))
+    let out = build_edited(t.path(), "\"files\"]", "\"no-such-overlay\"]")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -149,22 +155,16 @@ fn recipe_naming_a_missing_file_fails_before_building() {
 #[test]
 fn failing_debootstrap_is_reported_and_leaves_nothing() {
     let t = tempfile::tempdir().unwrap();
-    let images = copy_recipes(t.path());
-    let recipe = images.join("guestos/recipe.toml");
-    // Port 9 (discard) on loopback: connection refused, as with no network.
-    let text = std::fs::read_to_string(&recipe)
-        .unwrap()
-        .replace("http://deb.debian.org/debian", "http://127.0.0.1:9/debian");
-    std::fs::write(&recipe, text).unwrap();
     let cache = t.path().join("cache");
-    let out = icos()
-        .env("ICOS_CACHE", &cache)
-        .args(["build", "guestos", "--version", "1.0.0", "--recipes"])
-        .arg(&images)
-        .arg("--out")
-        .arg(t.path().join("x"))
-        .output()
-        .unwrap();
+    // Port 9 (discard) on loopback: connection refused, as with no network.
+    let out = build_edited(
+        t.path(),
+        "http://deb.debian.org/debian",
+        "http://127.0.0.1:9/debian",
+    )
+    .env("ICOS_CACHE", &cache)
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let e = stderr_of(&out);
     assert!(

@@ -512,26 +512,12 @@ impl Vm {
     ) -> Result<WaitOutcome, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            for line in self.new_lines() {
-                if let Some(index) = patterns.iter().position(|p| p.is_match(&line)) {
-                    return Ok(WaitOutcome::Matched {
-                        index,
-                        line,
-                        elapsed: self.started.elapsed(),
-                    });
-                }
+            // Check for exit first, then read: what QEMU wrote last is still seen.
+            let exited = self.try_exit_status();
+            if let Some(m) = self.match_new_lines(patterns) {
+                return Ok(m);
             }
-            if let Some(status) = self.try_exit_status() {
-                // Drain what QEMU wrote last.
-                for line in self.new_lines() {
-                    if let Some(index) = patterns.iter().position(|p| p.is_match(&line)) {
-                        return Ok(WaitOutcome::Matched {
-                            index,
-                            line,
-                            elapsed: self.started.elapsed(),
-                        });
-                    }
-                }
+            if let Some(status) = exited {
                 return Ok(WaitOutcome::Exited {
                     status: status.to_string(),
                     elapsed: self.started.elapsed(),
@@ -544,6 +530,19 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    fn match_new_lines(&mut self, patterns: &[Regex]) -> Option<WaitOutcome> {
+        for line in self.new_lines() {
+            if let Some(index) = patterns.iter().position(|p| p.is_match(&line)) {
+                return Some(WaitOutcome::Matched {
+                    index,
+                    line,
+                    elapsed: self.started.elapsed(),
+                });
+            }
+        }
+        None
     }
 
     fn try_exit_status(&mut self) -> Option<ExitStatus> {
