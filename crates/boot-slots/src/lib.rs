@@ -33,6 +33,8 @@ use std::io::{self, Read, Seek, Write};
 pub const ENTRIES_DIR: &str = "loader/entries";
 pub const LOADER_CONF: &str = "loader/loader.conf";
 pub const BOOTLOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
+/// Which OS the disk holds (`{"kind":"guestos"}`), written by the image builder.
+pub const IMAGE_INFO_PATH: &str = "icos/image.json";
 
 /// Written to `loader/loader.conf`: no menu, no editor, no auto entries, newest icos entry.
 pub const LOADER_CONF_CONTENT: &str = "\
@@ -344,6 +346,12 @@ impl<IO: Read + Write + Seek> Esp<IO> {
             .root_dir()
             .remove(path)
             .map_err(io_err(format!("removing {path}")))
+    }
+
+    /// Free space in bytes.
+    pub fn free_bytes(&self) -> Result<u64, EspError> {
+        let st = self.fs.stats().map_err(io_err("reading FAT statistics"))?;
+        Ok(u64::from(st.free_clusters()) * u64::from(st.cluster_size()))
     }
 
     pub fn write_loader_conf(&mut self) -> Result<(), EspError> {

@@ -74,6 +74,8 @@ pub struct EspContent<'a> {
     pub initrd: &'a Path,
     pub entry: BootEntry,
     pub volume_id: u32,
+    /// JSON describing the image (read by the upgrade engine).
+    pub image_info: String,
 }
 
 fn open_file(p: &Path) -> Result<File, BuildError> {
@@ -95,6 +97,7 @@ pub fn write_esp(disk: &Path, layout: &Layout, c: &EspContent) -> Result<(), Bui
     esp.write_file(&BootEntry::kernel_path(slot), &mut open_file(c.vmlinuz)?)?;
     esp.write_file(&BootEntry::initrd_path(slot), &mut open_file(c.initrd)?)?;
     esp.write_entry(&c.entry)?;
+    esp.write_file(boot_slots::IMAGE_INFO_PATH, &mut c.image_info.as_bytes())?;
     esp.close()?;
     Ok(())
 }

@@ -19,11 +19,13 @@
 //! ```
 
 mod base;
+mod binary;
 mod disk;
 pub mod progress;
 mod rootfs;
 mod rootimg;
 
+pub use binary::default_source_dir;
 pub use rootimg::verify_root_image;
 
 use disk_layout::{Layout, LayoutError, PartitionSpec, Role};
@@ -191,6 +193,8 @@ pub struct BuildRequest {
     /// SetupOS only: the HostOS and GuestOS output folders to put on the data partition.
     pub hostos: Option<PathBuf>,
     pub guestos: Option<PathBuf>,
+    /// The icos source tree, to build the `icos` binary the image carries.
+    pub source: PathBuf,
 }
 
 impl BuildRequest {
@@ -203,6 +207,7 @@ impl BuildRequest {
             size_overrides: BTreeMap::new(),
             hostos: None,
             guestos: None,
+            source: default_source_dir(),
         }
     }
 }
@@ -446,9 +451,10 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
         if base.fresh { "debootstrap" } else { "cached" }
     ));
 
-    progress.step("root tree");
+    progress.step("icos binary and root tree");
+    let icos_bin = binary::build_icos(&req.source, &req.cache, &progress)?;
     let root = rootfs::copy_base(&base.rootfs, &work)?;
-    rootfs::customize(&recipe, &root, &req.version, &base.packages)?;
+    rootfs::customize(&recipe, &root, &req.version, &base.packages, &icos_bin)?;
 
     progress.step("initramfs");
     let tree = rootfs::build_initramfs(&root, &work)?;
@@ -560,6 +566,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
             initrd: &tree.initrd,
             entry,
             volume_id,
+            image_info: format!("{{\"kind\":\"{}\"}}\n", recipe.kind),
         },
     )?;
     if let (Some(cfg_dir), Some(payload)) = (&recipe.setup_config_dir, &setup_payload) {
@@ -592,6 +599,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
     parts.insert("vmlinuz".to_string(), vmlinuz);
     parts.insert("initrd.img".to_string(), initrd);
     parts.insert("root.img".to_string(), rootd);
+    parts.insert("icos".to_string(), digest_file(&icos_bin)?);
 
     let mut outputs = BTreeMap::new();
     if upgradable {
@@ -826,6 +834,7 @@ pub fn verify_build(
         size_overrides: original.size_overrides.clone(),
         hostos: input("hostos"),
         guestos: input("guestos"),
+        source: default_source_dir(),
     };
     let rebuilt = build(&req)?;
     Ok(compare(&original, &rebuilt))
@@ -877,6 +886,7 @@ pub fn compare(a: &BuildManifest, b: &BuildManifest) -> VerifyReport {
         "esp" => "EFI system partition".to_string(),
         "config" => "SetupOS config partition".to_string(),
         "data" => "SetupOS data partition".to_string(),
+        "icos" => "icos binary (/usr/bin/icos)".to_string(),
         other => other.to_string(),
     };
     if a.verity.root_hash != b.verity.root_hash {

@@ -92,9 +92,27 @@ pub fn customize(
     root: &Path,
     version: &str,
     packages: &[Package],
+    icos_bin: &Path,
 ) -> Result<(), BuildError> {
     for overlay in &recipe.overlay_dirs {
         apply_overlay(overlay, root)?;
+    }
+    let dest = root.join("usr/bin/icos");
+    std::fs::copy(icos_bin, &dest)
+        .map_err(|e| BuildError::io("copying the icos binary to", &dest, e))?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| BuildError::io("chmod", &dest, e))?;
+    if let Some(h) = &recipe.health {
+        let json = serde_json::json!({
+            "required_units": recipe.boot.required_units,
+            "command": h.command,
+            "url": h.url,
+            "deadline_secs": h.deadline_secs,
+        });
+        write(
+            &root.join("usr/lib/icos/health.json"),
+            &(serde_json::to_string_pretty(&json).expect("json") + "\n"),
+        )?;
     }
     let banner = recipe.kind.banner();
     write(

@@ -74,6 +74,18 @@ pub struct Boot {
     pub required_units: Vec<String>,
 }
 
+/// The health gate for confirming a new version after its first boot (upgradable images).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// A shell command that must exit 0.
+    pub command: Option<String>,
+    /// A URL that must answer 2xx.
+    pub url: Option<String>,
+    /// How long a trial boot may take to become healthy before it is rolled back.
+    pub deadline_secs: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Kernel {
@@ -123,6 +135,7 @@ struct RawRecipe {
     kernel: Kernel,
     initramfs: Initramfs,
     setup: Option<Setup>,
+    health: Option<Health>,
     disk: RawDisk,
 }
 
@@ -170,6 +183,8 @@ pub struct Recipe {
     pub boot: Boot,
     pub kernel: Kernel,
     pub initramfs: Initramfs,
+    /// Upgradable images: how a new version proves it is healthy.
+    pub health: Option<Health>,
     /// SetupOS: folder whose files go onto the FAT config partition.
     pub setup_config_dir: Option<PathBuf>,
     pub disk_guid: Uuid,
@@ -310,6 +325,19 @@ impl Recipe {
             (None, _) => None,
         };
 
+        match (&raw.health, raw.kind) {
+            (None, ImageKind::Guestos | ImageKind::Hostos) => {
+                return Err(invalid("upgradable images need a [health] section".into()))
+            }
+            (Some(_), ImageKind::Setupos) => {
+                return Err(invalid("[health] is only for upgradable images".into()))
+            }
+            (Some(h), _) if h.deadline_secs == 0 => {
+                return Err(invalid("health.deadline_secs must be above 0".into()))
+            }
+            _ => {}
+        }
+
         let mut partitions = Vec::new();
         for p in &raw.disk.partitions {
             let role = role_of(p).ok_or_else(|| {
@@ -402,6 +430,7 @@ impl Recipe {
             boot: raw.boot,
             kernel: raw.kernel,
             initramfs: raw.initramfs,
+            health: raw.health,
             setup_config_dir,
             disk_guid: raw.disk.guid,
             partitions,

@@ -136,3 +136,278 @@ pub fn boot_until(
         ),
     }
 }
+
+/// The test agent overlay (a command runner on the virtio-serial port; test images only).
+pub fn test_agent_overlay() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-agent")
+}
+
+/// Build a GuestOS test image: the real recipe plus the test agent overlay, with optional
+/// text edits to recipe.toml. Built once per test run and name/version.
+pub fn test_image(name: &str, version: &str, edits: &[(&str, &str)]) -> PathBuf {
+    let dir = run_dir();
+    let out = dir.join(format!("test-{name}-{version}"));
+    let lock = File::create(dir.join(format!("test-{name}-{version}.lock"))).unwrap();
+    lock.lock().unwrap();
+    if out.join("manifest.json").is_file() {
+        return out;
+    }
+    let recipes_copy = dir.join(format!("recipes-{name}-{version}"));
+    let _ = std::fs::remove_dir_all(&recipes_copy);
+    std::fs::create_dir_all(&recipes_copy).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(recipes())
+        .arg(&recipes_copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let recipe = recipes_copy.join("images/guestos/recipe.toml");
+    let mut text = std::fs::read_to_string(&recipe).unwrap();
+    let overlay = test_agent_overlay();
+    text = text.replacen(
+        "overlays = [\"../common/files\", \"files\"]",
+        &format!(
+            "overlays = [\"../common/files\", \"files\", \"{}\"]",
+            overlay.display()
+        ),
+        1,
+    );
+    text = text.replacen("enable = [", "enable = [\"icos-test-agent.service\", ", 1);
+    for (from, to) in edits {
+        assert!(text.contains(from), "recipe lacks `{from}`");
+        text = text.replacen(from, to, 1);
+    }
+    std::fs::write(&recipe, text).unwrap();
+    let req = BuildRequest::new(recipes_copy.join("images/guestos"), version, &out);
+    image_builder::build(&req)
+        .unwrap_or_else(|e| panic!("building test image {name} {version}: {e}"));
+    out
+}
+
+pub fn sha256_of(path: &Path) -> String {
+    update_package::hash_file(path).unwrap().0
+}
+
+/// A small HTTP/1.1 file server for packages: GET with Range support, optional throttling.
+pub struct HttpServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpServer {
+    /// Serve `files` (URL path → file). `bytes_per_sec` throttles every response.
+    pub fn start(files: Vec<(&str, PathBuf)>, bytes_per_sec: Option<u64>) -> HttpServer {
+        use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let files: std::collections::HashMap<String, PathBuf> =
+            files.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        std::thread::spawn(move || {
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let (conn, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                let files = files.clone();
+                let stop3 = stop2.clone();
+                std::thread::spawn(move || {
+                    conn.set_nonblocking(false).unwrap();
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    let mut range_start = 0u64;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                            range_start = v.trim().trim_end_matches('-').parse().unwrap_or(0);
+                        }
+                    }
+                    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let mut w = conn;
+                    let Some(file) = files.get(&path) else {
+                        let _ = w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        return;
+                    };
+                    let mut f = File::open(file).unwrap();
+                    let len = f.metadata().unwrap().len();
+                    let head = if range_start > 0 {
+                        format!(
+                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nConnection: close\r\n\r\n",
+                            len - range_start, range_start, len - 1, len
+                        )
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                        )
+                    };
+                    if w.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    f.seek(SeekFrom::Start(range_start)).unwrap();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let started = std::time::Instant::now();
+                    let mut sent = 0u64;
+                    loop {
+                        if stop3.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        let n = f.read(&mut buf).unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        if w.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        sent += n as u64;
+                        if let Some(bps) = bytes_per_sec {
+                            let due = Duration::from_secs_f64(sent as f64 / bps as f64);
+                            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        HttpServer { port, stop }
+    }
+
+    /// URL of a path as the guest sees the host (QEMU user networking).
+    pub fn guest_url(&self, path: &str) -> String {
+        format!("http://10.0.2.2:{}{path}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Client of the test agent on the VM's virtio-serial channel.
+pub struct Agent {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+    next_id: u64,
+}
+
+impl Agent {
+    /// Connect and wait until the agent answers (it starts late in the boot).
+    pub fn connect(sock: &Path) -> Agent {
+        let stream = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        let mut a = Agent {
+            reader: std::io::BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            // Distinct per connection, so answers to an earlier connection's requests
+            // (buffered while the guest was booting) are never taken for ours.
+            next_id: u64::from(std::process::id()) * 1_000_000 + rand_suffix(),
+        };
+        for _ in 0..60 {
+            if let Some((0, out)) = a.try_run("echo agent-ready", Duration::from_secs(2)) {
+                if out.contains("agent-ready") {
+                    return a;
+                }
+            }
+        }
+        panic!(
+            "the test agent in the VM did not answer on {}",
+            sock.display()
+        );
+    }
+
+    fn try_run(&mut self, cmd: &str, timeout: Duration) -> Option<(i32, String)> {
+        use std::io::{BufRead, Write};
+        self.next_id += 1;
+        let id = self.next_id;
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
+        writeln!(self.writer, "{id} {cmd}").ok()?;
+        let marker = format!("__ICOS_RC={id}=");
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let t = line.trim_end();
+            if let Some(rc) = t.strip_prefix(&marker) {
+                return Some((rc.parse().unwrap_or(-1), out));
+            }
+            if t.starts_with("__ICOS_RC=") {
+                // The answer to an older request: drop it and its output.
+                out.clear();
+                continue;
+            }
+            out.push_str(&line);
+        }
+    }
+
+    /// Wait until the VM's network is configured (DHCP from QEMU's user network).
+    pub fn wait_online(&mut self) {
+        let (rc, out) = self.run(
+            "/lib/systemd/systemd-networkd-wait-online --timeout=120",
+            Duration::from_secs(150),
+        );
+        assert_eq!(rc, 0, "the VM's network did not come up: {out}");
+    }
+
+    /// Run a shell command in the VM; returns (exit code, output).
+    pub fn run(&mut self, cmd: &str, timeout: Duration) -> (i32, String) {
+        self.try_run(cmd, timeout)
+            .unwrap_or_else(|| panic!("no answer from the VM to `{cmd}` within {timeout:?}"))
+    }
+
+    /// Send a command without waiting for its answer.
+    pub fn send(&mut self, cmd: &str) {
+        use std::io::Write;
+        self.next_id += 1;
+        writeln!(self.writer, "{} {cmd}", self.next_id).unwrap();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_micros() as u64
+}
+
+/// A VM with the host-guest channel, started on a disk (not a snapshot: upgrades persist).
+pub fn start_vm(disk: &Path, name: &str) -> (Vm, PathBuf, PathBuf) {
+    let dir = run_dir();
+    let log = dir.join(format!("{name}.log"));
+    let sock = dir.join(format!("{name}.sock"));
+    let mut cfg = VmConfig::new(disk, &log);
+    cfg.channel_socket = Some(sock.clone());
+    cfg.cache_dir = Some(image_builder::default_cache_dir());
+    cfg.efi_vars = Some(dir.join(format!("{name}.efivars.fd")));
+    let vm = Vm::start(&cfg).unwrap();
+    (vm, log, sock)
+}
+
+/// Wait for a console line; on anything else fail with the serial log.
+pub fn expect_line(vm: &mut Vm, log: &Path, pattern: &str, timeout: Duration) -> String {
+    let re = regex::Regex::new(pattern).unwrap();
+    match vm.wait_for(&[re], timeout).unwrap() {
+        WaitOutcome::Matched { line, .. } => line,
+        other => panic!(
+            "waiting for `{pattern}`: {other:?}\n--- serial log tail ---\n{}",
+            vm_runner::serial_tail(log, 60)
+        ),
+    }
+}

@@ -1,0 +1,1265 @@
+//! The engine proper: one node disk (a disk image file or the running system's disk), its
+//! slots, its ESP, and the operations install → activate → confirm / rollback.
+
+use crate::health::HealthCheck;
+use crate::state::{
+    self, Confirmed, ImageInfo, InProgress, InstallResult, Installed, Pending, Rollback, State,
+};
+use crate::verity::{self, Level0, VerityError};
+use boot_slots::{next_boot, BootEntry, EntryName, Esp, EspError, ENTRIES_DIR};
+use disk_layout::{FoundPartition, Slot, Window};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use update_package::{ImageKind, PackageError, UpdateManifest, MAX_MANIFEST_BYTES};
+
+/// Copy buffer for streaming parts; with the tar reader's and fatfs's small buffers, the
+/// engine's memory stays within a few MiB whatever the package size.
+const CHUNK: usize = 1 << 20;
+/// Durability points while writing a root image (also crash-test cut points).
+const SYNC_EVERY: u64 = 32 << 20;
+/// Bytes wiped at each end of a slot's /var (filesystem signatures live there).
+const VAR_WIPE: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Esp(#[from] EspError),
+    #[error(transparent)]
+    Layout(#[from] disk_layout::LayoutError),
+    #[error("this disk has no partition `{0}`; it is not an icos A/B disk")]
+    MissingPartition(String),
+    #[error("the running system's disk could not be found: {0}")]
+    NoRunningDisk(String),
+    #[error("the running slot {slot} is not confirmed yet (entry {entry}): confirm or roll back before installing")]
+    NotConfirmed { slot: Slot, entry: String },
+    #[error("slot {0} has no boot entry: the disk has nothing to run")]
+    NoEntry(Slot),
+    #[error("refusing to write slot {0}: it is the running slot")]
+    RunningSlot(Slot),
+    #[error("package is for {package}, this disk runs {node}")]
+    WrongKind { package: ImageKind, node: ImageKind },
+    #[error("update package: {0}")]
+    Package(#[from] PackageError),
+    #[error("update package is truncated: it ended after {bytes} bytes, while reading {what}")]
+    Truncated { bytes: u64, what: String },
+    #[error("update package is larger than {limit} bytes, more than this disk's slot can hold; refusing to read further")]
+    Oversized { limit: u64 },
+    #[error("update package SHA-256 is {actual}, expected {expected}")]
+    PackageHash { expected: String, actual: String },
+    #[error("update package part {part}: {detail}")]
+    Part { part: String, detail: String },
+    #[error("{what} needs {need} bytes, partition `{partition}` has {have}")]
+    NoRoom {
+        what: String,
+        partition: String,
+        need: u64,
+        have: u64,
+    },
+    #[error(transparent)]
+    Verity(#[from] VerityError),
+    #[error("nothing is installed in slot {0} to activate (run `icos upgrade install` first)")]
+    NothingInstalled(Slot),
+    #[error("cannot roll back: slot {slot} {why}")]
+    NoFallback { slot: Slot, why: String },
+    #[error("another icos upgrade operation is running on {0}")]
+    Busy(PathBuf),
+    #[error("the state file {0} is not valid JSON: {1}")]
+    State(String, String),
+}
+
+fn io_err(what: impl Into<String>, path: &Path) -> impl FnOnce(io::Error) -> EngineError {
+    let what = what.into();
+    let path = path.to_path_buf();
+    move |source| EngineError::Io { what, path, source }
+}
+
+/// Whether the engine acts on the system it runs on, or on a disk image offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The booted slot (from the kernel command line).
+    Running(Slot),
+    /// A disk image: the "current" slot is the one that would boot next.
+    Offline,
+}
+
+/// What a slot holds, as seen from its boot entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotState {
+    /// Blessed: boots without counting.
+    Confirmed,
+    /// On trial: `tries_left` boots before systemd-boot gives up on it.
+    Trial { tries_left: u32 },
+    /// Tries used up: systemd-boot will not pick it.
+    Bad,
+    /// No boot entry.
+    Empty,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatus {
+    pub slot: Slot,
+    pub version: Option<String>,
+    pub state: SlotState,
+    pub entry: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub kind: ImageKind,
+    pub disk: String,
+    pub mode: String,
+    pub current_slot: Slot,
+    pub current_version: Option<String>,
+    pub next_boot: Option<Slot>,
+    pub slots: Vec<SlotStatus>,
+    /// Human-readable notes: interrupted operations, pending trials, last results.
+    pub notes: Vec<String>,
+    pub state: State,
+}
+
+/// Result of [`Engine::install`].
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    pub slot: Slot,
+    pub version: String,
+    pub package_bytes: u64,
+    pub package_sha256: String,
+}
+
+/// Result of [`Engine::confirm`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ConfirmOutcome {
+    /// The running slot was already confirmed; nothing to do.
+    AlreadyConfirmed,
+    /// The trial slot passed its health check and is now confirmed.
+    Confirmed { version: String },
+    /// The health check failed: the other slot boots next (reboot to use it).
+    RolledBack { reason: String },
+}
+
+/// The upgrade engine bound to one disk.
+pub struct Engine {
+    disk: PathBuf,
+    file: File,
+    partitions: Vec<FoundPartition>,
+    kind: ImageKind,
+    mode: Mode,
+    console: bool,
+    crash_at: Option<u64>,
+    steps: u64,
+    lock: Option<File>,
+}
+
+fn slot_lower(s: Slot) -> String {
+    s.as_str().to_ascii_lowercase()
+}
+
+impl Engine {
+    /// Open a disk image (offline servicing, tests).
+    pub fn open_disk(path: &Path) -> Result<Engine, EngineError> {
+        Self::open(path, Mode::Offline, false)
+    }
+
+    /// Open the disk of the running system: the slot comes from `icos.slot=` on the kernel
+    /// command line, the disk is the one holding the `icos.root=PARTUUID=` partition.
+    pub fn open_running() -> Result<Engine, EngineError> {
+        let cmdline = std::fs::read_to_string("/proc/cmdline")
+            .map_err(|e| EngineError::NoRunningDisk(format!("/proc/cmdline: {e}")))?;
+        let (slot, partuuid) = parse_cmdline(&cmdline)?;
+        let disk = find_disk_with_partuuid(&partuuid)?;
+        Self::open(&disk, Mode::Running(slot), true)
+    }
+
+    /// Take the engine lock for changes to this disk: operations must not interleave. The
+    /// running system locks a file in /run (udev holds short shared locks on block devices
+    /// while it probes them, so the device itself is not used); a disk image locks itself.
+    /// Read-only commands (status, metrics) do not take it.
+    pub fn lock(&mut self) -> Result<(), EngineError> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        let (path, file) = match self.mode {
+            Mode::Running(_) => {
+                let dir = Path::new("/run/icos");
+                std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+                let p = dir.join("upgrade.lock");
+                let f = File::create(&p).map_err(io_err("creating", &p))?;
+                (p, f)
+            }
+            Mode::Offline => (
+                self.disk.clone(),
+                self.file
+                    .try_clone()
+                    .map_err(io_err("opening", &self.disk))?,
+            ),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(EngineError::Busy(self.disk.clone()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking", &path)(e)),
+        }
+        self.lock = Some(file);
+        Ok(())
+    }
+
+    fn open(path: &Path, mode: Mode, console: bool) -> Result<Engine, EngineError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err("opening disk", path))?;
+        let partitions = disk_layout::read_partitions(path)?;
+        let crash_at = std::env::var("ICOS_UPGRADE_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let mut e = Engine {
+            disk: path.to_path_buf(),
+            file,
+            partitions,
+            kind: ImageKind::Guestos,
+            mode,
+            console,
+            crash_at,
+            steps: 0,
+            lock: None,
+        };
+        for label in ["esp", "A_root", "B_root", "A_var", "B_var"] {
+            e.partition(label)?;
+        }
+        let info = e.with_esp(|esp| Ok(esp.read_file(state::IMAGE_PATH)))?;
+        e.kind = match info {
+            Ok(bytes) => {
+                serde_json::from_slice::<ImageInfo>(&bytes)
+                    .map_err(|err| EngineError::State(state::IMAGE_PATH.into(), err.to_string()))?
+                    .kind
+            }
+            Err(_) => {
+                return Err(EngineError::MissingPartition(format!(
+                    "esp:{}",
+                    state::IMAGE_PATH
+                )))
+            }
+        };
+        Ok(e)
+    }
+
+    pub fn kind(&self) -> ImageKind {
+        self.kind
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Write steps taken so far (for the crash harness).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn partition(&self, label: &str) -> Result<&FoundPartition, EngineError> {
+        self.partitions
+            .iter()
+            .find(|p| p.label == label)
+            .ok_or_else(|| EngineError::MissingPartition(label.to_string()))
+    }
+
+    /// A durable write step: everything before it is on disk. With `ICOS_UPGRADE_CRASH_AT=N`
+    /// the process dies right after step N, like a power cut (no cleanup runs).
+    fn step(&mut self, what: &str) -> Result<(), EngineError> {
+        self.file
+            .sync_all()
+            .map_err(io_err("syncing", &self.disk))?;
+        self.steps += 1;
+        tracing::debug!(step = self.steps, "{what}");
+        if self.crash_at == Some(self.steps) {
+            eprintln!(
+                "icos upgrade: simulated power cut after step {} ({what})",
+                self.steps
+            );
+            std::process::exit(137);
+        }
+        Ok(())
+    }
+
+    fn with_esp<T>(
+        &self,
+        f: impl FnOnce(&mut Esp<Window<File>>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let p = self.partition("esp")?;
+        let file = self
+            .file
+            .try_clone()
+            .map_err(io_err("opening", &self.disk))?;
+        let mut esp = Esp::open(Window::new(file, p.start, p.size))?;
+        let out = f(&mut esp)?;
+        esp.close()?;
+        Ok(out)
+    }
+
+    pub fn read_state(&self) -> Result<State, EngineError> {
+        match self.with_esp(|esp| Ok(esp.read_file(state::STATE_PATH)))? {
+            Err(_) => Ok(State::default()),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| EngineError::State(state::STATE_PATH.into(), e.to_string())),
+        }
+    }
+
+    /// Replace the state file (temporary name, then rename: old or new, never half).
+    fn write_state(&mut self, s: &State, what: &str) -> Result<(), EngineError> {
+        let json = serde_json::to_vec_pretty(s).expect("state serializes");
+        self.with_esp(|esp| {
+            let tmp = format!("{}.tmp", state::STATE_PATH);
+            esp.write_file(&tmp, &mut json.as_slice())?;
+            if esp.exists(state::STATE_PATH) {
+                esp.remove(state::STATE_PATH)?;
+            }
+            esp.rename(&tmp, state::STATE_PATH)?;
+            Ok(())
+        })?;
+        self.step(what)
+    }
+
+    pub fn entries(&self) -> Result<Vec<BootEntry>, EngineError> {
+        self.with_esp(|esp| Ok(esp.entries()?))
+    }
+
+    /// The slot the engine treats as "running": the booted one, or offline the next to boot.
+    pub fn current_slot(&self) -> Result<Slot, EngineError> {
+        match self.mode {
+            Mode::Running(s) => Ok(s),
+            Mode::Offline => {
+                let entries = self.entries()?;
+                next_boot(&entries)
+                    .map(|e| e.slot)
+                    .ok_or(EngineError::NoEntry(Slot::A))
+            }
+        }
+    }
+
+    fn slot_status(entry: Option<&BootEntry>, slot: Slot) -> SlotStatus {
+        match entry {
+            None => SlotStatus {
+                slot,
+                version: None,
+                state: SlotState::Empty,
+                entry: None,
+            },
+            Some(e) => SlotStatus {
+                slot,
+                version: Some(e.version.clone()),
+                state: match e.tries_left {
+                    None => SlotState::Confirmed,
+                    Some(0) => SlotState::Bad,
+                    Some(n) => SlotState::Trial { tries_left: n },
+                },
+                entry: Some(e.file_name()),
+            },
+        }
+    }
+
+    pub fn status(&self) -> Result<Status, EngineError> {
+        let entries = self.entries()?;
+        let st = self.read_state()?;
+        let current = self.current_slot()?;
+        let slots: Vec<SlotStatus> = [Slot::A, Slot::B]
+            .into_iter()
+            .map(|s| Self::slot_status(entries.iter().find(|e| e.slot == s), s))
+            .collect();
+        let mut notes = Vec::new();
+        if let Some(ip) = &st.in_progress {
+            let entry = entries.iter().find(|e| e.slot == ip.slot);
+            let what = ip.version.as_deref().unwrap_or("a package");
+            let consequence = match (ip.operation.as_str(), entry) {
+                ("install", _) => format!(
+                    "slot {} has no boot entry and will not boot until a new install completes",
+                    ip.slot
+                ),
+                ("activate", None) => format!(
+                    "slot {} got no boot entry; it is still installed and can be activated again",
+                    ip.slot
+                ),
+                ("activate", Some(_)) => format!(
+                    "its boot entry was written: slot {} boots next, on trial",
+                    ip.slot
+                ),
+                (_, Some(e)) => format!("slot {} is now {}", ip.slot, describe_entry(e)),
+                (_, None) => format!("slot {} has no boot entry", ip.slot),
+            };
+            notes.push(format!(
+                "{} of {what} (slot {}) was interrupted; {consequence}",
+                ip.operation, ip.slot
+            ));
+        }
+        if let Some(p) = &st.pending {
+            let entry = entries.iter().find(|e| e.slot == p.slot);
+            let what = match entry.map(|e| e.tries_left) {
+                Some(Some(0)) => {
+                    "its boot tries are used up; it will be rolled back at the next boot"
+                        .to_string()
+                }
+                Some(Some(n)) => {
+                    format!("on trial, {n} boot tries left, waiting for a healthy boot to confirm")
+                }
+                Some(None) => {
+                    "booted and confirmed (record is finalized at the next check)".to_string()
+                }
+                None => "activation was interrupted before its boot entry was written".to_string(),
+            };
+            notes.push(format!("version {} in slot {}: {what}", p.version, p.slot));
+        }
+        if let Some(i) = &st.installed {
+            if entries.iter().all(|e| e.slot != i.slot) {
+                notes.push(format!(
+                    "version {} is installed in slot {} and ready to activate",
+                    i.version, i.slot
+                ));
+            }
+        }
+        if let Some(r) = st.rollbacks.last() {
+            notes.push(format!(
+                "last rollback: {} (slot {}) -> {} (slot {}): {}",
+                r.from_version, r.from_slot, r.to_version, r.to_slot, r.reason
+            ));
+        }
+        Ok(Status {
+            kind: self.kind,
+            disk: self.disk.display().to_string(),
+            mode: match self.mode {
+                Mode::Running(_) => "running".into(),
+                Mode::Offline => "offline".into(),
+            },
+            current_slot: current,
+            current_version: entries
+                .iter()
+                .find(|e| e.slot == current)
+                .map(|e| e.version.clone()),
+            next_boot: next_boot(&entries).map(|e| e.slot),
+            slots,
+            notes,
+            state: st,
+        })
+    }
+
+    fn say(&self, line: &str) {
+        println!("{line}");
+        tracing::info!("{line}");
+        if self.console {
+            if let Ok(mut c) = OpenOptions::new().write(true).open("/dev/console") {
+                let _ = writeln!(c, "{line}");
+            }
+        }
+    }
+
+    fn require_confirmed_current(&self, entries: &[BootEntry]) -> Result<Slot, EngineError> {
+        let cur = self.current_slot()?;
+        let e = entries
+            .iter()
+            .find(|e| e.slot == cur)
+            .ok_or(EngineError::NoEntry(cur))?;
+        if e.tries_left.is_some() {
+            return Err(EngineError::NotConfirmed {
+                slot: cur,
+                entry: e.file_name(),
+            });
+        }
+        Ok(cur)
+    }
+
+    fn boot_options_for(&self, m: &UpdateManifest, slot: Slot) -> Result<String, EngineError> {
+        let root = self.partition(&format!("{slot}_root"))?.guid.to_string();
+        let var = self.partition(&format!("{slot}_var"))?.guid.to_string();
+        Ok(m.boot_options(Some(slot.as_str()), &root, Some(&var)))
+    }
+
+    /// Stream a package into the inactive slot. See the crate documentation for the checks.
+    pub fn install(
+        &mut self,
+        source: &mut dyn Read,
+        expected_sha256: &str,
+    ) -> Result<InstallReport, EngineError> {
+        self.lock()?;
+        let expected = expected_sha256.trim().to_ascii_lowercase();
+        if expected.len() != 64 || hex::decode(&expected).is_err() {
+            return Err(EngineError::PackageHash {
+                expected: expected_sha256.into(),
+                actual: "(not computed: expected value is not a SHA-256 hex digest)".into(),
+            });
+        }
+        let entries = self.entries()?;
+        let cur = self.require_confirmed_current(&entries)?;
+        let target = cur.other();
+        if let Mode::Running(r) = self.mode {
+            if r == target {
+                return Err(EngineError::RunningSlot(target));
+            }
+        }
+        let mut st = self.read_state()?;
+        st.in_progress = Some(InProgress {
+            operation: "install".into(),
+            slot: target,
+            version: None,
+            started_unix: state::now_unix(),
+        });
+        if st.installed.as_ref().is_some_and(|i| i.slot == target) {
+            st.installed = None;
+        }
+        if st.pending.as_ref().is_some_and(|p| p.slot == target) {
+            st.pending = None;
+        }
+        self.write_state(&st, "record install start")?;
+        // From here on the target slot has no boot entry until the install is complete.
+        self.with_esp(|esp| Ok(esp.remove_entries(target)?))?;
+        self.step("remove the target slot's boot entries")?;
+
+        let result = self.stream_package(source, &expected, target);
+        let mut st = self.read_state()?;
+        st.in_progress = None;
+        match result {
+            Ok((report, boot_options)) => {
+                self.wipe_var(target)?;
+                st.installed = Some(Installed {
+                    slot: target,
+                    version: report.version.clone(),
+                    package_sha256: report.package_sha256.clone(),
+                    boot_options,
+                });
+                st.last_install = Some(InstallResult {
+                    version: Some(report.version.clone()),
+                    slot: target,
+                    ok: true,
+                    message: format!("installed {} bytes", report.package_bytes),
+                    unix: state::now_unix(),
+                });
+                self.write_state(&st, "record install done")?;
+                Ok(report)
+            }
+            Err(e) => {
+                st.last_install = Some(InstallResult {
+                    version: None,
+                    slot: target,
+                    ok: false,
+                    message: e.to_string(),
+                    unix: state::now_unix(),
+                });
+                // Best effort: the error itself matters more than recording it.
+                let _ = self.write_state(&st, "record install failure");
+                Err(e)
+            }
+        }
+    }
+
+    fn wipe_var(&mut self, slot: Slot) -> Result<(), EngineError> {
+        let p = self.partition(&format!("{slot}_var"))?.clone();
+        let zeros = vec![0u8; VAR_WIPE as usize];
+        for off in [p.start, p.start + p.size - VAR_WIPE] {
+            self.file
+                .write_all_at(&zeros, off)
+                .map_err(io_err("wiping /var of the target slot on", &self.disk))?;
+        }
+        self.step("wipe the target slot's /var")
+    }
+
+    fn stream_package(
+        &mut self,
+        source: &mut dyn Read,
+        expected: &str,
+        target: Slot,
+    ) -> Result<(InstallReport, String), EngineError> {
+        let root_part = self.partition(&format!("{target}_root"))?.clone();
+        let esp_part = self.partition("esp")?.clone();
+        // A valid package cannot be larger than what it fills plus tar overhead.
+        let limit = root_part.size + esp_part.size + (1 << 20);
+        let mut pkg = HashingReader {
+            inner: source,
+            hash: Sha256::new(),
+            bytes: 0,
+            limit,
+        };
+        let mut manifest: Option<UpdateManifest> = None;
+        let mut seen: Vec<String> = Vec::new();
+        let mut level0_digest = None;
+        {
+            let mut archive = tar::Archive::new(&mut pkg);
+            let entries = archive
+                .entries()
+                .map_err(|e| map_read_err(e, 0, "the package header"))?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| map_read_err(e, 0, "a member header"))?;
+                let name = entry
+                    .path()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let expected_name = update_package::MEMBER_ORDER
+                    .get(seen.len())
+                    .copied()
+                    .unwrap_or("(end of archive)");
+                if name != expected_name {
+                    return Err(PackageError::Malformed(format!(
+                        "member {} is `{name}`, expected `{expected_name}`",
+                        seen.len() + 1
+                    ))
+                    .into());
+                }
+                let size = entry.header().size().unwrap_or(u64::MAX);
+                match name.as_str() {
+                    "manifest.json" => {
+                        if size > MAX_MANIFEST_BYTES {
+                            return Err(PackageError::Malformed(format!(
+                                "manifest.json is {size} bytes, more than {MAX_MANIFEST_BYTES}"
+                            ))
+                            .into());
+                        }
+                        let mut buf = Vec::new();
+                        (&mut entry)
+                            .take(MAX_MANIFEST_BYTES)
+                            .read_to_end(&mut buf)
+                            .map_err(|e| map_read_err(e, 0, "manifest.json"))?;
+                        let m: UpdateManifest = serde_json::from_slice(&buf)
+                            .map_err(|e| PackageError::BadManifest(e.to_string()))?;
+                        m.validate()?;
+                        if m.kind != self.kind {
+                            return Err(EngineError::WrongKind {
+                                package: m.kind,
+                                node: self.kind,
+                            });
+                        }
+                        let root = m.part("root.img").expect("validated").size;
+                        if root > root_part.size {
+                            return Err(EngineError::NoRoom {
+                                what: format!("root.img of {}", m.version),
+                                partition: root_part.label.clone(),
+                                need: root,
+                                have: root_part.size,
+                            });
+                        }
+                        let tree = verity::tree_bytes(m.verity.data_blocks);
+                        if m.verity.hash_offset + tree != root {
+                            return Err(PackageError::BadManifest(format!(
+                                "root.img is {root} bytes but data plus hash tree are {}",
+                                m.verity.hash_offset + tree
+                            ))
+                            .into());
+                        }
+                        self.check_esp_room(&m, target)?;
+                        let mut st = self.read_state()?;
+                        if let Some(ip) = st.in_progress.as_mut() {
+                            ip.version = Some(m.version.clone());
+                        }
+                        self.write_state(&st, "record install version")?;
+                        manifest = Some(m);
+                    }
+                    "vmlinuz" | "initrd.img" => {
+                        let m = manifest.as_ref().expect("order checked");
+                        let part = m.part(&name).expect("validated").clone();
+                        check_size(&name, size, part.size)?;
+                        let path = format!("icos/{}/{name}", slot_lower(target));
+                        let mut hashing = PartReader {
+                            inner: &mut entry,
+                            hash: Sha256::new(),
+                            bytes: 0,
+                        };
+                        let written =
+                            self.with_esp(|esp| Ok(esp.write_file(&path, &mut hashing)))?;
+                        let written = written.map_err(|e| match e {
+                            EspError::Io { source, .. } if is_eof(&source) => {
+                                EngineError::Truncated {
+                                    bytes: 0,
+                                    what: name.clone(),
+                                }
+                            }
+                            other => other.into(),
+                        })?;
+                        check_part(&name, written, hex::encode(hashing.hash.finalize()), &part)?;
+                        self.step(&format!("write {name}"))?;
+                    }
+                    "root.img" => {
+                        let m = manifest.clone().expect("order checked");
+                        let part = m.part("root.img").expect("validated").clone();
+                        check_size("root.img", size, part.size)?;
+                        level0_digest = Some(self.write_root(&mut entry, &m, &root_part)?);
+                    }
+                    _ => unreachable!("names are checked against MEMBER_ORDER"),
+                }
+                seen.push(name);
+            }
+        }
+        if seen.len() != update_package::MEMBER_ORDER.len() {
+            return Err(EngineError::Truncated {
+                bytes: pkg.bytes,
+                what: format!("the member list (got {seen:?})"),
+            });
+        }
+        // The rest of the stream (tar end blocks) belongs to the package hash too.
+        io::copy(&mut pkg, &mut io::sink())
+            .map_err(|e| map_read_err(e, 0, "the end of the package"))?;
+        let actual = hex::encode(pkg.hash.clone().finalize());
+        if actual != expected {
+            return Err(EngineError::PackageHash {
+                expected: expected.into(),
+                actual,
+            });
+        }
+        let m = manifest.expect("seen all members");
+        // Verity: the tree on the partition describes exactly the data written.
+        let (digest, data_blocks) = level0_digest.expect("root.img seen");
+        if data_blocks != m.verity.data_blocks {
+            return Err(EngineError::Part {
+                part: "root.img".into(),
+                detail: format!(
+                    "{data_blocks} data blocks, the verity parameters say {}",
+                    m.verity.data_blocks
+                ),
+            });
+        }
+        let salt = hex::decode(&m.verity.salt).expect("validated");
+        let tree_len = verity::tree_bytes(m.verity.data_blocks);
+        let f = self
+            .file
+            .try_clone()
+            .map_err(io_err("opening", &self.disk))?;
+        let mut tree = Window::new(f, root_part.start + m.verity.hash_offset, tree_len);
+        verity::verify_tree(
+            &mut tree,
+            &salt,
+            m.verity.data_blocks,
+            &digest,
+            &m.verity.root_hash,
+        )?;
+        let boot_options = self.boot_options_for(&m, target)?;
+        Ok((
+            InstallReport {
+                slot: target,
+                version: m.version.clone(),
+                package_bytes: pkg.bytes,
+                package_sha256: actual,
+            },
+            boot_options,
+        ))
+    }
+
+    fn check_esp_room(&self, m: &UpdateManifest, target: Slot) -> Result<(), EngineError> {
+        let need: u64 = ["vmlinuz", "initrd.img"]
+            .iter()
+            .map(|n| m.part(n).expect("validated").size)
+            .sum();
+        let (free, existing) = self.with_esp(|esp| {
+            let mut existing = 0u64;
+            for n in ["vmlinuz", "initrd.img"] {
+                if let Ok(b) = esp.read_file(&format!("icos/{}/{n}", slot_lower(target))) {
+                    existing += b.len() as u64;
+                }
+            }
+            Ok((esp.free_bytes()?, existing))
+        })?;
+        // Cluster rounding: keep 1 MiB of slack.
+        if need + (1 << 20) > free + existing {
+            return Err(EngineError::NoRoom {
+                what: format!("kernel and initrd of {}", m.version),
+                partition: "esp".into(),
+                need,
+                have: free + existing,
+            });
+        }
+        Ok(())
+    }
+
+    fn write_root(
+        &mut self,
+        entry: &mut dyn Read,
+        m: &UpdateManifest,
+        part: &FoundPartition,
+    ) -> Result<([u8; 32], u64), EngineError> {
+        let total = m.part("root.img").expect("validated").size;
+        let salt = hex::decode(&m.verity.salt).expect("validated");
+        let mut level0 = Level0::new(&salt);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0u64;
+        let mut since_sync = 0u64;
+        while off < total {
+            let want = ((total - off) as usize).min(CHUNK);
+            let n =
+                read_full(entry, &mut buf[..want]).map_err(|e| map_read_err(e, off, "root.img"))?;
+            if n == 0 {
+                return Err(EngineError::Truncated {
+                    bytes: off,
+                    what: format!("root.img (byte {off} of {total})"),
+                });
+            }
+            let chunk = &buf[..n];
+            hash.update(chunk);
+            if off < m.verity.hash_offset {
+                let data_end = (m.verity.hash_offset - off).min(n as u64) as usize;
+                level0.update(&chunk[..data_end]);
+            }
+            self.file
+                .write_all_at(chunk, part.start + off)
+                .map_err(io_err(
+                    format!("writing root.img into partition {} of", part.label),
+                    &self.disk,
+                ))?;
+            off += n as u64;
+            since_sync += n as u64;
+            if since_sync >= SYNC_EVERY {
+                since_sync = 0;
+                self.step("write root.img")?;
+            }
+        }
+        self.step("write root.img (end)")?;
+        let actual = hex::encode(hash.finalize());
+        let p = m.part("root.img").expect("validated");
+        if actual != p.sha256 {
+            return Err(EngineError::Part {
+                part: "root.img".into(),
+                detail: format!("SHA-256 is {actual}, the manifest says {}", p.sha256),
+            });
+        }
+        let (digest, blocks, aligned) = level0.finish();
+        if !aligned {
+            return Err(EngineError::Part {
+                part: "root.img".into(),
+                detail: "verity data area is not a whole number of 4 KiB blocks".into(),
+            });
+        }
+        Ok((digest, blocks))
+    }
+
+    /// Make the installed slot boot next, on trial: `tries` boots to succeed before
+    /// systemd-boot falls back to the current slot.
+    pub fn activate(&mut self, tries: u32) -> Result<BootEntry, EngineError> {
+        self.lock()?;
+        let tries = tries.clamp(1, 9);
+        let entries = self.entries()?;
+        let cur = self.require_confirmed_current(&entries)?;
+        let target = cur.other();
+        let mut st = self.read_state()?;
+        let installed = st
+            .installed
+            .clone()
+            .filter(|i| i.slot == target)
+            .ok_or(EngineError::NothingInstalled(target))?;
+        if entries.iter().any(|e| e.slot == target) {
+            return Err(EngineError::NothingInstalled(target));
+        }
+        let files_ok = self.with_esp(|esp| {
+            Ok(esp.exists(&BootEntry::kernel_path(target))
+                && esp.exists(&BootEntry::initrd_path(target)))
+        })?;
+        if !files_ok {
+            return Err(EngineError::NothingInstalled(target));
+        }
+        let cur_version = entries
+            .iter()
+            .find(|e| e.slot == cur)
+            .map(|e| e.version.clone())
+            .unwrap_or_default();
+        let generation = entries.iter().map(|e| e.generation).max().unwrap_or(0) + 1;
+        let mut entry = BootEntry::new(
+            target,
+            generation,
+            &format!("icos {} {}", self.kind, installed.version),
+            &installed.version,
+            &installed.boot_options,
+        );
+        entry.tries_left = Some(tries);
+        st.pending = Some(Pending {
+            slot: target,
+            version: installed.version.clone(),
+            from_slot: cur,
+            from_version: cur_version,
+            tries,
+        });
+        st.in_progress = Some(InProgress {
+            operation: "activate".into(),
+            slot: target,
+            version: Some(installed.version.clone()),
+            started_unix: state::now_unix(),
+        });
+        self.write_state(&st, "record activation")?;
+        let final_name = format!("{ENTRIES_DIR}/{}", entry.file_name());
+        let tmp = format!("{final_name}.tmp");
+        self.with_esp(|esp| Ok(esp.write_file(&tmp, &mut entry.render().as_bytes())?))?;
+        self.step("write the boot entry (temporary name)")?;
+        self.with_esp(|esp| Ok(esp.rename(&tmp, &final_name)?))?;
+        self.step("rename the boot entry into place")?;
+        st.in_progress = None;
+        self.write_state(&st, "record activation done")?;
+        Ok(entry)
+    }
+
+    /// Called on every boot: record what happened to a pending trial that did not end on
+    /// its slot (tries used up, or a rollback cut short), and finalize a confirmation that
+    /// was cut short. Returns the rollback it recorded, if any.
+    pub fn reconcile(&mut self) -> Result<Option<Rollback>, EngineError> {
+        self.lock()?;
+        let mut st = self.read_state()?;
+        // At boot nothing can still be running: an operation in progress was cut short.
+        if let Some(ip) = st.in_progress.take() {
+            if ip.operation == "install" {
+                st.last_install = Some(InstallResult {
+                    version: ip.version.clone(),
+                    slot: ip.slot,
+                    ok: false,
+                    message: "interrupted (power cut or crash) before it finished".into(),
+                    unix: state::now_unix(),
+                });
+            }
+            self.write_state(&st, "record the interrupted operation")?;
+        }
+        let Some(p) = st.pending.clone() else {
+            return Ok(None);
+        };
+        let entries = self.entries()?;
+        let cur = self.current_slot()?;
+        let entry = entries.iter().find(|e| e.slot == p.slot).cloned();
+        if cur == p.slot {
+            if entry.as_ref().is_some_and(|e| e.tries_left.is_none()) {
+                st.pending = None;
+                st.in_progress = None;
+                st.last_confirmed = Some(Confirmed {
+                    slot: cur,
+                    version: p.version.clone(),
+                    unix: state::now_unix(),
+                });
+                self.write_state(&st, "finalize confirmation")?;
+            }
+            return Ok(None);
+        }
+        let reason = match entry.as_ref().map(|e| e.tries_left) {
+            Some(Some(0)) => format!(
+                "slot {} did not boot successfully in {} tries",
+                p.slot, p.tries
+            ),
+            None => format!("the activation of slot {} was interrupted", p.slot),
+            _ => format!("the trial boot of slot {} ended on slot {}", p.slot, cur),
+        };
+        let r = Rollback {
+            from_slot: p.slot,
+            from_version: p.version.clone(),
+            to_slot: cur,
+            to_version: entries
+                .iter()
+                .find(|e| e.slot == cur)
+                .map(|e| e.version.clone())
+                .unwrap_or_default(),
+            reason,
+            unix: state::now_unix(),
+        };
+        st.pending = None;
+        st.in_progress = None;
+        st.record_rollback(r.clone());
+        self.write_state(&st, "record automatic rollback")?;
+        self.say(&format!(
+            "{} UPGRADE ROLLBACK from={} slot={} to={} slot={} reason={}",
+            self.kind.banner(),
+            r.from_version,
+            r.from_slot,
+            r.to_version,
+            r.to_slot,
+            r.reason
+        ));
+        Ok(Some(r))
+    }
+
+    /// Confirm the running slot if it is on trial and `health` passes (`None`: no health
+    /// check, for offline servicing); roll back to the other slot if it does not.
+    pub fn confirm(&mut self, health: Option<&HealthCheck>) -> Result<ConfirmOutcome, EngineError> {
+        self.lock()?;
+        self.reconcile()?;
+        let entries = self.entries()?;
+        let cur = self.current_slot()?;
+        let entry = entries
+            .iter()
+            .find(|e| e.slot == cur)
+            .cloned()
+            .ok_or(EngineError::NoEntry(cur))?;
+        if entry.tries_left.is_none() {
+            return Ok(ConfirmOutcome::AlreadyConfirmed);
+        }
+        if let Some(h) = health {
+            if let Err(why) = h.wait_healthy() {
+                let reason = format!("health check failed: {why}");
+                self.rollback(&reason)?;
+                return Ok(ConfirmOutcome::RolledBack { reason });
+            }
+        }
+        let mut st = self.read_state()?;
+        st.in_progress = Some(InProgress {
+            operation: "confirm".into(),
+            slot: cur,
+            version: Some(entry.version.clone()),
+            started_unix: state::now_unix(),
+        });
+        self.write_state(&st, "record confirmation start")?;
+        let blessed = EntryName {
+            tries_left: None,
+            tries_done: 0,
+            ..entry.name()
+        };
+        self.with_esp(|esp| Ok(esp.rename_entry(&entry.name(), &blessed)?))?;
+        self.step("bless the boot entry")?;
+        st.in_progress = None;
+        st.pending = None;
+        st.last_confirmed = Some(Confirmed {
+            slot: cur,
+            version: entry.version.clone(),
+            unix: state::now_unix(),
+        });
+        self.write_state(&st, "record confirmation")?;
+        self.say(&format!(
+            "{} UPGRADE CONFIRMED version={} slot={}",
+            self.kind.banner(),
+            entry.version,
+            cur
+        ));
+        Ok(ConfirmOutcome::Confirmed {
+            version: entry.version,
+        })
+    }
+
+    /// Make the other slot boot next. A running slot on trial is marked bad, so systemd-boot
+    /// will not pick it again.
+    pub fn rollback(&mut self, reason: &str) -> Result<Rollback, EngineError> {
+        self.lock()?;
+        let entries = self.entries()?;
+        let cur = self.current_slot()?;
+        let other = cur.other();
+        let target = entries
+            .iter()
+            .find(|e| e.slot == other)
+            .cloned()
+            .ok_or_else(|| EngineError::NoFallback {
+                slot: other,
+                why: "has no boot entry".into(),
+            })?;
+        if target.tries_left == Some(0) {
+            return Err(EngineError::NoFallback {
+                slot: other,
+                why: format!("is marked bad ({})", target.file_name()),
+            });
+        }
+        let cur_entry = entries.iter().find(|e| e.slot == cur).cloned();
+        let mut st = self.read_state()?;
+        st.in_progress = Some(InProgress {
+            operation: "rollback".into(),
+            slot: other,
+            version: Some(target.version.clone()),
+            started_unix: state::now_unix(),
+        });
+        self.write_state(&st, "record rollback start")?;
+        let generation = entries.iter().map(|e| e.generation).max().unwrap_or(0) + 1;
+        let promoted = EntryName {
+            generation,
+            ..target.name()
+        };
+        self.with_esp(|esp| Ok(esp.rename_entry(&target.name(), &promoted)?))?;
+        self.step("promote the other slot's boot entry")?;
+        if let Some(c) = cur_entry.as_ref().filter(|c| c.tries_left.is_some()) {
+            let bad = EntryName {
+                tries_left: Some(0),
+                tries_done: c.tries_done.max(1),
+                ..c.name()
+            };
+            self.with_esp(|esp| Ok(esp.rename_entry(&c.name(), &bad)?))?;
+            self.step("mark the trial slot bad")?;
+        }
+        let r = Rollback {
+            from_slot: cur,
+            from_version: cur_entry.map(|e| e.version).unwrap_or_default(),
+            to_slot: other,
+            to_version: target.version.clone(),
+            reason: reason.to_string(),
+            unix: state::now_unix(),
+        };
+        st.in_progress = None;
+        if st.pending.as_ref().is_some_and(|p| p.slot == cur) {
+            st.pending = None;
+        }
+        st.record_rollback(r.clone());
+        self.write_state(&st, "record rollback")?;
+        self.say(&format!(
+            "{} UPGRADE ROLLBACK from={} slot={} to={} slot={} reason={}",
+            self.kind.banner(),
+            r.from_version,
+            r.from_slot,
+            r.to_version,
+            r.to_slot,
+            r.reason
+        ));
+        Ok(r)
+    }
+}
+
+fn check_size(name: &str, tar_size: u64, manifest_size: u64) -> Result<(), EngineError> {
+    if tar_size != manifest_size {
+        return Err(EngineError::Part {
+            part: name.into(),
+            detail: format!("{tar_size} bytes in the archive, the manifest says {manifest_size}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_part(
+    name: &str,
+    written: u64,
+    sha: String,
+    part: &update_package::Part,
+) -> Result<(), EngineError> {
+    if written != part.size {
+        return Err(EngineError::Truncated {
+            bytes: written,
+            what: format!("{name} ({written} of {} bytes)", part.size),
+        });
+    }
+    if sha != part.sha256 {
+        return Err(EngineError::Part {
+            part: name.into(),
+            detail: format!("SHA-256 is {sha}, the manifest says {}", part.sha256),
+        });
+    }
+    Ok(())
+}
+
+fn is_eof(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof
+}
+
+fn map_read_err(e: io::Error, at: u64, what: &str) -> EngineError {
+    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Oversize>()) {
+        return EngineError::Oversized { limit: inner.0 };
+    }
+    if is_eof(&e) {
+        return EngineError::Truncated {
+            bytes: at,
+            what: what.to_string(),
+        };
+    }
+    EngineError::Io {
+        what: format!("reading {what} from the package"),
+        path: PathBuf::from("(package)"),
+        source: e,
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[derive(Debug)]
+struct Oversize(u64);
+impl std::fmt::Display for Oversize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "package exceeds {} bytes", self.0)
+    }
+}
+impl std::error::Error for Oversize {}
+
+/// Hashes and counts every byte of the package, and refuses to read past `limit`.
+struct HashingReader<'a> {
+    inner: &'a mut dyn Read,
+    hash: Sha256,
+    bytes: u64,
+    limit: u64,
+}
+
+impl Read for HashingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        if self.bytes > self.limit {
+            return Err(io::Error::other(Oversize(self.limit)));
+        }
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Hashes one member as it is copied somewhere.
+struct PartReader<'a> {
+    inner: &'a mut dyn Read,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl Read for PartReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn describe_entry(e: &BootEntry) -> String {
+    match e.tries_left {
+        None => format!("confirmed ({})", e.version),
+        Some(0) => format!("bad ({}, tries used up)", e.version),
+        Some(n) => format!("on trial ({}, {n} tries left)", e.version),
+    }
+}
+
+/// `icos.slot=` and the root PARTUUID from a kernel command line.
+pub fn parse_cmdline(cmdline: &str) -> Result<(Slot, String), EngineError> {
+    let mut slot = None;
+    let mut root = None;
+    for arg in cmdline.split_whitespace() {
+        if let Some(s) = arg.strip_prefix("icos.slot=") {
+            slot = Slot::parse(s);
+        } else if let Some(r) = arg.strip_prefix("icos.root=PARTUUID=") {
+            root = Some(r.to_string());
+        }
+    }
+    match (slot, root) {
+        (Some(s), Some(r)) => Ok((s, r)),
+        _ => Err(EngineError::NoRunningDisk("the kernel command line has no icos.slot= and icos.root=PARTUUID= (not an icos A/B system)".into())),
+    }
+}
+
+/// Find the whole disk (e.g. /dev/vda) whose GPT holds the partition with this PARTUUID.
+fn find_disk_with_partuuid(partuuid: &str) -> Result<PathBuf, EngineError> {
+    let want = partuuid.to_ascii_lowercase();
+    let rd = std::fs::read_dir("/sys/block")
+        .map_err(|e| EngineError::NoRunningDisk(format!("/sys/block: {e}")))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ["loop", "ram", "dm-", "sr", "zram"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let dev = PathBuf::from("/dev").join(&name);
+        if let Ok(parts) = disk_layout::read_partitions(&dev) {
+            if parts.iter().any(|p| p.guid.to_string() == want) {
+                return Ok(dev);
+            }
+        }
+    }
+    Err(EngineError::NoRunningDisk(format!(
+        "no disk has a partition with PARTUUID {partuuid}"
+    )))
+}
