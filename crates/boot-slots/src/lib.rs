@@ -337,6 +337,13 @@ impl<IO: Read + Write + Seek> Esp<IO> {
         Ok(v)
     }
 
+    /// Size of a file, without reading it.
+    pub fn file_size(&self, path: &str) -> Option<u64> {
+        use std::io::SeekFrom;
+        let mut f = self.fs.root_dir().open_file(path).ok()?;
+        f.seek(SeekFrom::End(0)).ok()
+    }
+
     pub fn exists(&self, path: &str) -> bool {
         self.fs.root_dir().open_file(path).is_ok()
     }

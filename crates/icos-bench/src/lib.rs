@@ -11,6 +11,8 @@
 //! println!("ratio {:.2}", r.ratio());
 //! ```
 
+pub mod install;
+
 use boot_slots::{BootEntry, Esp};
 use disk_layout::{Layout, PartType, PartitionSpec, Role, Slot, Window};
 use std::fs::OpenOptions;

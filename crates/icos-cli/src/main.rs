@@ -110,6 +110,16 @@ enum UpgradeCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Install throughput of a package (default 1 GiB) against sha256sum + dd.
+    Install {
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Work folder (needs about 3 x the package size).
+        #[arg(long, default_value = "/var/tmp/icos-bench-install")]
+        work: PathBuf,
+    },
     /// Boot time to the SUCCESS line against the same kernel with a one-line init.
     Boot {
         /// An image output folder (with disk.img and manifest.json).
@@ -244,6 +254,22 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Vm { cmd: VmCmd::Run(a) } => vm_run(a),
         Cmd::Upgrade { cmd, disk } => upgrade(cmd, disk),
+        Cmd::Bench {
+            cmd: BenchCmd::Install { mib, runs, work },
+        } => {
+            let me = std::env::current_exe()?;
+            let r = icos_bench::install::install_benchmark(&me, &work, mib, runs)?;
+            println!(
+                "install {} MiB package: icos {:.0} MiB/s (peak RSS {} MiB), sha256sum+dd {:.0} MiB/s, ratio {:.2} (runs: {runs})",
+                r.package_bytes >> 20,
+                r.icos_mib_s(),
+                r.icos_peak_rss_kib / 1024,
+                r.baseline_mib_s(),
+                r.ratio()
+            );
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(0)
+        }
         Cmd::Bench {
             cmd: BenchCmd::Boot { image, runs },
         } => {

@@ -418,9 +418,7 @@ fn power_cut_at_every_step_recovers() {
             covered += 1;
             std::fs::remove_file(&disk).unwrap();
         }
-        // Finish the operation to get the next one's starting state.
-        let o = up(&probe, &args);
-        assert!(o.status.success() || *name == "confirm", "{}", text(&o));
+        // The probe ran the operation to the end: the next operation starts from there.
         state_disk = probe;
     }
     eprintln!("power cut test: {covered} cut points covered, every one booted a verified slot");

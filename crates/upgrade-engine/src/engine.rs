@@ -759,9 +759,9 @@ impl Engine {
         let (free, existing) = self.with_esp(|esp| {
             let mut existing = 0u64;
             for n in ["vmlinuz", "initrd.img"] {
-                if let Ok(b) = esp.read_file(&format!("icos/{}/{n}", slot_lower(target))) {
-                    existing += b.len() as u64;
-                }
+                existing += esp
+                    .file_size(&format!("icos/{}/{n}", slot_lower(target)))
+                    .unwrap_or(0);
             }
             Ok((esp.free_bytes()?, existing))
         })?;

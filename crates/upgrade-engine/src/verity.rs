@@ -177,11 +177,11 @@ pub fn verify_tree(
         check_next(1, next_index, &next, &upper)?;
     }
     // Levels 1.. from memory.
-    for level in 1..levels - 1 {
+    for (level, &count) in sizes.iter().enumerate().take(levels - 1).skip(1) {
         let base = offset_of(level);
         let mut acc: Vec<u8> = Vec::with_capacity(BLOCK);
         let mut idx = 0u64;
-        for b in 0..sizes[level] as usize {
+        for b in 0..count as usize {
             let blk = &upper[base + b * BLOCK..base + (b + 1) * BLOCK];
             acc.extend_from_slice(&salted(salt, blk));
             if acc.len() == BLOCK {
