@@ -618,3 +618,63 @@ fn bad_downloads_are_refused_and_a_killed_install_never_boots() {
     drop(agent);
     vm.shutdown(Duration::from_secs(60)).unwrap();
 }
+
+/// A version whose kernel never reaches userspace (its root fails verification at boot)
+/// burns its boot tries; systemd-boot then starts the old slot, which records the rollback
+/// and says so on the console. No human involved.
+#[test]
+fn unbootable_version_falls_back_after_its_tries() {
+    use std::os::unix::fs::FileExt;
+    let (base, next) = (base(), next());
+    let dir = run_dir();
+    let disk = dir.join("unbootable.img");
+    sparse_copy(&base.join("disk.img"), &disk);
+    let pkg = next.join("update.tar");
+    let o = up(
+        &disk,
+        &[
+            "install",
+            pkg.to_str().unwrap(),
+            "--sha256",
+            &sha256_of(&pkg),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = up(&disk, &["activate", "--tries", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Damage slot B's root after the install: block 0 (the erofs superblock) no longer
+    // matches the verity tree, so every boot of B panics in the initramfs.
+    let b_root = disk_layout::read_partitions(&disk)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.label == "B_root")
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, b_root.start + 1030).unwrap();
+    byte[0] ^= 0x20;
+    f.write_all_at(&byte, b_root.start + 1030).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let (mut vm, log, _sock) = start_vm(&disk, "unbootable");
+    expect_line(&mut vm, &log, "dm-verity device corrupted", BOOT_TIMEOUT);
+    expect_line(&mut vm, &log, "dm-verity device corrupted", BOOT_TIMEOUT);
+    let line = expect_line(&mut vm, &log, "GUESTOS BOOT SUCCESS", BOOT_TIMEOUT);
+    assert_eq!(line, "GUESTOS BOOT SUCCESS version=1.0.0 slot=A");
+    let line = expect_line(&mut vm, &log, "GUESTOS UPGRADE ROLLBACK", BOOT_TIMEOUT);
+    assert!(
+        line.contains("from=1.1.0 slot=B to=1.0.0 slot=A")
+            && line.contains("did not boot successfully in 2 tries"),
+        "{line}"
+    );
+    vm.shutdown(Duration::from_secs(60)).unwrap();
+    let s = status(&disk);
+    assert_eq!(s.slots[1].state, SlotState::Bad);
+    assert_eq!(s.state.rollback_count, 1);
+    assert_eq!(s.state.failed_versions, vec!["1.1.0".to_string()]);
+}
