@@ -22,6 +22,8 @@ STABLE_PKGS=(
   zstd
   busybox-static     # one-line init for the boot-time baseline benchmark
   cpio               # pack the baseline initramfs
+  nginx-light        # baseline static server for the registry benchmark
+  wrk                # HTTP load generator for benchmarks
 )
 # QEMU must come from backports: the preinstalled qemu-utils is from there and the
 # bookworm qemu-system conflicts with it.
@@ -45,6 +47,17 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
   printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
     | $SUDO tee /etc/apt/sources.list.d/icos-backports.sources >/dev/null
 fi
+
+# Packages like nginx start their service on install; icos only runs them on demand
+# (benchmarks), so keep daemons from starting during the install (Debian's policy-rc.d).
+POLICY=/usr/sbin/policy-rc.d
+ADDED_POLICY=0
+if [ ! -e "$POLICY" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+  $SUDO chmod +x "$POLICY"
+  ADDED_POLICY=1
+fi
+trap 'if [ "$ADDED_POLICY" = 1 ]; then $SUDO rm -f "$POLICY"; fi' EXIT
 
 log "apt-get update"
 $SUDO apt-get update -q -o Dpkg::Progress-Fancy=0

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod install;
+pub mod registry;
 
 use boot_slots::{BootEntry, Esp};
 use disk_layout::{Layout, PartType, PartitionSpec, Role, Slot, Window};

@@ -1,5 +1,7 @@
 //! `icos`: the command-line entry point. Thin: parses arguments and calls the libraries.
 
+mod gov;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -27,6 +29,16 @@ enum Cmd {
     Vm {
         #[command(subcommand)]
         cmd: VmCmd,
+    },
+    /// Governance: keys, proposals, votes.
+    Gov {
+        #[command(subcommand)]
+        cmd: gov::GovCmd,
+    },
+    /// The registry: create, serve, publish, query, verify, register nodes.
+    Registry {
+        #[command(subcommand)]
+        cmd: gov::RegistryCmd,
     },
     /// The A/B upgrade engine (on the running system, or on a disk image with --disk).
     Upgrade {
@@ -110,6 +122,13 @@ enum UpgradeCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Registry: full sync of N versions, incremental sync, server throughput vs nginx.
+    Registry {
+        #[arg(long, default_value_t = 10_000)]
+        versions: u64,
+        #[arg(long, default_value = "/var/tmp/icos-bench-registry")]
+        work: PathBuf,
+    },
     /// Install throughput of a package (default 1 GiB) against sha256sum + dd.
     Install {
         #[arg(long, default_value_t = 1024)]
@@ -254,6 +273,26 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Vm { cmd: VmCmd::Run(a) } => vm_run(a),
         Cmd::Upgrade { cmd, disk } => upgrade(cmd, disk),
+        Cmd::Gov { cmd } => gov::gov(cmd),
+        Cmd::Registry { cmd } => gov::registry(cmd),
+        Cmd::Bench {
+            cmd: BenchCmd::Registry { versions, work },
+        } => {
+            let _ = std::fs::remove_dir_all(&work);
+            let r = icos_bench::registry::registry_benchmark(&work, versions)?;
+            println!(
+                "registry {} versions: full sync + verify median {:.3} s; incremental sync of one version median {:.2} ms; \
+                 changes-since-N under 64 clients: icos {:.0} req/s, nginx static {:.0} req/s, ratio {:.2}",
+                r.versions,
+                r.full_sync_median(),
+                r.incremental_median_ms(),
+                r.icos_rps,
+                r.nginx_rps,
+                r.icos_rps / r.nginx_rps
+            );
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(0)
+        }
         Cmd::Bench {
             cmd: BenchCmd::Install { mib, runs, work },
         } => {

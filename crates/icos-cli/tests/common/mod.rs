@@ -1,6 +1,6 @@
 //! Shared helpers for the system tests: images built once per test run, VM boots with
 //! timeouts that print the serial log when they fail.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use image_builder::{BuildManifest, BuildRequest};
 use std::fs::File;
@@ -185,115 +185,10 @@ pub fn test_image(name: &str, version: &str, edits: &[(&str, &str)]) -> PathBuf 
     out
 }
 
+pub use test_support::HttpServer;
+
 pub fn sha256_of(path: &Path) -> String {
     update_package::hash_file(path).unwrap().0
-}
-
-/// A small HTTP/1.1 file server for packages: GET with Range support, optional throttling.
-pub struct HttpServer {
-    pub port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl HttpServer {
-    /// Serve `files` (URL path → file). `bytes_per_sec` throttles every response.
-    pub fn start(files: Vec<(&str, PathBuf)>, bytes_per_sec: Option<u64>) -> HttpServer {
-        use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let files: std::collections::HashMap<String, PathBuf> =
-            files.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        std::thread::spawn(move || {
-            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-                let (conn, _) = match listener.accept() {
-                    Ok(c) => c,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    }
-                };
-                let files = files.clone();
-                let stop3 = stop2.clone();
-                std::thread::spawn(move || {
-                    conn.set_nonblocking(false).unwrap();
-                    let mut reader = BufReader::new(conn.try_clone().unwrap());
-                    let mut first = String::new();
-                    if reader.read_line(&mut first).is_err() {
-                        return;
-                    }
-                    let mut range_start = 0u64;
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                            range_start = v.trim().trim_end_matches('-').parse().unwrap_or(0);
-                        }
-                    }
-                    let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let mut w = conn;
-                    let Some(file) = files.get(&path) else {
-                        let _ = w.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                        return;
-                    };
-                    let mut f = File::open(file).unwrap();
-                    let len = f.metadata().unwrap().len();
-                    let head = if range_start > 0 {
-                        format!(
-                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nConnection: close\r\n\r\n",
-                            len - range_start, range_start, len - 1, len
-                        )
-                    } else {
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                        )
-                    };
-                    if w.write_all(head.as_bytes()).is_err() {
-                        return;
-                    }
-                    f.seek(SeekFrom::Start(range_start)).unwrap();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let started = std::time::Instant::now();
-                    let mut sent = 0u64;
-                    loop {
-                        if stop3.load(std::sync::atomic::Ordering::Relaxed) {
-                            return;
-                        }
-                        let n = f.read(&mut buf).unwrap();
-                        if n == 0 {
-                            break;
-                        }
-                        if w.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                        sent += n as u64;
-                        if let Some(bps) = bytes_per_sec {
-                            let due = Duration::from_secs_f64(sent as f64 / bps as f64);
-                            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                                std::thread::sleep(wait);
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        HttpServer { port, stop }
-    }
-
-    /// URL of a path as the guest sees the host (QEMU user networking).
-    pub fn guest_url(&self, path: &str) -> String {
-        format!("http://10.0.2.2:{}{path}", self.port)
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// Client of the test agent on the VM's virtio-serial channel.

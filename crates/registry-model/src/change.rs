@@ -1,0 +1,543 @@
+//! The change log: every registry version is a [`Change`] carrying its evidence (the genesis,
+//! an adopted proposal with enough valid votes, or a node registration signed by its
+//! operator) and the hash of the change before it. Anyone holding the genesis hash can
+//! replay the log and check every step: nothing depends on trusting the server.
+
+use crate::keys::{self, SigCheck};
+use crate::registry::{
+    node_id, Action, Neuron, NeuronId, Node, Operator, OperatorId, Registry, Settings,
+};
+use crate::ModelError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Largest accepted serialized change (a proposal with every neuron's vote fits easily).
+pub const MAX_CHANGE_BYTES: usize = 256 * 1024;
+/// Largest accepted request body (proposal, vote, registration).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The genesis: initial neurons, node operators and settings (and optionally versions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    pub network: String,
+    pub settings: Settings,
+    pub neurons: Vec<Neuron>,
+    #[serde(default)]
+    pub operators: Vec<Operator>,
+    #[serde(default)]
+    pub actions: Vec<Action>,
+}
+
+impl Genesis {
+    /// Parse `genesis.toml`.
+    pub fn from_toml(text: &str) -> Result<Genesis, ModelError> {
+        toml::from_str(text).map_err(|e| ModelError::Invalid(format!("genesis: {e}")))
+    }
+
+    /// The registry the genesis describes.
+    pub fn registry(&self) -> Result<Registry, ModelError> {
+        let mut r = Registry {
+            settings: Some(self.settings.clone()),
+            ..Registry::default()
+        };
+        if self.network.is_empty() || self.network.len() > 64 {
+            return Err(ModelError::Invalid(
+                "genesis: network name must be 1-64 characters".into(),
+            ));
+        }
+        keys::parse_public(&self.settings.online_key)?;
+        if self.settings.proposal_deadline_secs == 0 || self.settings.freshness_secs == 0 {
+            return Err(ModelError::Invalid(
+                "genesis: deadlines must be above 0".into(),
+            ));
+        }
+        for n in &self.neurons {
+            keys::parse_public(&n.public_key)?;
+            if r.neurons.insert(n.id, n.clone()).is_some() {
+                return Err(ModelError::Invalid(format!(
+                    "genesis: neuron {} twice",
+                    n.id
+                )));
+            }
+        }
+        if r.total_voting_power() == 0 {
+            return Err(ModelError::Invalid("genesis: no voting power".into()));
+        }
+        for o in &self.operators {
+            r.apply(&Action::AddOperator {
+                id: o.id.clone(),
+                public_key: o.public_key.clone(),
+                node_allowance: o.node_allowance,
+            })?;
+        }
+        for a in &self.actions {
+            r.apply(a)?;
+        }
+        Ok(r)
+    }
+}
+
+/// What a neuron proposes. Signed by the proposer; its hash is what votes sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalBody {
+    pub proposer: NeuronId,
+    pub title: String,
+    pub action: Action,
+    /// Chosen by the proposer so that two identical proposals have different hashes.
+    pub nonce: u64,
+}
+
+impl ProposalBody {
+    pub fn hash(&self) -> [u8; 32] {
+        domain_hash(b"icos-proposal", &canonical(self))
+    }
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedProposal {
+    pub body: ProposalBody,
+    pub signature: String,
+}
+
+impl SignedProposal {
+    pub fn sign(body: ProposalBody, key: &keys::SecretKey) -> Self {
+        let signature = keys::sign(key, &body.hash());
+        SignedProposal { body, signature }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vote {
+    Yes,
+    No,
+}
+
+/// A neuron's vote: a signature over the proposal hash and the choice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedVote {
+    pub neuron: NeuronId,
+    pub vote: Vote,
+    pub signature: String,
+}
+
+pub fn vote_message(proposal_hash: &[u8; 32], vote: Vote) -> Vec<u8> {
+    let mut m = b"icos-vote\0".to_vec();
+    m.extend_from_slice(proposal_hash);
+    m.push(match vote {
+        Vote::Yes => 1,
+        Vote::No => 0,
+    });
+    m
+}
+
+impl SignedVote {
+    pub fn sign(
+        proposal_hash: &[u8; 32],
+        neuron: NeuronId,
+        vote: Vote,
+        key: &keys::SecretKey,
+    ) -> Self {
+        SignedVote {
+            neuron,
+            vote,
+            signature: keys::sign(key, &vote_message(proposal_hash, vote)),
+        }
+    }
+}
+
+/// A node operator's request to add a node (no vote needed within the allowance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub operator: OperatorId,
+    pub node_public_key: String,
+    pub ipv6: String,
+    pub http_endpoint: String,
+    pub nonce: u64,
+}
+
+impl Registration {
+    pub fn hash(&self) -> [u8; 32] {
+        domain_hash(b"icos-registration", &canonical(self))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedRegistration {
+    pub registration: Registration,
+    pub signature: String,
+}
+
+impl SignedRegistration {
+    pub fn sign(registration: Registration, operator_key: &keys::SecretKey) -> Self {
+        let signature = keys::sign(operator_key, &registration.hash());
+        SignedRegistration {
+            registration,
+            signature,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum Evidence {
+    Genesis {
+        genesis: Genesis,
+    },
+    Proposal {
+        id: u64,
+        proposal: SignedProposal,
+        votes: Vec<SignedVote>,
+    },
+    Registration {
+        request: SignedRegistration,
+    },
+}
+
+/// One registry version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub version: u64,
+    /// Hash of the previous change (all zeros for the genesis).
+    pub prev_hash: String,
+    /// When the server appended it (seconds since the epoch; informational).
+    pub timestamp: u64,
+    pub evidence: Evidence,
+}
+
+/// Canonical bytes of a value: serde_json of our types is deterministic (struct field
+/// order, BTreeMaps, no floats), so any party computes the same bytes from the same value.
+pub fn canonical<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("registry types serialize")
+}
+
+fn domain_hash(domain: &[u8], bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(domain);
+    h.update([0]);
+    h.update(bytes);
+    h.finalize().into()
+}
+
+pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl Change {
+    pub fn hash(&self) -> String {
+        hex::encode(domain_hash(b"icos-change", &canonical(self)))
+    }
+
+    pub fn genesis(genesis: Genesis, timestamp: u64) -> Change {
+        Change {
+            version: 1,
+            prev_hash: ZERO_HASH.into(),
+            timestamp,
+            evidence: Evidence::Genesis { genesis },
+        }
+    }
+}
+
+/// Outcome of counting votes on a proposal against a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub yes: u64,
+    pub no: u64,
+    pub total: u64,
+}
+
+impl Tally {
+    /// Adopted when yes-votes exceed half of all voting power.
+    pub fn adopted(&self) -> bool {
+        self.yes * 2 > self.total
+    }
+    /// Rejected when no-votes reach half.
+    pub fn rejected(&self) -> bool {
+        self.no * 2 >= self.total
+    }
+}
+
+/// Check a proposal's and its votes' signatures against the registry's neurons and count.
+/// The proposer's signature on the proposal is the proposer's yes vote (as in the NNS).
+/// Unknown neurons, duplicate votes (including a separate vote by the proposer) and bad
+/// signatures are errors.
+pub fn tally(
+    reg: &Registry,
+    proposal: &SignedProposal,
+    votes: &[SignedVote],
+) -> Result<Tally, ModelError> {
+    let mut sigs = Vec::new();
+    let t = tally_deferred(reg, proposal, votes, &mut sigs)?;
+    keys::verify_all(&sigs)?;
+    Ok(t)
+}
+
+/// [`tally`] with the signature checks appended to `sigs` instead of done.
+pub fn tally_deferred(
+    reg: &Registry,
+    proposal: &SignedProposal,
+    votes: &[SignedVote],
+    sigs: &mut Vec<SigCheck>,
+) -> Result<Tally, ModelError> {
+    let hash = proposal.body.hash();
+    let proposer = reg
+        .neurons
+        .get(&proposal.body.proposer)
+        .ok_or(ModelError::UnknownNeuron(proposal.body.proposer))?;
+    sigs.push(SigCheck {
+        public_key: proposer.public_key.clone(),
+        message: hash.to_vec(),
+        signature: proposal.signature.clone(),
+        what: format!("proposal signature of neuron {}", proposer.id),
+    });
+    let mut seen = std::collections::BTreeSet::from([proposer.id]);
+    let mut t = Tally {
+        yes: proposer.voting_power,
+        no: 0,
+        total: reg.total_voting_power(),
+    };
+    for v in votes {
+        let n = reg
+            .neurons
+            .get(&v.neuron)
+            .ok_or(ModelError::UnknownNeuron(v.neuron))?;
+        if !seen.insert(v.neuron) {
+            return Err(ModelError::DuplicateVote(v.neuron));
+        }
+        sigs.push(SigCheck {
+            public_key: n.public_key.clone(),
+            message: vote_message(&hash, v.vote),
+            signature: v.signature.clone(),
+            what: format!("vote of neuron {}", v.neuron),
+        });
+        match v.vote {
+            Vote::Yes => t.yes += n.voting_power,
+            Vote::No => t.no += n.voting_power,
+        }
+    }
+    Ok(t)
+}
+
+/// Check a change against the registry it applies to and return the next registry.
+/// This is the whole trust model: servers and mirrors are not trusted, this function is.
+pub fn verify_and_apply(
+    prev: Option<(&Registry, &str, u64)>,
+    change: &Change,
+) -> Result<Registry, ModelError> {
+    let mut next = prev.map(|(r, _, _)| r.clone()).unwrap_or_default();
+    let mut sigs = Vec::new();
+    apply_change(&mut next, prev.map(|(_, h, v)| (h, v)), change, &mut sigs)?;
+    keys::verify_all(&sigs)?;
+    Ok(next)
+}
+
+/// [`verify_and_apply`] in place, for replaying long logs: `reg` is changed directly and
+/// the signature checks are appended to `sigs` for the caller to verify (in parallel, in
+/// batches). If this returns an error, or the signatures later fail, `reg` must be thrown
+/// away: it may hold a partly applied or unauthenticated change.
+pub fn apply_change(
+    reg: &mut Registry,
+    prev: Option<(&str, u64)>,
+    change: &Change,
+    sigs: &mut Vec<SigCheck>,
+) -> Result<(), ModelError> {
+    match (prev, &change.evidence) {
+        (None, Evidence::Genesis { genesis }) => {
+            if change.version != 1 || change.prev_hash != ZERO_HASH {
+                return Err(ModelError::Chain(
+                    "the genesis must be version 1 with a zero previous hash".into(),
+                ));
+            }
+            *reg = genesis.registry()?;
+            Ok(())
+        }
+        (None, _) => Err(ModelError::Chain(
+            "the first change must be the genesis".into(),
+        )),
+        (Some(_), Evidence::Genesis { .. }) => Err(ModelError::Chain(format!(
+            "version {} is a second genesis",
+            change.version
+        ))),
+        (Some((prev_hash, prev_version)), evidence) => {
+            if change.version != prev_version + 1 {
+                return Err(ModelError::Chain(format!(
+                    "version {} follows version {prev_version}",
+                    change.version
+                )));
+            }
+            if change.prev_hash != prev_hash {
+                return Err(ModelError::Chain(format!(
+                    "version {} does not continue the chain (previous hash {}, expected {prev_hash})",
+                    change.version, change.prev_hash
+                )));
+            }
+            match evidence {
+                Evidence::Proposal {
+                    proposal, votes, ..
+                } => {
+                    let t = tally_deferred(reg, proposal, votes, sigs)?;
+                    if !t.adopted() {
+                        return Err(ModelError::NotAdopted {
+                            yes: t.yes,
+                            total: t.total,
+                        });
+                    }
+                    reg.apply(&proposal.body.action)?;
+                }
+                Evidence::Registration { request } => {
+                    registration_deferred(reg, request, sigs)?;
+                }
+                Evidence::Genesis { .. } => unreachable!("matched above"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Check a node registration (operator signature, allowance) and add the node.
+pub fn apply_registration(
+    reg: &mut Registry,
+    req: &SignedRegistration,
+) -> Result<Node, ModelError> {
+    let op = reg
+        .operators
+        .get(&req.registration.operator)
+        .ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "unknown node operator `{}`",
+                req.registration.operator
+            ))
+        })?;
+    keys::verify(
+        &op.public_key,
+        &req.registration.hash(),
+        &req.signature,
+        &format!("registration signature of operator {}", op.id),
+    )?;
+    let mut ignored = Vec::new();
+    registration_deferred(reg, req, &mut ignored)
+}
+
+fn registration_deferred(
+    reg: &mut Registry,
+    req: &SignedRegistration,
+    sigs: &mut Vec<SigCheck>,
+) -> Result<Node, ModelError> {
+    let r = &req.registration;
+    let op = reg
+        .operators
+        .get(&r.operator)
+        .ok_or_else(|| ModelError::Invalid(format!("unknown node operator `{}`", r.operator)))?;
+    sigs.push(SigCheck {
+        public_key: op.public_key.clone(),
+        message: r.hash().to_vec(),
+        signature: req.signature.clone(),
+        what: format!("registration signature of operator {}", r.operator),
+    });
+    keys::parse_public(&r.node_public_key)?;
+    if op.nodes_added >= op.node_allowance {
+        return Err(ModelError::Invalid(format!(
+            "operator `{}` has used its allowance of {} nodes",
+            r.operator, op.node_allowance
+        )));
+    }
+    let id = node_id(&r.node_public_key);
+    if reg.nodes.contains_key(&id) {
+        return Err(ModelError::Invalid(format!(
+            "node `{id}` is already registered"
+        )));
+    }
+    if r.ipv6.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(ModelError::Invalid(format!(
+            "`{}` is not an IPv6 address",
+            r.ipv6
+        )));
+    }
+    if !(r.http_endpoint.starts_with("http://") || r.http_endpoint.starts_with("https://"))
+        || r.http_endpoint.len() > 256
+    {
+        return Err(ModelError::Invalid(format!(
+            "`{}` is not an http(s) endpoint",
+            r.http_endpoint
+        )));
+    }
+    let node = Node {
+        id: id.clone(),
+        operator: r.operator.clone(),
+        public_key: r.node_public_key.clone(),
+        ipv6: r.ipv6.clone(),
+        http_endpoint: r.http_endpoint.clone(),
+        hostos_version: None,
+    };
+    reg.nodes.insert(id, node.clone());
+    reg.operators
+        .get_mut(&r.operator)
+        .expect("checked")
+        .nodes_added += 1;
+    Ok(node)
+}
+
+/// The server's signed statement of its newest version, valid for a short time: a client
+/// that keeps getting an old or expired statement knows its feed is frozen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freshness {
+    pub network: String,
+    pub head_version: u64,
+    pub head_hash: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedFreshness {
+    pub freshness: Freshness,
+    pub signature: String,
+}
+
+impl Freshness {
+    pub fn message(&self) -> Vec<u8> {
+        domain_hash(b"icos-freshness", &canonical(self)).to_vec()
+    }
+}
+
+impl SignedFreshness {
+    pub fn sign(freshness: Freshness, online_key: &keys::SecretKey) -> Self {
+        let signature = keys::sign(online_key, &freshness.message());
+        SignedFreshness {
+            freshness,
+            signature,
+        }
+    }
+
+    /// Check the signature with the online key of the registry at `head_version`.
+    pub fn verify(&self, reg_at_head: &Registry, now: u64) -> Result<(), ModelError> {
+        let key = reg_at_head
+            .settings
+            .as_ref()
+            .map(|s| s.online_key.clone())
+            .ok_or_else(|| ModelError::Invalid("registry has no settings".into()))?;
+        keys::verify(
+            &key,
+            &self.freshness.message(),
+            &self.signature,
+            "freshness statement",
+        )?;
+        if now > self.freshness.expires_at {
+            return Err(ModelError::Stale {
+                head: self.freshness.head_version,
+                expired_secs_ago: now - self.freshness.expires_at,
+            });
+        }
+        Ok(())
+    }
+}

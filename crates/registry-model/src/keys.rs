@@ -1,0 +1,189 @@
+//! Ed25519 keys for neurons, node operators, nodes and the registry's online key.
+//! Secret keys are stored as PKCS#8 PEM (readable by OpenSSL), mode 0600.
+
+use crate::ModelError;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use std::path::Path;
+
+pub use ed25519_dalek::SigningKey as SecretKey;
+
+pub fn generate() -> SigningKey {
+    SigningKey::generate(&mut rand_core::OsRng)
+}
+
+/// Public key as lowercase hex (the form used everywhere in the registry).
+pub fn public_hex(k: &SigningKey) -> String {
+    hex::encode(k.verifying_key().to_bytes())
+}
+
+/// Write a new key file; refuses to overwrite an existing one.
+pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), ModelError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pem = key
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| ModelError::Key(format!("encoding key: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ModelError::Key(format!("{}: {e}", path.display())))?;
+    f.write_all(pem.as_bytes())
+        .map_err(|e| ModelError::Key(format!("{}: {e}", path.display())))
+}
+
+pub fn read_key(path: &Path) -> Result<SigningKey, ModelError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ModelError::Key(format!("{}: {e}", path.display())))?;
+    SigningKey::from_pkcs8_pem(&text).map_err(|e| {
+        ModelError::Key(format!(
+            "{} is not an Ed25519 PKCS#8 key: {e}",
+            path.display()
+        ))
+    })
+}
+
+pub fn parse_public(hex_key: &str) -> Result<VerifyingKey, ModelError> {
+    let bytes: [u8; 32] = hex::decode(hex_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ModelError::Key(format!("`{hex_key}` is not a 32-byte hex public key")))?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|e| ModelError::Key(format!("invalid public key {hex_key}: {e}")))
+}
+
+pub fn sign(key: &SigningKey, msg: &[u8]) -> String {
+    hex::encode(key.sign(msg).to_bytes())
+}
+
+pub fn parse_signature(sig_hex: &str) -> Result<Signature, ModelError> {
+    let bytes: [u8; 64] = hex::decode(sig_hex)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ModelError::BadSignature("not a 64-byte hex signature".into()))?;
+    Ok(Signature::from_bytes(&bytes))
+}
+
+pub fn verify(public_hex: &str, msg: &[u8], sig_hex: &str, what: &str) -> Result<(), ModelError> {
+    let pk = parse_public(public_hex)?;
+    let sig = parse_signature(sig_hex)?;
+    pk.verify(msg, &sig)
+        .map_err(|_| ModelError::BadSignature(what.to_string()))
+}
+
+/// One signature to check: public key (hex), message, signature (hex), and what it is (for
+/// the error message).
+#[derive(Debug, Clone)]
+pub struct SigCheck {
+    pub public_key: String,
+    pub message: Vec<u8>,
+    pub signature: String,
+    pub what: String,
+}
+
+/// Verify many signatures at once (batch verification is faster than one by one); on
+/// failure, name the first bad one.
+pub fn verify_all(items: &[SigCheck]) -> Result<(), ModelError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut keys = Vec::with_capacity(items.len());
+    let mut sigs = Vec::with_capacity(items.len());
+    for c in items {
+        keys.push(parse_public(&c.public_key)?);
+        sigs.push(parse_signature(&c.signature)?);
+    }
+    let msgs: Vec<&[u8]> = items.iter().map(|c| c.message.as_slice()).collect();
+    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+        return Ok(());
+    }
+    for c in items {
+        verify(&c.public_key, &c.message, &c.signature, &c.what)?;
+    }
+    Err(ModelError::BadSignature("batch verification failed".into()))
+}
+
+/// [`verify_all`] spread over the machine's cores, in chunks.
+pub fn verify_parallel(items: &[SigCheck]) -> Result<(), ModelError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    if threads <= 1 || items.len() < 256 {
+        return verify_all(items);
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(move || verify_all(c)))
+            .collect();
+        let mut result = Ok(());
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(ModelError::BadSignature("verifier thread failed".into())));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_roundtrip_and_refuse_overwrite() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("alice.key");
+        let k = generate();
+        write_key(&p, &k).unwrap();
+        assert_eq!(read_key(&p).unwrap().to_bytes(), k.to_bytes());
+        assert!(write_key(&p, &generate()).is_err());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::write(d.path().join("junk.key"), "not a key").unwrap();
+        assert!(read_key(&d.path().join("junk.key"))
+            .unwrap_err()
+            .to_string()
+            .contains("junk.key"));
+    }
+
+    #[test]
+    fn signatures_verify_and_forgeries_do_not() {
+        let k = generate();
+        let s = sign(&k, b"hello");
+        verify(&public_hex(&k), b"hello", &s, "test").unwrap();
+        assert!(verify(&public_hex(&k), b"hellO", &s, "test").is_err());
+        assert!(verify(&public_hex(&generate()), b"hello", &s, "test").is_err());
+        let check = |m: &[u8], signed: &[u8], what: &str| SigCheck {
+            public_key: public_hex(&k),
+            message: m.to_vec(),
+            signature: sign(&k, signed),
+            what: what.into(),
+        };
+        let items = vec![check(b"a", b"a", "first"), check(b"b", b"x", "second")];
+        assert!(verify_all(&items)
+            .unwrap_err()
+            .to_string()
+            .contains("second"));
+        let many: Vec<SigCheck> = (0..600u32)
+            .map(|i| check(&i.to_le_bytes(), &i.to_le_bytes(), "ok"))
+            .collect();
+        verify_parallel(&many).unwrap();
+        let mut bad = many.clone();
+        bad[450] = check(b"y", b"z", "number 450");
+        assert!(verify_parallel(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("number 450"));
+    }
+}

@@ -1,0 +1,724 @@
+//! The registry: the network's single source of truth, and the typed actions that change it.
+
+use crate::ModelError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub type NeuronId = u64;
+pub type OperatorId = String;
+pub type NodeId = String;
+pub type SubnetId = String;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Neuron {
+    pub id: NeuronId,
+    pub public_key: String,
+    pub voting_power: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    pub id: OperatorId,
+    pub public_key: String,
+    /// How many nodes this operator may register without a vote.
+    pub node_allowance: u32,
+    #[serde(default)]
+    pub nodes_added: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub id: NodeId,
+    pub operator: OperatorId,
+    pub public_key: String,
+    pub ipv6: String,
+    pub http_endpoint: String,
+    /// HostOS version this node must run (set by a deploy proposal).
+    #[serde(default)]
+    pub hostos_version: Option<String>,
+}
+
+/// A range of canister indices (the 8-byte index inside an ICP canister principal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanisterRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subnet {
+    pub id: SubnetId,
+    pub nodes: Vec<NodeId>,
+    pub canister_ranges: Vec<CanisterRange>,
+    pub guestos_version: String,
+}
+
+/// An elected OS version: what nodes may download and install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Elected {
+    pub version: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    pub urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "scope", content = "id")]
+pub enum FirewallScope {
+    Global,
+    Subnet(SubnetId),
+    Node(NodeId),
+}
+
+impl FirewallScope {
+    pub fn key(&self) -> String {
+        match self {
+            FirewallScope::Global => "global".into(),
+            FirewallScope::Subnet(s) => format!("subnet:{s}"),
+            FirewallScope::Node(n) => format!("node:{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FwAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallRule {
+    pub action: FwAction,
+    pub protocol: Protocol,
+    pub ports: Vec<u16>,
+    /// Source prefixes, e.g. `2001:db8::/32` or `10.0.0.0/8`.
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Public key of the registry server's online key (signs freshness statements only).
+    pub online_key: String,
+    /// How long a proposal stays open.
+    pub proposal_deadline_secs: u64,
+    /// How long a freshness statement is valid.
+    pub freshness_secs: u64,
+}
+
+/// The whole registry at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub neurons: BTreeMap<NeuronId, Neuron>,
+    pub operators: BTreeMap<OperatorId, Operator>,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub subnets: BTreeMap<SubnetId, Subnet>,
+    pub unassigned_guestos_version: Option<String>,
+    pub guestos_versions: BTreeMap<String, Elected>,
+    pub hostos_versions: BTreeMap<String, Elected>,
+    pub api_boundary_nodes: BTreeSet<NodeId>,
+    /// Rules by scope key (`global`, `subnet:<id>`, `node:<id>`).
+    pub firewall: BTreeMap<String, Vec<FirewallRule>>,
+    pub settings: Option<Settings>,
+}
+
+/// A typed governance proposal action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Action {
+    ElectGuestos(Elected),
+    RetireGuestos {
+        version: String,
+    },
+    ElectHostos(Elected),
+    RetireHostos {
+        version: String,
+    },
+    DeployGuestosToSubnet {
+        subnet: SubnetId,
+        version: String,
+    },
+    DeployGuestosToUnassigned {
+        version: String,
+    },
+    DeployHostosToNodes {
+        nodes: Vec<NodeId>,
+        version: String,
+    },
+    AddOperator {
+        id: OperatorId,
+        public_key: String,
+        node_allowance: u32,
+    },
+    RemoveOperator {
+        id: OperatorId,
+    },
+    CreateSubnet {
+        id: SubnetId,
+        nodes: Vec<NodeId>,
+        canister_ranges: Vec<CanisterRange>,
+        guestos_version: String,
+    },
+    AddNodesToSubnet {
+        subnet: SubnetId,
+        nodes: Vec<NodeId>,
+    },
+    RemoveNodesFromSubnet {
+        subnet: SubnetId,
+        nodes: Vec<NodeId>,
+    },
+    SetFirewallRules {
+        scope: FirewallScope,
+        rules: Vec<FirewallRule>,
+    },
+    AddApiBoundaryNodes {
+        nodes: Vec<NodeId>,
+    },
+    RemoveApiBoundaryNodes {
+        nodes: Vec<NodeId>,
+    },
+    ChangeGovernance {
+        #[serde(default)]
+        upsert_neurons: Vec<Neuron>,
+        #[serde(default)]
+        remove_neurons: Vec<NeuronId>,
+        #[serde(default)]
+        online_key: Option<String>,
+        #[serde(default)]
+        proposal_deadline_secs: Option<u64>,
+    },
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::ElectGuestos(_) => "elect-guestos",
+            Action::RetireGuestos { .. } => "retire-guestos",
+            Action::ElectHostos(_) => "elect-hostos",
+            Action::RetireHostos { .. } => "retire-hostos",
+            Action::DeployGuestosToSubnet { .. } => "deploy-guestos-to-subnet",
+            Action::DeployGuestosToUnassigned { .. } => "deploy-guestos-to-unassigned",
+            Action::DeployHostosToNodes { .. } => "deploy-hostos-to-nodes",
+            Action::AddOperator { .. } => "add-operator",
+            Action::RemoveOperator { .. } => "remove-operator",
+            Action::CreateSubnet { .. } => "create-subnet",
+            Action::AddNodesToSubnet { .. } => "add-nodes-to-subnet",
+            Action::RemoveNodesFromSubnet { .. } => "remove-nodes-from-subnet",
+            Action::SetFirewallRules { .. } => "set-firewall-rules",
+            Action::AddApiBoundaryNodes { .. } => "add-api-boundary-nodes",
+            Action::RemoveApiBoundaryNodes { .. } => "remove-api-boundary-nodes",
+            Action::ChangeGovernance { .. } => "change-governance",
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ModelError {
+    ModelError::Invalid(msg.into())
+}
+
+/// A short name of ASCII letters, digits and the given punctuation.
+fn check_name(v: &str, punctuation: &str, what: &str) -> Result<(), ModelError> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || punctuation.contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!("`{v}` is not a valid {what}")))
+    }
+}
+
+pub(crate) fn check_version_name(v: &str) -> Result<(), ModelError> {
+    check_name(v, ".+~-", "version name")
+}
+
+fn check_id(kind: &str, v: &str) -> Result<(), ModelError> {
+    check_name(v, "-_.", &format!("{kind} id"))
+}
+
+fn check_elected(e: &Elected) -> Result<(), ModelError> {
+    check_version_name(&e.version)?;
+    if e.sha256.len() != 64 || hex::decode(&e.sha256).is_err() {
+        return Err(invalid(format!(
+            "sha256 `{}` is not 64 hex digits",
+            e.sha256
+        )));
+    }
+    if e.urls.is_empty() || e.urls.len() > 16 {
+        return Err(invalid("an elected version needs 1 to 16 download URLs"));
+    }
+    for u in &e.urls {
+        if !(u.starts_with("http://") || u.starts_with("https://"))
+            || u.len() > 512
+            || u.contains(char::is_whitespace)
+        {
+            return Err(invalid(format!("`{u}` is not an http(s) URL")));
+        }
+    }
+    Ok(())
+}
+
+/// Check a source prefix: an IPv4 or IPv6 address with an optional /length.
+fn check_prefix(p: &str) -> Result<(), ModelError> {
+    let (addr, len) = match p.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (p, None),
+    };
+    let max = match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => 32,
+        Ok(std::net::IpAddr::V6(_)) => 128,
+        Err(_) => return Err(invalid(format!("`{p}` is not an IP prefix"))),
+    };
+    if let Some(l) = len {
+        match l.parse::<u8>() {
+            Ok(n) if n <= max => {}
+            _ => return Err(invalid(format!("`{p}` has an invalid prefix length"))),
+        }
+    }
+    Ok(())
+}
+
+impl Registry {
+    pub fn total_voting_power(&self) -> u64 {
+        self.neurons.values().map(|n| n.voting_power).sum()
+    }
+
+    fn node_subnet(&self, node: &str) -> Option<&Subnet> {
+        self.subnets
+            .values()
+            .find(|s| s.nodes.iter().any(|n| n == node))
+    }
+
+    fn need_node(&self, n: &str) -> Result<(), ModelError> {
+        if self.nodes.contains_key(n) {
+            Ok(())
+        } else {
+            Err(invalid(format!("unknown node `{n}`")))
+        }
+    }
+
+    fn need_subnet(&self, s: &str) -> Result<&Subnet, ModelError> {
+        self.subnets
+            .get(s)
+            .ok_or_else(|| invalid(format!("unknown subnet `{s}`")))
+    }
+
+    fn need_guestos(&self, v: &str) -> Result<(), ModelError> {
+        if self.guestos_versions.contains_key(v) {
+            Ok(())
+        } else {
+            Err(invalid(format!("GuestOS version `{v}` is not elected")))
+        }
+    }
+
+    fn ranges_overlap(
+        &self,
+        ranges: &[CanisterRange],
+        except: Option<&str>,
+    ) -> Result<(), ModelError> {
+        let mut all: Vec<CanisterRange> = self
+            .subnets
+            .values()
+            .filter(|s| Some(s.id.as_str()) != except)
+            .flat_map(|s| s.canister_ranges.clone())
+            .collect();
+        for r in ranges {
+            if r.start > r.end {
+                return Err(invalid(format!(
+                    "canister range {}..{} is empty",
+                    r.start, r.end
+                )));
+            }
+            all.push(*r);
+        }
+        all.sort();
+        for w in all.windows(2) {
+            if w[1].start <= w[0].end {
+                return Err(invalid(format!(
+                    "canister range {}..{} overlaps {}..{}",
+                    w[1].start, w[1].end, w[0].start, w[0].end
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check that `action` can be applied to this registry (the same check runs when a
+    /// proposal is submitted and again when it is executed).
+    pub fn validate(&self, action: &Action) -> Result<(), ModelError> {
+        match action {
+            Action::ElectGuestos(e) | Action::ElectHostos(e) => {
+                check_elected(e)?;
+                let map = if matches!(action, Action::ElectGuestos(_)) {
+                    &self.guestos_versions
+                } else {
+                    &self.hostos_versions
+                };
+                if map.contains_key(&e.version) {
+                    return Err(invalid(format!(
+                        "version `{}` is already elected",
+                        e.version
+                    )));
+                }
+            }
+            Action::RetireGuestos { version } => {
+                self.need_guestos(version)?;
+                let used = self.subnets.values().any(|s| &s.guestos_version == version)
+                    || self.unassigned_guestos_version.as_ref() == Some(version);
+                if used {
+                    return Err(invalid(format!("GuestOS `{version}` is still deployed")));
+                }
+            }
+            Action::RetireHostos { version } => {
+                if !self.hostos_versions.contains_key(version) {
+                    return Err(invalid(format!(
+                        "HostOS version `{version}` is not elected"
+                    )));
+                }
+                if self
+                    .nodes
+                    .values()
+                    .any(|n| n.hostos_version.as_ref() == Some(version))
+                {
+                    return Err(invalid(format!("HostOS `{version}` is still deployed")));
+                }
+            }
+            Action::DeployGuestosToSubnet { subnet, version } => {
+                self.need_subnet(subnet)?;
+                self.need_guestos(version)?;
+            }
+            Action::DeployGuestosToUnassigned { version } => self.need_guestos(version)?,
+            Action::DeployHostosToNodes { nodes, version } => {
+                if nodes.is_empty() {
+                    return Err(invalid("no nodes given"));
+                }
+                for n in nodes {
+                    self.need_node(n)?;
+                }
+                if !self.hostos_versions.contains_key(version) {
+                    return Err(invalid(format!(
+                        "HostOS version `{version}` is not elected"
+                    )));
+                }
+            }
+            Action::AddOperator { id, public_key, .. } => {
+                check_id("operator", id)?;
+                crate::keys::parse_public(public_key)?;
+                if self.operators.contains_key(id) {
+                    return Err(invalid(format!("operator `{id}` exists")));
+                }
+            }
+            Action::RemoveOperator { id } => {
+                if !self.operators.contains_key(id) {
+                    return Err(invalid(format!("unknown operator `{id}`")));
+                }
+                if self.nodes.values().any(|n| &n.operator == id) {
+                    return Err(invalid(format!("operator `{id}` still has nodes")));
+                }
+            }
+            Action::CreateSubnet {
+                id,
+                nodes,
+                canister_ranges,
+                guestos_version,
+            } => {
+                check_id("subnet", id)?;
+                if self.subnets.contains_key(id) {
+                    return Err(invalid(format!("subnet `{id}` exists")));
+                }
+                if nodes.is_empty() {
+                    return Err(invalid("a subnet needs nodes"));
+                }
+                let mut seen = BTreeSet::new();
+                for n in nodes {
+                    self.need_node(n)?;
+                    if !seen.insert(n) {
+                        return Err(invalid(format!("node `{n}` listed twice")));
+                    }
+                    if let Some(s) = self.node_subnet(n) {
+                        return Err(invalid(format!(
+                            "node `{n}` is already in subnet `{}`",
+                            s.id
+                        )));
+                    }
+                }
+                self.need_guestos(guestos_version)?;
+                self.ranges_overlap(canister_ranges, None)?;
+            }
+            Action::AddNodesToSubnet { subnet, nodes } => {
+                self.need_subnet(subnet)?;
+                for n in nodes {
+                    self.need_node(n)?;
+                    if let Some(s) = self.node_subnet(n) {
+                        return Err(invalid(format!(
+                            "node `{n}` is already in subnet `{}`",
+                            s.id
+                        )));
+                    }
+                }
+            }
+            Action::RemoveNodesFromSubnet { subnet, nodes } => {
+                let s = self.need_subnet(subnet)?;
+                for n in nodes {
+                    if !s.nodes.contains(n) {
+                        return Err(invalid(format!("node `{n}` is not in subnet `{subnet}`")));
+                    }
+                }
+                if s.nodes.len() <= nodes.len() {
+                    return Err(invalid(format!(
+                        "subnet `{subnet}` would have no nodes left"
+                    )));
+                }
+            }
+            Action::SetFirewallRules { scope, rules } => {
+                match scope {
+                    FirewallScope::Global => {}
+                    FirewallScope::Subnet(s) => {
+                        self.need_subnet(s)?;
+                    }
+                    FirewallScope::Node(n) => self.need_node(n)?,
+                }
+                if rules.len() > 256 {
+                    return Err(invalid("at most 256 firewall rules per scope"));
+                }
+                for r in rules {
+                    if r.ports.is_empty() || r.ports.contains(&0) {
+                        return Err(invalid("a firewall rule needs ports between 1 and 65535"));
+                    }
+                    for p in &r.sources {
+                        check_prefix(p)?;
+                    }
+                }
+            }
+            Action::AddApiBoundaryNodes { nodes } | Action::RemoveApiBoundaryNodes { nodes } => {
+                for n in nodes {
+                    self.need_node(n)?;
+                }
+                if let Action::RemoveApiBoundaryNodes { .. } = action {
+                    for n in nodes {
+                        if !self.api_boundary_nodes.contains(n) {
+                            return Err(invalid(format!("node `{n}` is not an API boundary node")));
+                        }
+                    }
+                }
+            }
+            Action::ChangeGovernance {
+                upsert_neurons,
+                remove_neurons,
+                online_key,
+                proposal_deadline_secs,
+            } => {
+                let mut after = self.neurons.clone();
+                for n in upsert_neurons {
+                    crate::keys::parse_public(&n.public_key)?;
+                    after.insert(n.id, n.clone());
+                }
+                for id in remove_neurons {
+                    if after.remove(id).is_none() {
+                        return Err(invalid(format!("unknown neuron {id}")));
+                    }
+                }
+                if after.values().map(|n| n.voting_power).sum::<u64>() == 0 {
+                    return Err(invalid("governance would have no voting power left"));
+                }
+                if let Some(k) = online_key {
+                    crate::keys::parse_public(k)?;
+                }
+                if proposal_deadline_secs == &Some(0) {
+                    return Err(invalid("proposal deadline must be above 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a validated action.
+    pub fn apply(&mut self, action: &Action) -> Result<(), ModelError> {
+        self.validate(action)?;
+        match action.clone() {
+            Action::ElectGuestos(e) => {
+                self.guestos_versions.insert(e.version.clone(), e);
+            }
+            Action::ElectHostos(e) => {
+                self.hostos_versions.insert(e.version.clone(), e);
+            }
+            Action::RetireGuestos { version } => {
+                self.guestos_versions.remove(&version);
+            }
+            Action::RetireHostos { version } => {
+                self.hostos_versions.remove(&version);
+            }
+            Action::DeployGuestosToSubnet { subnet, version } => {
+                self.subnets
+                    .get_mut(&subnet)
+                    .expect("validated")
+                    .guestos_version = version;
+            }
+            Action::DeployGuestosToUnassigned { version } => {
+                self.unassigned_guestos_version = Some(version)
+            }
+            Action::DeployHostosToNodes { nodes, version } => {
+                for n in nodes {
+                    self.nodes.get_mut(&n).expect("validated").hostos_version =
+                        Some(version.clone());
+                }
+            }
+            Action::AddOperator {
+                id,
+                public_key,
+                node_allowance,
+            } => {
+                self.operators.insert(
+                    id.clone(),
+                    Operator {
+                        id,
+                        public_key,
+                        node_allowance,
+                        nodes_added: 0,
+                    },
+                );
+            }
+            Action::RemoveOperator { id } => {
+                self.operators.remove(&id);
+            }
+            Action::CreateSubnet {
+                id,
+                nodes,
+                canister_ranges,
+                guestos_version,
+            } => {
+                self.subnets.insert(
+                    id.clone(),
+                    Subnet {
+                        id,
+                        nodes,
+                        canister_ranges,
+                        guestos_version,
+                    },
+                );
+            }
+            Action::AddNodesToSubnet { subnet, nodes } => {
+                self.subnets
+                    .get_mut(&subnet)
+                    .expect("validated")
+                    .nodes
+                    .extend(nodes);
+            }
+            Action::RemoveNodesFromSubnet { subnet, nodes } => {
+                self.subnets
+                    .get_mut(&subnet)
+                    .expect("validated")
+                    .nodes
+                    .retain(|n| !nodes.contains(n));
+            }
+            Action::SetFirewallRules { scope, rules } => {
+                if rules.is_empty() {
+                    self.firewall.remove(&scope.key());
+                } else {
+                    self.firewall.insert(scope.key(), rules);
+                }
+            }
+            Action::AddApiBoundaryNodes { nodes } => self.api_boundary_nodes.extend(nodes),
+            Action::RemoveApiBoundaryNodes { nodes } => {
+                for n in nodes {
+                    self.api_boundary_nodes.remove(&n);
+                }
+            }
+            Action::ChangeGovernance {
+                upsert_neurons,
+                remove_neurons,
+                online_key,
+                proposal_deadline_secs,
+            } => {
+                for n in upsert_neurons {
+                    self.neurons.insert(n.id, n);
+                }
+                for id in remove_neurons {
+                    self.neurons.remove(&id);
+                }
+                if let Some(s) = self.settings.as_mut() {
+                    if let Some(k) = online_key {
+                        s.online_key = k;
+                    }
+                    if let Some(d) = proposal_deadline_secs {
+                        s.proposal_deadline_secs = d;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- queries used by nodes, host agents and boundary nodes ----
+
+    /// The GuestOS a node must run: its subnet's, or the unassigned nodes' one.
+    pub fn guestos_for_node(&self, node: &str) -> Option<&Elected> {
+        let version = match self.node_subnet(node) {
+            Some(s) => Some(&s.guestos_version),
+            None => self.unassigned_guestos_version.as_ref(),
+        }?;
+        self.guestos_versions.get(version)
+    }
+
+    /// The HostOS a node must run.
+    pub fn hostos_for_node(&self, node: &str) -> Option<&Elected> {
+        let v = self.nodes.get(node)?.hostos_version.as_ref()?;
+        self.hostos_versions.get(v)
+    }
+
+    /// The subnet hosting a canister index, and its nodes.
+    pub fn nodes_for_canister(&self, canister: u64) -> Option<(&Subnet, Vec<&Node>)> {
+        let s = self.subnets.values().find(|s| {
+            s.canister_ranges
+                .iter()
+                .any(|r| r.start <= canister && canister <= r.end)
+        })?;
+        Some((
+            s,
+            s.nodes.iter().filter_map(|n| self.nodes.get(n)).collect(),
+        ))
+    }
+
+    /// Firewall rules for a node: its own rules first, then its subnet's, then the global ones.
+    pub fn firewall_for_node(&self, node: &str) -> Vec<FirewallRule> {
+        let mut out = Vec::new();
+        let mut keys = vec![FirewallScope::Node(node.to_string()).key()];
+        if let Some(s) = self.node_subnet(node) {
+            keys.push(FirewallScope::Subnet(s.id.clone()).key());
+        }
+        keys.push(FirewallScope::Global.key());
+        for k in keys {
+            if let Some(r) = self.firewall.get(&k) {
+                out.extend(r.iter().cloned());
+            }
+        }
+        out
+    }
+}
+
+/// The node id derived from a node's public key (so it cannot be chosen freely).
+pub fn node_id(node_public_key: &str) -> NodeId {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest([b"icos-node-id\0".as_slice(), node_public_key.as_bytes()].concat());
+    format!("node-{}", &hex::encode(h)[..16])
+}
