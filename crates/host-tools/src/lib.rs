@@ -107,6 +107,7 @@ pub mod tools {
         "qemu-system-x86 (from bookworm-backports)",
     );
     pub const CPIO: Tool = Tool::new("cpio", "cpio");
+    pub const MKE2FS: Tool = Tool::new("mke2fs", "e2fsprogs");
     pub const BUSYBOX: Tool = Tool::new("busybox", "busybox-static");
 }
 

@@ -1,6 +1,7 @@
 //! `icos`: the command-line entry point. Thin: parses arguments and calls the libraries.
 
 mod gov;
+mod node;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -39,6 +40,23 @@ enum Cmd {
     Registry {
         #[command(subcommand)]
         cmd: gov::RegistryCmd,
+    },
+    /// The HostOS agent: run it, ask it for status.
+    Hostos {
+        #[command(subcommand)]
+        cmd: node::HostosCmd,
+    },
+    /// Guest side of the host-guest channel.
+    Channel {
+        #[command(subcommand)]
+        cmd: node::ChannelCmd,
+        /// The channel device (virtio-serial port).
+        #[arg(
+            long,
+            global = true,
+            default_value = "/dev/virtio-ports/org.icos.host.0"
+        )]
+        device: PathBuf,
     },
     /// The A/B upgrade engine (on the running system, or on a disk image with --disk).
     Upgrade {
@@ -274,6 +292,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Vm { cmd: VmCmd::Run(a) } => vm_run(a),
         Cmd::Upgrade { cmd, disk } => upgrade(cmd, disk),
         Cmd::Gov { cmd } => gov::gov(cmd),
+        Cmd::Hostos { cmd } => node::hostos(cmd),
+        Cmd::Channel { cmd, device } => node::channel(cmd, device),
         Cmd::Registry { cmd } => gov::registry(cmd),
         Cmd::Bench {
             cmd: BenchCmd::Registry { versions, work },

@@ -448,7 +448,7 @@ fn upgrade_over_http_then_unhealthy_version_rolls_back() {
         "GUESTOS BOOT SUCCESS version=1.0.0 slot=A",
         BOOT_TIMEOUT,
     );
-    let mut agent = Agent::connect(&sock);
+    let mut agent = GuestShell::connect(&sock);
     agent.wait_online();
     let (rc, out) = agent.run(
         &format!(
@@ -475,7 +475,7 @@ fn upgrade_over_http_then_unhealthy_version_rolls_back() {
         BOOT_TIMEOUT,
     );
 
-    let mut agent = Agent::connect(&sock);
+    let mut agent = GuestShell::connect(&sock);
     let (rc, out) = agent.run("icos upgrade status", Duration::from_secs(60));
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("slot B: 1.1.0      confirmed"), "{out}");
@@ -510,7 +510,7 @@ fn upgrade_over_http_then_unhealthy_version_rolls_back() {
         BOOT_TIMEOUT,
     );
 
-    let mut agent = Agent::connect(&sock);
+    let mut agent = GuestShell::connect(&sock);
     let (rc, out) = agent.run("icos upgrade status --json", Duration::from_secs(60));
     assert_eq!(rc, 0, "{out}");
     let s: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -563,7 +563,7 @@ fn bad_downloads_are_refused_and_a_killed_install_never_boots() {
         "GUESTOS BOOT SUCCESS version=1.0.0 slot=A",
         BOOT_TIMEOUT,
     );
-    let mut agent = Agent::connect(&sock);
+    let mut agent = GuestShell::connect(&sock);
     agent.wait_online();
     let (rc, out) = agent.run(
         &format!(
@@ -607,7 +607,7 @@ fn bad_downloads_are_refused_and_a_killed_install_never_boots() {
         BOOT_TIMEOUT,
     );
     assert_eq!(line, "GUESTOS BOOT SUCCESS version=1.0.0 slot=A");
-    let mut agent = Agent::connect(&sock);
+    let mut agent = GuestShell::connect(&sock);
     let (rc, out) = agent.run("icos upgrade status", Duration::from_secs(60));
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("slot B: -          empty"), "{out}");

@@ -129,3 +129,21 @@ pub fn write_fat_partition(
 
 /// The slot whose partitions the built image fills.
 pub const BUILT_SLOT: Slot = Slot::A;
+
+/// An empty ext4 filesystem image of `size` bytes, byte-for-byte reproducible: fixed UUID and
+/// hash seed, root-owned, and e2fsprogs' fixed-clock mode for every timestamp.
+pub fn make_ext4(img: &Path, size: u64, label: &str, uuid: &str) -> Result<(), BuildError> {
+    let f = File::create(img).map_err(|e| BuildError::io("creating", img, e))?;
+    f.set_len(size)
+        .map_err(|e| BuildError::io("sizing", img, e))?;
+    drop(f);
+    let mut cmd = host_tools::tools::MKE2FS.command()?;
+    cmd.env("E2FSPROGS_FAKE_TIME", "1")
+        .args(["-q", "-F", "-t", "ext4", "-L", label, "-U", uuid, "-E"])
+        .arg(format!(
+            "hash_seed={uuid},lazy_itable_init=1,root_owner=0:0"
+        ))
+        .arg(img);
+    host_tools::run(&mut cmd, &format!("make the {label} filesystem"))?;
+    Ok(())
+}

@@ -387,6 +387,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
     ];
     if recipe.kind == ImageKind::Setupos {
         needed.push(host_tools::tools::ZSTD);
+    } else {
+        needed.push(host_tools::tools::MKE2FS);
     }
     host_tools::require_all(&needed)?;
     let setup_inputs = if recipe.kind == ImageKind::Setupos {
@@ -503,6 +505,19 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
     };
     let root_part = layout.by_role(root_role).expect("validated recipe").clone();
     disk::write_into_partition(&disk_img, &root_part, &root_img)?;
+    if upgradable {
+        // The built slot's /var is made here (reproducibly) instead of on the first boot:
+        // one step less on every new node's first boot.
+        let var = layout
+            .by_role(Role::Var(disk::BUILT_SLOT))
+            .expect("validated recipe")
+            .clone();
+        let var_img = work.join("var.img");
+        let fs_uuid = derive_uuid(&["icos-var", kind, &req.version]).to_string();
+        disk::make_ext4(&var_img, var.size(), "var", &fs_uuid)?;
+        disk::write_into_partition(&disk_img, &var, &var_img)?;
+        let _ = std::fs::remove_file(&var_img);
+    }
     let var_part = upgradable.then(|| {
         layout
             .by_role(Role::Var(disk::BUILT_SLOT))
@@ -569,11 +584,13 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
             image_info: format!("{{\"kind\":\"{}\"}}\n", recipe.kind),
         },
     )?;
-    if let (Some(cfg_dir), Some(payload)) = (&recipe.setup_config_dir, &setup_payload) {
-        let cfg = layout
-            .by_role(Role::SetupConfig)
-            .expect("validated")
-            .clone();
+    if let Some(cfg_dir) = &recipe.config_dir {
+        let role = if upgradable {
+            Role::Config
+        } else {
+            Role::SetupConfig
+        };
+        let cfg = layout.by_role(role).expect("validated").clone();
         let cfg_id = u32::from_le_bytes(
             derive(&["icos-config", kind])[..4]
                 .try_into()
@@ -584,6 +601,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
             "config".to_string(),
             digest_range(&disk_img, cfg.start, cfg.size())?,
         );
+    }
+    if let Some(payload) = &setup_payload {
         let data = layout.by_role(Role::SetupData).expect("validated").clone();
         disk::write_into_partition(&disk_img, &data, payload)?;
         parts.insert(
@@ -884,7 +903,7 @@ pub fn compare(a: &BuildManifest, b: &BuildManifest) -> VerifyReport {
         "initrd.img" => "initramfs (initrd.img)".to_string(),
         "root.img" => "root filesystem with verity tree (root.img)".to_string(),
         "esp" => "EFI system partition".to_string(),
-        "config" => "SetupOS config partition".to_string(),
+        "config" => "config partition".to_string(),
         "data" => "SetupOS data partition".to_string(),
         "icos" => "icos binary (/usr/bin/icos)".to_string(),
         other => other.to_string(),

@@ -98,10 +98,12 @@ pub struct Initramfs {
     pub modules: Vec<String>,
 }
 
+/// Files written onto the image's FAT config partition (SetupOS: the operator's
+/// `config.ini`; HostOS: the default `hostos.toml`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Setup {
-    pub config_files: String,
+pub struct ConfigPartition {
+    pub files: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,7 +136,7 @@ struct RawRecipe {
     boot: Boot,
     kernel: Kernel,
     initramfs: Initramfs,
-    setup: Option<Setup>,
+    config_partition: Option<ConfigPartition>,
     health: Option<Health>,
     disk: RawDisk,
 }
@@ -185,8 +187,8 @@ pub struct Recipe {
     pub initramfs: Initramfs,
     /// Upgradable images: how a new version proves it is healthy.
     pub health: Option<Health>,
-    /// SetupOS: folder whose files go onto the FAT config partition.
-    pub setup_config_dir: Option<PathBuf>,
+    /// Folder whose files go onto the FAT config partition (required for SetupOS).
+    pub config_dir: Option<PathBuf>,
     pub disk_guid: Uuid,
     pub partitions: Vec<RecipePartition>,
 }
@@ -306,23 +308,24 @@ impl Recipe {
                 "kernel.cmdline must not set root= or icos.* arguments: the builder adds them per slot".into(),
             ));
         }
-        let setup_config_dir = match (&raw.setup, raw.kind) {
-            (Some(s), ImageKind::Setupos) => {
-                let d = dir.join(&s.config_files);
+        let config_dir = match &raw.config_partition {
+            Some(c) => {
+                let d = dir.join(&c.files);
                 if !d.is_dir() {
                     return Err(RecipeError::MissingFile {
                         path: path.clone(),
-                        name: s.config_files.clone(),
+                        name: c.files.clone(),
                         missing: d,
                     });
                 }
                 Some(d)
             }
-            (None, ImageKind::Setupos) => {
-                return Err(invalid("SetupOS needs a [setup] section".into()))
+            None if raw.kind == ImageKind::Setupos => {
+                return Err(invalid(
+                    "SetupOS needs a [config_partition] section (the operator's config.ini)".into(),
+                ))
             }
-            (Some(_), _) => return Err(invalid("[setup] is only for SetupOS".into())),
-            (None, _) => None,
+            None => None,
         };
 
         match (&raw.health, raw.kind) {
@@ -431,7 +434,7 @@ impl Recipe {
             kernel: raw.kernel,
             initramfs: raw.initramfs,
             health: raw.health,
-            setup_config_dir,
+            config_dir,
             disk_guid: raw.disk.guid,
             partitions,
         })
@@ -503,7 +506,7 @@ impl Recipe {
         };
         add_file(&mut h, "recipe.toml", &self.dir.join("recipe.toml"))?;
         let mut roots: Vec<&PathBuf> = self.overlay_dirs.iter().collect();
-        if let Some(c) = &self.setup_config_dir {
+        if let Some(c) = &self.config_dir {
             roots.push(c);
         }
         for (i, root) in roots.iter().enumerate() {

@@ -103,6 +103,8 @@ pub struct VmConfig {
     pub console_on_terminal: bool,
     /// Host end of the virtio-serial host-guest channel (a Unix socket QEMU listens on).
     pub channel_socket: Option<PathBuf>,
+    /// More virtio-serial ports: (port name, host socket).
+    pub extra_ports: Vec<(String, PathBuf)>,
     /// User-mode networking with these host→guest TCP port forwards; `None` = no NIC.
     pub network: Option<Vec<(u16, u16)>>,
     /// MAC address of the NIC (deterministic per node).
@@ -133,6 +135,7 @@ impl VmConfig {
             serial_log: serial_log.into(),
             console_on_terminal: false,
             channel_socket: None,
+            extra_ports: Vec::new(),
             network: Some(Vec::new()),
             mac: None,
             snapshot: false,
@@ -360,14 +363,22 @@ impl Vm {
             }
             cmd.arg("-device").arg(dev);
         }
-        if let Some(sock) = &cfg.channel_socket {
+        let ports: Vec<(&str, &PathBuf)> = cfg
+            .channel_socket
+            .iter()
+            .map(|s| (CHANNEL_NAME, s))
+            .chain(cfg.extra_ports.iter().map(|(n, s)| (n.as_str(), s)))
+            .collect();
+        if !ports.is_empty() {
             cmd.args(["-device", "virtio-serial-pci,id=vser0"]);
+        }
+        for (i, (name, sock)) in ports.iter().enumerate() {
             cmd.arg("-chardev").arg(format!(
-                "socket,id=chan0,path={},server=on,wait=off",
+                "socket,id=chan{i},path={},server=on,wait=off",
                 sock.display()
             ));
             cmd.arg("-device").arg(format!(
-                "virtserialport,bus=vser0.0,chardev=chan0,name={CHANNEL_NAME}"
+                "virtserialport,bus=vser0.0,chardev=chan{i},name={name}"
             ));
         }
         let qmp = cfg
@@ -432,7 +443,11 @@ impl Vm {
             .clone()
             .unwrap_or_else(|| cfg.sibling(".qmp"));
         let _ = std::fs::remove_file(&qmp_socket);
-        if let Some(s) = &cfg.channel_socket {
+        for s in cfg
+            .channel_socket
+            .iter()
+            .chain(cfg.extra_ports.iter().map(|(_, s)| s))
+        {
             let _ = std::fs::remove_file(s);
         }
         let mut cmd = Self::command(cfg, accel)?;

@@ -66,28 +66,29 @@ fn make_run_dir() -> PathBuf {
 
 /// Build an image once per test run (other tests wait on a lock and reuse it).
 pub fn image(kind: &str) -> PathBuf {
+    image_version(kind, VERSION)
+}
+
+/// [`image`] for another version (HostOS and GuestOS only).
+pub fn image_version(kind: &str, version: &str) -> PathBuf {
     let dir = run_dir();
-    let out = dir.join(format!("{kind}-{VERSION}"));
-    let lock = File::create(dir.join(format!("{kind}.lock"))).unwrap();
+    let out = dir.join(format!("{kind}-{version}"));
+    let lock = File::create(dir.join(format!("{kind}-{version}.lock"))).unwrap();
     lock.lock().unwrap();
     if !out.join("manifest.json").is_file() {
         if kind == "setupos" {
-            let h = image_locked_dep(&dir, "hostos");
-            let g = image_locked_dep(&dir, "guestos");
+            let h = image("hostos");
+            let g = image("guestos");
             let mut req = BuildRequest::new(recipes().join(kind), VERSION, &out);
             req.hostos = Some(h);
             req.guestos = Some(g);
             image_builder::build(&req).unwrap_or_else(|e| panic!("building {kind}: {e}"));
         } else {
-            let req = BuildRequest::new(recipes().join(kind), VERSION, &out);
-            image_builder::build(&req).unwrap_or_else(|e| panic!("building {kind}: {e}"));
+            let req = BuildRequest::new(recipes().join(kind), version, &out);
+            image_builder::build(&req).unwrap_or_else(|e| panic!("building {kind} {version}: {e}"));
         }
     }
     out
-}
-
-fn image_locked_dep(_dir: &Path, kind: &str) -> PathBuf {
-    image(kind)
 }
 
 pub fn manifest(out: &Path) -> BuildManifest {
@@ -191,18 +192,18 @@ pub fn sha256_of(path: &Path) -> String {
     update_package::hash_file(path).unwrap().0
 }
 
-/// Client of the test agent on the VM's virtio-serial channel.
-pub struct Agent {
+/// Client of the test agent (a shell on a test-only virtio-serial port) inside a VM.
+pub struct GuestShell {
     reader: std::io::BufReader<std::os::unix::net::UnixStream>,
     writer: std::os::unix::net::UnixStream,
     next_id: u64,
 }
 
-impl Agent {
+impl GuestShell {
     /// Connect and wait until the agent answers (it starts late in the boot).
-    pub fn connect(sock: &Path) -> Agent {
+    pub fn connect(sock: &Path) -> GuestShell {
         let stream = std::os::unix::net::UnixStream::connect(sock).unwrap();
-        let mut a = Agent {
+        let mut a = GuestShell {
             reader: std::io::BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
             // Distinct per connection, so answers to an earlier connection's requests
@@ -282,13 +283,16 @@ fn rand_suffix() -> u64 {
         .subsec_micros() as u64
 }
 
+/// The virtio-serial port of the test agent (the host channel keeps its own port).
+pub const TEST_PORT: &str = "org.icos.test.0";
+
 /// A VM with the host-guest channel, started on a disk (not a snapshot: upgrades persist).
 pub fn start_vm(disk: &Path, name: &str) -> (Vm, PathBuf, PathBuf) {
     let dir = run_dir();
     let log = dir.join(format!("{name}.log"));
     let sock = dir.join(format!("{name}.sock"));
     let mut cfg = VmConfig::new(disk, &log);
-    cfg.channel_socket = Some(sock.clone());
+    cfg.extra_ports = vec![(TEST_PORT.to_string(), sock.clone())];
     cfg.cache_dir = Some(image_builder::default_cache_dir());
     cfg.efi_vars = Some(dir.join(format!("{name}.efivars.fd")));
     let vm = Vm::start(&cfg).unwrap();

@@ -1,0 +1,111 @@
+//! The host side of the host-guest channel: what the agent answers, and the connection to
+//! QEMU's virtio-serial socket (kept up across guest reboots).
+
+use crate::config::HostosConfig;
+use crate::upgrader::Upgrader;
+use crate::Shared;
+use host_channel::{Host, Limits, Server, UpgradeAnswer};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Answers guest requests. The rate limits live in one [`Server`] per agent, so a guest
+/// cannot reset them by reconnecting.
+pub struct AgentHost {
+    pub cfg: HostosConfig,
+    pub shared: Shared,
+    pub upgrader: Arc<Upgrader>,
+    server_stats: Mutex<host_channel::Stats>,
+}
+
+impl AgentHost {
+    pub fn new(cfg: HostosConfig, shared: Shared, upgrader: Arc<Upgrader>) -> Self {
+        AgentHost {
+            cfg,
+            shared,
+            upgrader,
+            server_stats: Mutex::new(Default::default()),
+        }
+    }
+}
+
+/// The [`Host`] the channel server calls (a handle shared with the supervisor).
+pub struct HostHandle(pub Arc<AgentHost>);
+
+impl Host for HostHandle {
+    fn hostos_version(&self) -> String {
+        crate::hostos_version(&self.0.cfg)
+    }
+
+    fn notify(&self, message: &str) {
+        tracing::info!("guest notify: {message}");
+        crate::console(&self.0.cfg, &format!("GUESTOS NOTIFY: {message}"));
+        let mut s = self.0.shared.lock().expect("status lock");
+        s.notifications += 1;
+        s.last_notification = Some(message.to_string());
+    }
+
+    fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, String> {
+        self.0.upgrader.request()
+    }
+}
+
+/// Serve the channel of one VM life until `stop`: connect to QEMU's socket, serve, and
+/// reconnect when the connection drops.
+pub fn serve_channel(sock: &Path, host: Arc<AgentHost>, stop: &AtomicBool) {
+    let mut server = Server::new(HostHandle(host.clone()), Limits::default());
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match UnixStream::connect(sock) {
+            Ok(s) => s,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        // Short read timeouts let the loop notice `stop`; a timeout is not an error.
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut reader = TimeoutReader {
+            inner: stream.try_clone().expect("clone socket"),
+            stop,
+        };
+        let mut writer = stream;
+        if let Err(e) = server.serve(&mut reader, &mut writer) {
+            tracing::debug!("host channel connection ended: {e}");
+        }
+        {
+            let mut st = host.server_stats.lock().expect("stats lock");
+            *st = server.stats.clone();
+        }
+        host.shared.lock().expect("status lock").channel = server.stats.clone();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    host.shared.lock().expect("status lock").channel = server.stats.clone();
+}
+
+/// Turns read timeouts into retries, and into end-of-stream once asked to stop.
+struct TimeoutReader<'a> {
+    inner: UnixStream,
+    stop: &'a AtomicBool,
+}
+
+impl std::io::Read for TimeoutReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Ok(0);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The HostOS agent.
+//!
+//! [`Agent::start`] runs three parts on one [`HostosConfig`]:
+//! * the [`supervisor`]: renders the GuestOS VM (vCPUs, memory, the GuestOS disk, OVMF, a
+//!   virtio NIC with the node's deterministic GuestOS MAC, the serial log, the host-guest
+//!   channel, and a small config disk with `guest.json`), starts QEMU (KVM if it truly works,
+//!   else TCG), waits for `GUESTOS BOOT SUCCESS` / `FAILURE` with a timeout, restarts the VM
+//!   when it exits, fails or hangs (exponential backoff, a limit, a log line and a console
+//!   line saying why), and shuts it down cleanly when stopped;
+//! * the [`channel`] server (protocol in the `host-channel` crate) answering the guest;
+//! * an HTTP endpoint with `/v1/status` (JSON), `/metrics` (Prometheus) and
+//!   `/v1/request-hostos-upgrade`, which takes the same path as a guest's request ([`upgrader`]).
+//!
+//! ```no_run
+//! let cfg = hostos_agent::config::HostosConfig::load(std::path::Path::new("hostos.toml")).unwrap();
+//! let agent = hostos_agent::Agent::start(cfg).unwrap();
+//! std::thread::sleep(std::time::Duration::from_secs(60));
+//! agent.stop();
+//! ```
+
+pub mod channel;
+pub mod config;
+pub mod guestdisk;
+mod http;
+pub mod supervisor;
+pub mod upgrader;
+
+use config::HostosConfig;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GuestStatus {
+    /// not-configured, booting, running, restarting, stopping, stopped, gave-up
+    pub state: String,
+    pub version: Option<String>,
+    pub slot: Option<String>,
+    pub pid: Option<u32>,
+    pub accel: String,
+    pub restarts: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub started_at_unix: Option<u64>,
+    pub booted_at_unix: Option<u64>,
+    pub boot_secs: Option<f64>,
+    pub serial_log: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentStatus {
+    pub hostos_version: String,
+    pub guest: GuestStatus,
+    pub config_problems: Vec<String>,
+    pub channel: host_channel::Stats,
+    pub notifications: u64,
+    pub last_notification: Option<String>,
+    pub upgrade: upgrader::UpgradeStatus,
+}
+
+pub type Shared = Arc<Mutex<AgentStatus>>;
+
+#[allow(non_snake_case)]
+pub(crate) fn UNIX_NOW() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The running HostOS version: the image's release file, else the config (development).
+pub fn hostos_version(cfg: &HostosConfig) -> String {
+    if let Ok(text) = std::fs::read_to_string("/usr/lib/icos/release") {
+        if text.contains("IMAGE=hostos") {
+            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("VERSION=")) {
+                return v.trim().to_string();
+            }
+        }
+    }
+    cfg.hostos_version.clone().unwrap_or_else(|| "dev".into())
+}
+
+/// A line on the host console (when configured) and in the log.
+pub(crate) fn console(cfg: &HostosConfig, line: &str) {
+    tracing::info!("{line}");
+    if cfg.console {
+        use std::io::Write;
+        if let Ok(mut c) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+            let _ = writeln!(c, "{line}");
+        }
+    }
+}
+
+pub struct Agent {
+    pub shared: Shared,
+    pub addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    supervisor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Start the HTTP endpoint and the supervisor. Config problems are logged, shown in the
+    /// status, and do not stop the agent.
+    pub fn start(cfg: HostosConfig) -> std::io::Result<Agent> {
+        for p in &cfg.problems {
+            tracing::warn!("HostOS config: {p}");
+            console(&cfg, &format!("HOSTOS CONFIG PROBLEM {p}"));
+        }
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let shared: Shared = Arc::new(Mutex::new(AgentStatus {
+            hostos_version: hostos_version(&cfg),
+            config_problems: cfg.problems.clone(),
+            guest: GuestStatus {
+                state: "starting".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        let upgrader = Arc::new(upgrader::Upgrader::new(cfg.clone(), shared.clone()));
+        let host = Arc::new(channel::AgentHost::new(
+            cfg.clone(),
+            shared.clone(),
+            upgrader.clone(),
+        ));
+        let addr = http::spawn(cfg.listen, shared.clone(), upgrader)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cfg2, shared2, stop2) = (cfg.clone(), shared.clone(), stop.clone());
+        let supervisor = std::thread::Builder::new()
+            .name("guest-supervisor".into())
+            .spawn(move || supervisor::supervise(cfg2, shared2, host, stop2))?;
+        Ok(Agent {
+            shared,
+            addr,
+            stop,
+            supervisor: Some(supervisor),
+        })
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        self.shared.lock().expect("status lock").clone()
+    }
+
+    /// Stop: the GuestOS VM is powered down (killed after a grace period).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.supervisor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.supervisor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Prometheus text for an agent status.
+pub fn metrics(s: &AgentStatus) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let g = &s.guest;
+    let _ = writeln!(
+        o,
+        "# HELP icos_hostos_guest_running 1 while the GuestOS VM has reported a successful boot."
+    );
+    let _ = writeln!(o, "# TYPE icos_hostos_guest_running gauge");
+    let _ = writeln!(
+        o,
+        "icos_hostos_guest_running {}",
+        u8::from(g.state == "running")
+    );
+    let _ = writeln!(
+        o,
+        "# HELP icos_hostos_guest_restarts_total GuestOS VM restarts by the agent."
+    );
+    let _ = writeln!(o, "# TYPE icos_hostos_guest_restarts_total counter");
+    let _ = writeln!(o, "icos_hostos_guest_restarts_total {}", g.restarts);
+    let _ = writeln!(
+        o,
+        "# HELP icos_hostos_info HostOS and GuestOS versions (value 1)."
+    );
+    let _ = writeln!(o, "# TYPE icos_hostos_info gauge");
+    let _ = writeln!(
+        o,
+        "icos_hostos_info{{hostos_version=\"{}\",guestos_version=\"{}\",guestos_slot=\"{}\"}} 1",
+        s.hostos_version,
+        g.version.as_deref().unwrap_or(""),
+        g.slot.as_deref().unwrap_or("")
+    );
+    let _ = writeln!(o, "# HELP icos_hostos_channel_requests_total Host-channel requests answered, errors, throttled.");
+    let _ = writeln!(o, "# TYPE icos_hostos_channel_requests_total counter");
+    let _ = writeln!(
+        o,
+        "icos_hostos_channel_requests_total{{result=\"answered\"}} {}",
+        s.channel.answered
+    );
+    let _ = writeln!(
+        o,
+        "icos_hostos_channel_requests_total{{result=\"error\"}} {}",
+        s.channel.errors
+    );
+    let _ = writeln!(
+        o,
+        "icos_hostos_channel_requests_total{{result=\"throttled\"}} {}",
+        s.channel.throttled
+    );
+    let _ = writeln!(
+        o,
+        "# HELP icos_hostos_guest_boot_seconds Time of the last GuestOS boot to SUCCESS."
+    );
+    let _ = writeln!(o, "# TYPE icos_hostos_guest_boot_seconds gauge");
+    let _ = writeln!(
+        o,
+        "icos_hostos_guest_boot_seconds {}",
+        g.boot_secs.unwrap_or(0.0)
+    );
+    o
+}

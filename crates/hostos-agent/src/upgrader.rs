@@ -1,0 +1,128 @@
+//! HostOS self-upgrade. The target comes only from this host's own verified registry view:
+//! the HostOS version governance assigned to this node, its elected SHA-256 and URLs. A
+//! request (from the guest over the channel, or from the operator) can only start that.
+
+use crate::config::HostosConfig;
+use crate::Shared;
+use host_channel::UpgradeAnswer;
+use registry_model::Elected;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UpgradeStatus {
+    pub in_progress: Option<String>,
+    pub last_result: Option<String>,
+    pub requests: u64,
+}
+
+pub struct Upgrader {
+    cfg: HostosConfig,
+    shared: Shared,
+    /// The version being installed, while an install runs.
+    busy: Arc<Mutex<Option<String>>>,
+}
+
+impl Upgrader {
+    pub fn new(cfg: HostosConfig, shared: Shared) -> Self {
+        Upgrader {
+            cfg,
+            shared,
+            busy: Arc::default(),
+        }
+    }
+
+    /// Look up the assigned HostOS version; start installing it if this host runs another.
+    pub fn request(&self) -> Result<UpgradeAnswer, String> {
+        self.shared.lock().expect("status lock").upgrade.requests += 1;
+        if let Some(v) = self.busy.lock().expect("busy lock").clone() {
+            return Ok(UpgradeAnswer::InProgress { version: v });
+        }
+        let reg = self
+            .cfg
+            .registry
+            .as_ref()
+            .ok_or("this host has no registry configured (fields `registry.urls` and `registry.genesis_hash`)")?;
+        let node = self
+            .cfg
+            .node_id
+            .clone()
+            .ok_or("this host does not know its node id (field `node.node_id`)")?;
+        let mut client = registry_client::Client::open(registry_client::ClientConfig::new(
+            reg.urls.clone(),
+            &reg.genesis_hash,
+            self.cfg.state_dir.join("registry"),
+        ))
+        .map_err(|e| e.to_string())?;
+        client
+            .sync()
+            .map_err(|e| format!("cannot sync the registry: {e}"))?;
+        let target = client
+            .registry()
+            .hostos_for_node(&node)
+            .cloned()
+            .ok_or_else(|| format!("the registry assigns no HostOS version to node {node}"))?;
+        let current = crate::hostos_version(&self.cfg);
+        if target.version == current {
+            return Ok(UpgradeAnswer::UpToDate { version: current });
+        }
+        let disk = self
+            .cfg
+            .hostos_disk
+            .clone()
+            .ok_or("this host cannot upgrade itself (field `upgrade.hostos_disk` is not set; development mode)")?;
+        *self.busy.lock().expect("busy lock") = Some(target.version.clone());
+        self.shared.lock().expect("status lock").upgrade.in_progress = Some(target.version.clone());
+        let version = target.version.clone();
+        let (shared, cfg, busy) = (self.shared.clone(), self.cfg.clone(), self.busy.clone());
+        std::thread::spawn(move || {
+            let result = install(&disk, &target, &node);
+            let msg = match &result {
+                Ok(()) => format!("HostOS {} installed and activated", target.version),
+                Err(e) => format!("HostOS upgrade to {} failed: {e}", target.version),
+            };
+            tracing::info!("{msg}");
+            crate::console(&cfg, &format!("HOSTOS UPGRADE {msg}"));
+            {
+                let mut s = shared.lock().expect("status lock");
+                s.upgrade.in_progress = None;
+                s.upgrade.last_result = Some(msg);
+            }
+            *busy.lock().expect("busy lock") = None;
+            if result.is_ok() && disk == "running" {
+                crate::console(&cfg, "HOSTOS UPGRADE rebooting into the new version");
+                let _ = std::process::Command::new("systemctl")
+                    .arg("reboot")
+                    .status();
+            }
+        });
+        Ok(UpgradeAnswer::Started { version })
+    }
+}
+
+fn install(disk: &str, target: &Elected, node: &str) -> Result<(), String> {
+    let mut engine = if disk == "running" {
+        upgrade_engine::Engine::open_running()
+    } else {
+        upgrade_engine::Engine::open_disk(std::path::Path::new(disk))
+    }
+    .map_err(|e| e.to_string())?;
+    // Start from a different mirror on each node to spread the load.
+    let n = target.urls.len().max(1);
+    let start = node.bytes().map(usize::from).sum::<usize>() % n;
+    let mut errors = Vec::new();
+    for i in 0..target.urls.len() {
+        let url = &target.urls[(start + i) % n];
+        match upgrade_engine::source::open(url) {
+            Ok(mut src) => match engine.install(&mut src.reader, &target.sha256) {
+                Ok(_) => {
+                    engine.activate(3).map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
+                Err(e) => errors.push(format!("{url}: {e}")),
+            },
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(errors.join("; "))
+}
