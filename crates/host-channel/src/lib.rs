@@ -111,6 +111,8 @@ pub trait Host {
     fn hostos_version(&self) -> String;
     fn notify(&self, message: &str);
     fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, String>;
+    /// Called after every answer with the server's counters (for status and metrics).
+    fn answered(&self, _stats: &Stats) {}
 }
 
 /// Token buckets per request kind: `burst` requests at once, then one per `every`.
@@ -213,6 +215,7 @@ impl<H: Host> Server<H> {
             }
         };
         self.stats.answered += 1;
+        self.host.answered(&self.stats);
         let mut out = serde_json::to_vec(&a).expect("answers serialize");
         out.push(b'\n');
         out
@@ -293,6 +296,7 @@ impl<H: Host> Server<H> {
                 Line::TooLong => {
                     self.stats.oversized += 1;
                     self.stats.errors += 1;
+                    self.host.answered(&self.stats);
                     let a = AnswerLine {
                         v: PROTOCOL_VERSION,
                         id: 0,

@@ -8,7 +8,7 @@ use host_channel::{Host, Limits, Server, UpgradeAnswer};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Answers guest requests. The rate limits live in one [`Server`] per agent, so a guest
@@ -17,7 +17,6 @@ pub struct AgentHost {
     pub cfg: HostosConfig,
     pub shared: Shared,
     pub upgrader: Arc<Upgrader>,
-    server_stats: Mutex<host_channel::Stats>,
 }
 
 impl AgentHost {
@@ -26,7 +25,6 @@ impl AgentHost {
             cfg,
             shared,
             upgrader,
-            server_stats: Mutex::new(Default::default()),
         }
     }
 }
@@ -49,6 +47,10 @@ impl Host for HostHandle {
 
     fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, String> {
         self.0.upgrader.request()
+    }
+
+    fn answered(&self, stats: &host_channel::Stats) {
+        self.0.shared.lock().expect("status lock").channel = stats.clone();
     }
 }
 
@@ -74,14 +76,8 @@ pub fn serve_channel(sock: &Path, host: Arc<AgentHost>, stop: &AtomicBool) {
         if let Err(e) = server.serve(&mut reader, &mut writer) {
             tracing::debug!("host channel connection ended: {e}");
         }
-        {
-            let mut st = host.server_stats.lock().expect("stats lock");
-            *st = server.stats.clone();
-        }
-        host.shared.lock().expect("status lock").channel = server.stats.clone();
         std::thread::sleep(Duration::from_millis(200));
     }
-    host.shared.lock().expect("status lock").channel = server.stats.clone();
 }
 
 /// Turns read timeouts into retries, and into end-of-stream once asked to stop.

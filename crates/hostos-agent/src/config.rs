@@ -257,6 +257,23 @@ impl HostosConfig {
         Ok(c)
     }
 
+    /// The config to run with when the file cannot be read or parsed at all: defaults (on a
+    /// HostOS image the GuestOS disk is its `guestos` partition), with the error recorded so
+    /// the agent still brings up what it can and says what was wrong.
+    pub fn fallback(error: &ConfigError) -> HostosConfig {
+        let on_hostos = std::fs::read_to_string("/usr/lib/icos/release")
+            .is_ok_and(|t| t.contains("IMAGE=hostos"));
+        let text = if on_hostos {
+            "[guest]\ndisk = \"/dev/disk/by-partlabel/guestos\"\n[agent]\nconsole = true\n"
+        } else {
+            ""
+        };
+        let mut c = HostosConfig::parse(text, "defaults").expect("static defaults parse");
+        c.problems
+            .insert(0, format!("{error}; running with defaults"));
+        c
+    }
+
     pub fn load(path: &Path) -> Result<HostosConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),

@@ -245,10 +245,12 @@ fn boot(
                 return Ok(());
             }
             WaitOutcome::Matched { line, .. } => return Err(format!("guest reported: {line}")),
-            WaitOutcome::Exited { status, .. } => return Err(format!(
+            WaitOutcome::Exited { status, .. } => {
+                return Err(format!(
                 "QEMU exited ({status}) before the guest reported success; last console lines: {}",
                 vm.serial_tail(3).replace('\n', " | ")
-            )),
+            ))
+            }
             WaitOutcome::TimedOut { .. } if started.elapsed() >= timeout => {
                 return Err(format!(
                     "no GUESTOS BOOT SUCCESS line within {} s (the guest hangs)",
