@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: install what is needed, build the icos tool, build the GuestOS image and
-# boot it in QEMU until it reports GUESTOS BOOT SUCCESS.
+# The main job: install what is needed, build the icos tool, and bring up a local icos
+# network with its default settings (a registry under local governance, a package mirror,
+# and 2 nodes, each a HostOS agent supervising a GuestOS VM, in one subnet).
+# The network keeps running; `target/release/icos testnet down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,14 +14,23 @@ step "host packages"
 step "building the icos tool (cargo build --release)"
 cargo build --release -q -p icos-cli
 ICOS=target/release/icos
+DIR="${ICOS_TESTNET_DIR:-out/testnet}"
 
-VERSION="${ICOS_VERSION:-1.0.0}"
-OUT="out/guestos-$VERSION"
-step "building GuestOS $VERSION into $OUT (the first build fetches the Debian base: about a minute)"
-"$ICOS" build guestos --version "$VERSION" --out "$OUT"
+if [ -f "$DIR/testnet.json" ]; then
+  step "stopping the testnet left in $DIR"
+  "$ICOS" testnet down --dir "$DIR" || true
+fi
 
-step "booting $OUT/disk.img in QEMU until GUESTOS BOOT SUCCESS (TCG here: about 15 s; serial log in $OUT/serial.log)"
-"$ICOS" vm run "$OUT/disk.img" --snapshot --serial-log "$OUT/serial.log" --timeout 300 \
-  --until 'GUESTOS BOOT (SUCCESS|FAILURE)'
-grep -a -m1 'GUESTOS BOOT' "$OUT/serial.log"
-grep -a -q 'GUESTOS BOOT SUCCESS' "$OUT/serial.log"
+step "icos testnet up (GuestOS 1.0.0 built on first use; TCG here: about 3 minutes the first time, 2 later)"
+"$ICOS" testnet up --dir "$DIR" --nodes "${ICOS_NODES:-2}"
+
+step "icos testnet status"
+"$ICOS" testnet status --dir "$DIR"
+
+cat <<MSG
+
+The network is running. Try:
+  $ICOS testnet upgrade --dir $DIR --subnet subnet-1 --to 1.1.0   # build, propose, vote, watch the rollout
+  $ICOS testnet status --dir $DIR
+  $ICOS testnet down --dir $DIR                                   # stop everything
+MSG

@@ -59,7 +59,13 @@ impl Host for HostHandle {
 pub fn serve_channel(sock: &Path, host: Arc<AgentHost>, stop: &AtomicBool) {
     let mut server = Server::new(HostHandle(host.clone()), Limits::default());
     while !stop.load(Ordering::Relaxed) {
-        let stream = match UnixStream::connect(sock) {
+        let stream = match vm_runner::socket_path(sock).and_then(|p| {
+            UnixStream::connect(&p).map_err(|e| vm_runner::VmError::Io {
+                what: "connecting to",
+                path: p,
+                source: e,
+            })
+        }) {
             Ok(s) => s,
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(200));

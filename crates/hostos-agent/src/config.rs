@@ -40,6 +40,10 @@ pub struct HostosConfig {
     /// Node operator key handed to the guest for registration (PEM file).
     pub operator_key_file: Option<PathBuf>,
     pub operator_id: Option<String>,
+    /// The node's public HTTP endpoint, passed to the guest for its registration.
+    pub http_endpoint: Option<String>,
+    /// Prefixes allowed to reach the guest's SSH and status ports.
+    pub admin_prefixes: Vec<String>,
     /// Development and tests: more virtio-serial ports for the guest (`name=socket`).
     pub extra_ports: Vec<(String, PathBuf)>,
     /// Problems found in the config, each naming its field.
@@ -239,6 +243,8 @@ impl HostosConfig {
                 .string("guest_config.operator_key_file")
                 .map(PathBuf::from),
             operator_id: r.string("guest_config.operator_id"),
+            http_endpoint: r.string("node.http_endpoint"),
+            admin_prefixes: r.strings("guest_config.admin_prefixes"),
             extra_ports: Vec::new(),
             problems: Vec::new(),
         };

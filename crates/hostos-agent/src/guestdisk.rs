@@ -23,6 +23,12 @@ pub struct GuestConfig {
     pub operator_id: Option<String>,
     /// PEM of the node operator's key, for signing the node's registration.
     pub operator_key_pem: Option<String>,
+    /// The node's public HTTP endpoint (registered with the node).
+    #[serde(default)]
+    pub http_endpoint: Option<String>,
+    /// Prefixes allowed to reach SSH and the status/metrics port.
+    #[serde(default)]
+    pub admin_prefixes: Vec<String>,
 }
 
 impl GuestConfig {
@@ -49,6 +55,8 @@ impl GuestConfig {
             genesis_hash: c.registry.as_ref().map(|r| r.genesis_hash.clone()),
             operator_id: c.operator_id.clone(),
             operator_key_pem,
+            http_endpoint: c.http_endpoint.clone(),
+            admin_prefixes: c.admin_prefixes.clone(),
         })
     }
 }
@@ -104,6 +112,8 @@ mod tests {
             genesis_hash: Some("ab".into()),
             operator_id: None,
             operator_key_pem: None,
+            http_endpoint: Some("http://127.0.0.1:18081".into()),
+            admin_prefixes: vec!["10.0.2.0/24".into()],
         };
         let p = d.path().join("cfg.img");
         write_config_disk(&p, &c).unwrap();

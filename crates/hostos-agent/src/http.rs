@@ -57,26 +57,43 @@ pub fn spawn(
     shared: Shared,
     upgrader: Arc<Upgrader>,
 ) -> std::io::Result<std::net::SocketAddr> {
-    let std_listener = std::net::TcpListener::bind(listen)?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/v1/request-hostos-upgrade", post(request_upgrade))
         .with_state(Ctx { shared, upgrader });
+    serve_in_thread(listen, app, "agent-http")
+}
+
+/// Bind `listen` now (so a taken port is an error for the caller) and serve `app` on a
+/// thread of its own with a one-worker runtime: the agents' loops stay plain threads.
+pub fn serve_in_thread(
+    listen: std::net::SocketAddr,
+    app: Router,
+    name: &str,
+) -> std::io::Result<std::net::SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(listen)?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let what = name.to_string();
     std::thread::Builder::new()
-        .name("agent-http".into())
+        .name(name.into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
+            let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()
-                .expect("tokio runtime");
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!("{what}: no async runtime: {e}"),
+            };
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!("agent HTTP endpoint stopped: {e}");
+                let served = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(listener) => axum::serve(listener, app).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = served {
+                    tracing::error!("{what} endpoint stopped: {e}");
                 }
             });
         })?;

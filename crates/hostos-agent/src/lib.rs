@@ -21,7 +21,7 @@
 pub mod channel;
 pub mod config;
 pub mod guestdisk;
-mod http;
+pub mod http;
 pub mod supervisor;
 pub mod upgrader;
 

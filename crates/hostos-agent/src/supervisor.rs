@@ -246,10 +246,16 @@ fn boot(
             }
             WaitOutcome::Matched { line, .. } => return Err(format!("guest reported: {line}")),
             WaitOutcome::Exited { status, .. } => {
+                let qemu = vm.qemu_tail(3);
+                let (what, tail) = if qemu.is_empty() {
+                    ("last console lines", vm.serial_tail(3))
+                } else {
+                    ("QEMU said", qemu)
+                };
                 return Err(format!(
-                "QEMU exited ({status}) before the guest reported success; last console lines: {}",
-                vm.serial_tail(3).replace('\n', " | ")
-            ))
+                    "QEMU exited ({status}) before the guest reported success; {what}: {}",
+                    tail.replace('\n', " | ")
+                ));
             }
             WaitOutcome::TimedOut { .. } if started.elapsed() >= timeout => {
                 return Err(format!(

@@ -6,6 +6,11 @@
 //! marker. The ratio is what icos adds on top of firmware + boot loader + kernel: the
 //! initramfs, dm-verity, and systemd up to the required units.
 //!
+//! The other benchmarks live in modules: [`install`] (upgrade install throughput against
+//! `sha256sum` + `dd`), [`registry`] (sync, incremental sync, server throughput against
+//! nginx) and [`rollout`] (a testnet rollout from adoption until every node confirmed,
+//! against one plain reboot of the same VM).
+//!
 //! ```no_run
 //! let r = icos_bench::boot_benchmark(std::path::Path::new("out/guestos-1.0.0/disk.img"), "GUESTOS", "console=ttyS0", 3).unwrap();
 //! println!("ratio {:.2}", r.ratio());
@@ -13,6 +18,7 @@
 
 pub mod install;
 pub mod registry;
+pub mod rollout;
 
 use boot_slots::{BootEntry, Esp};
 use disk_layout::{Layout, PartType, PartitionSpec, Role, Slot, Window};
@@ -47,6 +53,8 @@ pub enum BenchError {
         outcome: String,
         tail: String,
     },
+    #[error("testnet: {0}")]
+    Testnet(#[from] testnet::TestnetError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BenchError {

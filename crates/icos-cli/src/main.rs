@@ -46,6 +46,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: node::HostosCmd,
     },
+    /// A whole network on this machine.
+    Testnet {
+        #[command(subcommand)]
+        cmd: TestnetCmd,
+        /// The testnet's folder.
+        #[arg(long, global = true, default_value = "out/testnet")]
+        dir: PathBuf,
+    },
+    /// The GuestOS orchestrator.
+    Orchestrator {
+        #[command(subcommand)]
+        cmd: node::OrchestratorCmd,
+    },
     /// Guest side of the host-guest channel.
     Channel {
         #[command(subcommand)]
@@ -84,6 +97,43 @@ enum Cmd {
 enum VmCmd {
     /// Boot a disk image (UEFI). Serial console on the terminal unless --serial-log is given.
     Run(VmRunArgs),
+}
+
+#[derive(Subcommand)]
+enum TestnetCmd {
+    /// Registry with local governance keys, images built or reused, one HostOS agent and
+    /// GuestOS VM per node; prints where everything is.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1)]
+        subnets: usize,
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        /// Folder with already built `guestos-<version>` images.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        #[arg(long, env = "ICOS_RECIPES")]
+        recipes: Option<PathBuf>,
+    },
+    /// Table: node, subnet, GuestOS/HostOS version, slot, health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a GuestOS version, propose and vote its election and deployment, follow the rollout.
+    Upgrade {
+        #[arg(long)]
+        subnet: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Stop everything the testnet started.
+    Down,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +206,24 @@ enum BenchCmd {
         /// Work folder (needs about 3 x the package size).
         #[arg(long, default_value = "/var/tmp/icos-bench-install")]
         work: PathBuf,
+    },
+    /// Rollout: adoption of a deploy proposal until every node confirmed the new GuestOS,
+    /// for each testnet size, against one plain reboot of a node VM in the same run.
+    Rollout {
+        /// Testnet sizes to measure (repeat the flag).
+        #[arg(long = "nodes", default_values_t = [2usize, 4])]
+        nodes: Vec<usize>,
+        #[arg(long, default_value = "1.0.0")]
+        from: String,
+        #[arg(long, default_value = "1.1.0")]
+        to: String,
+        /// Folder with (or for) the `guestos-<version>` images.
+        #[arg(long, default_value = "out/testnet/images")]
+        images: PathBuf,
+        #[arg(long, default_value = "/var/tmp/icos-bench-rollout")]
+        work: PathBuf,
+        #[arg(long, env = "ICOS_RECIPES")]
+        recipes: Option<PathBuf>,
     },
     /// Boot time to the SUCCESS line against the same kernel with a one-line init.
     Boot {
@@ -293,6 +361,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Upgrade { cmd, disk } => upgrade(cmd, disk),
         Cmd::Gov { cmd } => gov::gov(cmd),
         Cmd::Hostos { cmd } => node::hostos(cmd),
+        Cmd::Orchestrator { cmd } => node::orchestrator(cmd),
+        Cmd::Testnet { cmd, dir } => testnet_cmd(cmd, dir),
         Cmd::Channel { cmd, device } => node::channel(cmd, device),
         Cmd::Registry { cmd } => gov::registry(cmd),
         Cmd::Bench {
@@ -310,6 +380,38 @@ fn run(cli: Cli) -> Result<i32> {
                 r.nginx_rps,
                 r.icos_rps / r.nginx_rps
             );
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(0)
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Rollout {
+                    nodes,
+                    from,
+                    to,
+                    images,
+                    work,
+                    recipes,
+                },
+        } => {
+            let p = icos_bench::rollout::Params {
+                icos: std::env::current_exe()?,
+                work: work.clone(),
+                images,
+                recipes: recipes_root(&recipes),
+                from,
+                to,
+            };
+            for n in nodes {
+                let r = icos_bench::rollout::rollout_benchmark(&p, n, &testnet::Stderr)?;
+                println!(
+                    "rollout {} -> {} on {n} nodes: adoption to all confirmed {:.1} s; one plain VM reboot {:.1} s; ratio {:.2}",
+                    p.from, p.to, r.rollout_secs, r.reboot_secs, r.ratio()
+                );
+                for (node, secs) in &r.per_node {
+                    println!("  {node}: confirmed {secs:.1} s after adoption");
+                }
+            }
             let _ = std::fs::remove_dir_all(&work);
             Ok(0)
         }
@@ -451,9 +553,10 @@ fn vm_run(a: VmRunArgs) -> Result<i32> {
                 0
             } else {
                 eprintln!(
-                    "icos vm: QEMU exited ({status}) after {:.1} s before a line matched; last console lines:\n{}",
+                    "icos vm: QEMU exited ({status}) after {:.1} s before a line matched; last console lines:\n{}\nQEMU's own messages:\n{}",
                     elapsed.as_secs_f64(),
-                    vm.serial_tail(30)
+                    vm.serial_tail(30),
+                    vm.qemu_tail(10)
                 );
                 3
             }
@@ -649,5 +752,101 @@ fn print_status(s: &upgrade_engine::Status) {
     println!("rollbacks: {}", s.state.rollback_count);
     for n in &s.notes {
         println!("note: {n}");
+    }
+}
+
+fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
+    let report = testnet::Stderr;
+    match cmd {
+        TestnetCmd::Up {
+            nodes,
+            subnets,
+            version,
+            images,
+            vcpus,
+            memory,
+            recipes,
+        } => {
+            let t = std::time::Instant::now();
+            let spec = testnet::Spec {
+                dir: dir.clone(),
+                nodes,
+                subnets,
+                version,
+                icos: std::env::current_exe()?,
+                images,
+                recipes: recipes_root(&recipes),
+                vcpus,
+                memory_mib: memory,
+            };
+            let state = match testnet::up(&spec, &report) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("testnet: {e}; stopping what was started");
+                    let _ = testnet::down(&dir, &report);
+                    return Err(e.into());
+                }
+            };
+            println!(
+                "testnet up in {:.0} s ({} nodes, {} subnets) in {}",
+                t.elapsed().as_secs_f64(),
+                nodes,
+                subnets,
+                dir.display()
+            );
+            println!(
+                "  registry:       {}  (genesis {})",
+                state.registry_url(),
+                state.genesis_hash
+            );
+            println!("  package mirror: http://127.0.0.1:{}/", state.package_port);
+            println!(
+                "  keys:           {}/keys (neurons 1-3, operator op1)",
+                dir.display()
+            );
+            for n in &state.nodes {
+                println!(
+                    "  {}: {} agent http://127.0.0.1:{}/v1/status, orchestrator http://127.0.0.1:{}/status, serial {}/state/guest-serial.log",
+                    n.name,
+                    n.node_id.as_deref().unwrap_or("-"),
+                    n.agent_port,
+                    n.status_port,
+                    n.dir.display()
+                );
+            }
+            println!("next: icos testnet status | icos testnet upgrade --subnet subnet-1 --to 1.1.0 | icos testnet down");
+            Ok(0)
+        }
+        TestnetCmd::Status { json } => {
+            let state = testnet::State::load(&dir)?;
+            let rows = testnet::status(&state);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                testnet::print_status(&rows);
+            }
+            Ok(0)
+        }
+        TestnetCmd::Upgrade { subnet, to } => {
+            let state = testnet::State::load(&dir)?;
+            let t = std::time::Instant::now();
+            let results = testnet::upgrade(&state, &subnet, &to, &report)?;
+            for r in &results {
+                println!("{}: {} ({:.0} s)", r.node, r.outcome, r.seconds);
+            }
+            println!(
+                "rollout of {to} to {subnet} finished in {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+            Ok(if results.iter().all(|r| r.outcome == "confirmed") {
+                0
+            } else {
+                1
+            })
+        }
+        TestnetCmd::Down => {
+            testnet::down(&dir, &report)?;
+            Ok(0)
+        }
     }
 }

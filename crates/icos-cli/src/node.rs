@@ -40,6 +40,67 @@ pub enum HostosCmd {
 }
 
 #[derive(Subcommand)]
+pub enum OrchestratorCmd {
+    /// Run the orchestrator (the GuestOS service runs this).
+    Run {
+        /// Seconds between rounds.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        #[arg(long, default_value = "0.0.0.0:9100")]
+        listen: std::net::SocketAddr,
+    },
+    /// Exit 0 if the orchestrator answers on its status port (the GuestOS health check).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        url: String,
+    },
+    /// The orchestrator's status.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        url: String,
+    },
+}
+
+pub fn orchestrator(cmd: OrchestratorCmd) -> Result<i32> {
+    match cmd {
+        OrchestratorCmd::Run { interval, listen } => {
+            let opts = orchestrator::Options {
+                interval: Duration::from_secs(interval.max(1)),
+                listen,
+                ..Default::default()
+            };
+            let o = orchestrator::Orchestrator::new(opts)?;
+            o.run()?;
+            Ok(0)
+        }
+        OrchestratorCmd::Health { url } => {
+            let s = get_json(&format!("{}/status", url.trim_end_matches('/')))?;
+            println!(
+                "orchestrator of {} answers (GuestOS {}, registry version {})",
+                s["node_id"].as_str().unwrap_or("?"),
+                s["guestos_version"].as_str().unwrap_or("?"),
+                s["registry_version"]
+            );
+            Ok(0)
+        }
+        OrchestratorCmd::Status { url } => {
+            let s = get_json(&format!("{}/status", url.trim_end_matches('/')))?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(0)
+        }
+    }
+}
+
+fn get_json(url: &str) -> Result<serde_json::Value> {
+    let body = ureq::get(url)
+        .timeout(Duration::from_secs(5))
+        .call()
+        .with_context(|| url.to_string())?
+        .into_string()?;
+    serde_json::from_str(&body).with_context(|| format!("{url}: not JSON"))
+}
+
+#[derive(Subcommand)]
 pub enum ChannelCmd {
     /// The host's protocol version.
     ProtocolVersion,
@@ -54,13 +115,7 @@ pub enum ChannelCmd {
 }
 
 fn agent_status(agent: &str) -> Result<serde_json::Value> {
-    let url = format!("{}/v1/status", agent.trim_end_matches('/'));
-    let body = ureq::get(&url)
-        .timeout(Duration::from_secs(5))
-        .call()
-        .with_context(|| url.clone())?
-        .into_string()?;
-    serde_json::from_str(&body).with_context(|| format!("{url}: not a status answer"))
+    get_json(&format!("{}/v1/status", agent.trim_end_matches('/')))
 }
 
 pub fn hostos(cmd: HostosCmd) -> Result<i32> {

@@ -18,19 +18,8 @@ fn next() -> PathBuf {
     test_image("agent", "1.1.0", &[])
 }
 
-/// 1.2.0 boots, but its health check never passes (deadline shortened for the test).
 fn broken() -> PathBuf {
-    test_image(
-        "broken",
-        "1.2.0",
-        &[
-            (
-                "command = \"/usr/bin/icos upgrade status >/dev/null\"",
-                "command = \"echo 'payload is not healthy' >&2; false\"",
-            ),
-            ("deadline_secs = 300", "deadline_secs = 20"),
-        ],
-    )
+    broken_image()
 }
 
 fn up(disk: &Path, args: &[&str]) -> Output {

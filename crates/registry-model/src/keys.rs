@@ -34,6 +34,19 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), ModelError> {
         .map_err(|e| ModelError::Key(format!("{}: {e}", path.display())))
 }
 
+/// Parse a PKCS#8 PEM key held in memory.
+pub fn parse_key_pem(pem: &str) -> Result<SigningKey, ModelError> {
+    SigningKey::from_pkcs8_pem(pem)
+        .map_err(|e| ModelError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))
+}
+
+/// The key as PKCS#8 PEM.
+pub fn key_pem(key: &SigningKey) -> Result<String, ModelError> {
+    key.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map(|p| p.to_string())
+        .map_err(|e| ModelError::Key(format!("encoding key: {e}")))
+}
+
 pub fn read_key(path: &Path) -> Result<SigningKey, ModelError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ModelError::Key(format!("{}: {e}", path.display())))?;

@@ -51,6 +51,8 @@ pub enum VmError {
     NoFirmware(PathBuf),
     #[error("disk image {0} does not exist")]
     NoDisk(PathBuf),
+    #[error("socket directory {path}: {message}")]
+    SocketDir { path: PathBuf, message: String },
     #[error("QEMU monitor (QMP) at {path}: {message}")]
     Qmp { path: PathBuf, message: String },
 }
@@ -176,6 +178,8 @@ pub enum WaitOutcome {
 pub struct Vm {
     child: Option<Child>,
     serial_log: PathBuf,
+    /// QEMU's own stderr (bad options, socket or disk errors).
+    qemu_log: PathBuf,
     qmp_socket: PathBuf,
     read_pos: u64,
     partial: String,
@@ -375,7 +379,7 @@ impl Vm {
         for (i, (name, sock)) in ports.iter().enumerate() {
             cmd.arg("-chardev").arg(format!(
                 "socket,id=chan{i},path={},server=on,wait=off",
-                sock.display()
+                socket_path(sock)?.display()
             ));
             cmd.arg("-device").arg(format!(
                 "virtserialport,bus=vser0.0,chardev=chan{i},name={name}"
@@ -385,8 +389,10 @@ impl Vm {
             .qmp_socket
             .clone()
             .unwrap_or_else(|| cfg.sibling(".qmp"));
-        cmd.arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        cmd.arg("-qmp").arg(format!(
+            "unix:{},server=on,wait=off",
+            socket_path(&qmp)?.display()
+        ));
         if cfg.console_on_terminal {
             cmd.arg("-chardev").arg(format!(
                 "stdio,id=ser0,mux=on,signal=off,logfile={}",
@@ -472,6 +478,7 @@ impl Vm {
         Ok(Vm {
             child: Some(child),
             serial_log: cfg.serial_log.clone(),
+            qemu_log: stderr_log,
             qmp_socket,
             read_pos: 0,
             partial: String::new(),
@@ -588,6 +595,12 @@ impl Vm {
         serial_tail(&self.serial_log, n)
     }
 
+    /// The last `n` lines QEMU itself wrote to stderr: why it exited when the guest
+    /// console is empty.
+    pub fn qemu_tail(&self, n: usize) -> String {
+        serial_tail(&self.qemu_log, n)
+    }
+
     /// Cut the power: SIGKILL QEMU and reap it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -624,7 +637,8 @@ pub fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Value, Vm
         path: socket.to_path_buf(),
         message,
     };
-    let stream = UnixStream::connect(socket).map_err(|e| err(format!("connect: {e}")))?;
+    let stream =
+        UnixStream::connect(socket_path(socket)?).map_err(|e| err(format!("connect: {e}")))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| err(e.to_string()))?;
@@ -663,6 +677,73 @@ pub fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Value, Vm
     unreachable!("the loop returns after the last command")
 }
 
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// The path to bind or connect a Unix socket at `path` by.
+///
+/// `sun_path` limits socket paths to 107 bytes, and state folders under a deep checkout
+/// (CI's `/check/work/...`, test run folders with UUIDs) go past that: QEMU then exits
+/// with status 1 before the guest prints anything. A long path is reached through a
+/// symlink to its folder in a private per-user folder under the temp dir, named by a hash
+/// of the folder, so the VM and every client compute the same short path independently.
+pub fn socket_path(path: &Path) -> Result<PathBuf, VmError> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if path.as_os_str().len() <= SUN_PATH_MAX {
+        return Ok(path.to_path_buf());
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(path.to_path_buf());
+    };
+    let uid = nix::unistd::getuid().as_raw();
+    let links = std::env::temp_dir().join(format!("icos-sock-{uid}"));
+    let bad = |message: String| VmError::SocketDir {
+        path: links.clone(),
+        message,
+    };
+    match std::fs::create_dir(&links) {
+        Ok(()) => {
+            std::fs::set_permissions(&links, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    // Another user could have planted the folder (or a symlink) to catch our sockets.
+    let meta = std::fs::symlink_metadata(&links).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(bad(format!(
+            "not a private folder owned by uid {uid}; remove it"
+        )));
+    }
+    let dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| bad(e.to_string()))?
+            .join(dir)
+    };
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let link = links.join(hex::encode(&digest[..8]));
+    match std::fs::read_link(&link) {
+        Ok(target) if target == dir => {}
+        Ok(_) | Err(_) => {
+            // Build the link beside its final name and rename it in, so two processes
+            // racing here never see a half-made link.
+            let tmp = links.join(format!(
+                ".{}-{}",
+                hex::encode(&digest[..8]),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&dir, &tmp).map_err(|e| bad(e.to_string()))?;
+            std::fs::rename(&tmp, &link).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    Ok(link.join(name))
+}
+
 /// Remove ANSI escape sequences (OVMF draws with them) so log tails are readable.
 pub fn strip_ansi(s: &str) -> String {
     let re = Regex::new(r"\x1b\[[0-9;=?]*[A-Za-z]").expect("static regex");
@@ -686,6 +767,29 @@ pub fn serial_tail(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_socket_paths_are_reached_through_a_short_link() {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let t = tempfile::tempdir().unwrap();
+        let deep = t.path().join("x".repeat(60)).join("y".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let sock = deep.join("channel.sock");
+        assert!(sock.as_os_str().len() > SUN_PATH_MAX);
+        assert!(UnixListener::bind(&sock).is_err(), "the limit is real");
+        let short = socket_path(&sock).unwrap();
+        assert!(
+            short.as_os_str().len() <= SUN_PATH_MAX,
+            "{}",
+            short.display()
+        );
+        assert_eq!(short, socket_path(&sock).unwrap(), "stable");
+        let _l = UnixListener::bind(&short).unwrap();
+        assert!(sock.exists(), "the socket lives in the long folder");
+        UnixStream::connect(socket_path(&sock).unwrap()).unwrap();
+        let plain = Path::new("/tmp/short.sock");
+        assert_eq!(socket_path(plain).unwrap(), plain);
+    }
 
     #[test]
     fn command_line_has_the_essentials() {

@@ -186,6 +186,21 @@ pub fn test_image(name: &str, version: &str, edits: &[(&str, &str)]) -> PathBuf 
     out
 }
 
+/// GuestOS 1.2.0 that boots but whose health check never passes (deadline shortened).
+pub fn broken_image() -> PathBuf {
+    test_image(
+        "broken",
+        "1.2.0",
+        &[
+            (
+                "command = \"/usr/bin/icos orchestrator health\"",
+                "command = \"echo 'payload is not healthy' >&2; false\"",
+            ),
+            ("deadline_secs = 300", "deadline_secs = 20"),
+        ],
+    )
+}
+
 pub use test_support::HttpServer;
 
 pub fn sha256_of(path: &Path) -> String {
@@ -202,7 +217,8 @@ pub struct GuestShell {
 impl GuestShell {
     /// Connect and wait until the agent answers (it starts late in the boot).
     pub fn connect(sock: &Path) -> GuestShell {
-        let stream = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        let stream =
+            std::os::unix::net::UnixStream::connect(vm_runner::socket_path(sock).unwrap()).unwrap();
         let mut a = GuestShell {
             reader: std::io::BufReader::new(stream.try_clone().unwrap()),
             writer: stream,

@@ -1,0 +1,446 @@
+//! The local network end to end (TCG): two nodes boot, register and follow governance
+//! through good, broken, forged and not-adopted upgrades; then the registry goes away.
+//!
+//! One testnet serves every scenario in order: booting nodes under TCG is the expensive
+//! part, and each scenario starts from the state the previous one left.
+
+mod common;
+use common::*;
+use registry_model::api::ProposalStatus;
+use registry_model::{Action, Elected, Vote};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use testnet::{NodeRow, State};
+
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Stops the testnet however the test ends.
+struct Down(PathBuf);
+impl Drop for Down {
+    fn drop(&mut self) {
+        if self.0.join("testnet.json").exists() {
+            let _ = testnet::down(&self.0, &testnet::Stderr);
+        }
+    }
+}
+
+/// GuestOS 1.0.0 and 1.1.0 (production recipe) and the broken 1.2.0, where the testnet
+/// looks for them.
+fn images() -> PathBuf {
+    let dir = run_dir().join("testnet-images");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (version, img) in [
+        ("1.0.0", image("guestos")),
+        ("1.1.0", image_version("guestos", "1.1.0")),
+        ("1.2.0", broken_image()),
+    ] {
+        let link = dir.join(format!("guestos-{version}"));
+        if !link.exists() {
+            std::os::unix::fs::symlink(img, &link).unwrap();
+        }
+    }
+    dir
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Everything a failure needs: each node's status, agent log and serial log.
+fn diagnostics(dir: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(state) = State::load(dir) {
+        for r in testnet::status(&state) {
+            out += &format!(
+                "\n=== {} status: {}\n",
+                r.name,
+                serde_json::to_string(&r).unwrap()
+            );
+        }
+        for n in &state.nodes {
+            out += &format!(
+                "=== {} agent log\n{}\n=== {} serial log\n{}\n",
+                n.name,
+                tail(&dir.join(format!("logs/{}-agent.log", n.name)), 30),
+                n.name,
+                tail(&n.dir.join("state/guest-serial.log"), 60)
+            );
+        }
+    }
+    out
+}
+
+fn check(dir: &Path, ok: bool, what: &str) {
+    if !ok {
+        panic!("{what}\n{}", diagnostics(dir));
+    }
+}
+
+fn rows(state: &State) -> Vec<NodeRow> {
+    testnet::status(state)
+}
+
+fn orch(r: &NodeRow, key: &str) -> serde_json::Value {
+    r.orchestrator
+        .as_ref()
+        .map(|o| o[key].clone())
+        .unwrap_or_default()
+}
+
+/// How often a node asked the mirror for `file` (nginx access log).
+fn served(dir: &Path, file: &str) -> usize {
+    std::fs::read_to_string(dir.join("logs/nginx-access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("GET /{file} ")))
+        .count()
+}
+
+/// Every node runs `version` confirmed, its VM is up, and it says it wants `version`.
+fn settled_on(rows: &[NodeRow], version: &str) -> bool {
+    rows.iter()
+        .all(|r| r.guestos == version && r.confirmed && r.vm == "running" && r.target == version)
+}
+
+fn wait_until(dir: &Path, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!(
+        "timed out after {timeout:?} waiting for {what}\n{}",
+        diagnostics(dir)
+    );
+}
+
+#[test]
+fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgrades() {
+    let images = images();
+    let dir = run_dir().join("testnet");
+    let _down = Down(dir.clone());
+
+    // --- Up: two nodes register and run 1.0.0. --------------------------------------
+    let out = icos()
+        .args(["testnet", "up", "--nodes", "2", "--dir"])
+        .arg(&dir)
+        .arg("--images")
+        .arg(&images)
+        .output()
+        .unwrap();
+    check(
+        &dir,
+        out.status.success(),
+        &format!(
+            "testnet up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("registry:") && text.contains("node2:"),
+        "{text}"
+    );
+    let state = State::load(&dir).unwrap();
+    let reg = state.api().snapshot(None).unwrap().registry;
+    assert_eq!(reg.nodes.len(), 2, "{:?}", reg.nodes);
+    assert_eq!(reg.subnets["subnet-1"].guestos_version, "1.0.0");
+    wait_until(
+        &dir,
+        "both nodes settled on 1.0.0",
+        Duration::from_secs(300),
+        || settled_on(&rows(&state), "1.0.0"),
+    );
+    for r in rows(&state) {
+        assert_eq!(r.subnet, "subnet-1");
+        assert_eq!(orch(&r, "node_id"), r.node_id.as_str());
+        assert_eq!(orch(&r, "registered"), true);
+        assert!(orch(&r, "firewall_rules").as_u64().unwrap() >= 1, "{r:?}");
+    }
+    let json = icos()
+        .args(["testnet", "status", "--json", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["health"] == "healthy"),
+        "{listed}"
+    );
+
+    // --- 1.1.0 is elected with two garbage mirrors placed where each node starts. ------
+    let real = image_version("guestos", "1.1.0");
+    let sha = state.publish(&real, "1.1.0").unwrap();
+    std::fs::write(dir.join("packages/garbage.tar"), vec![0x5a; 1 << 20]).unwrap();
+    let node_ids: Vec<String> = rows(&state).iter().map(|r| r.node_id.clone()).collect();
+    let probe: Vec<String> = (0..3).map(|i| format!("{i}")).collect();
+    let starts: Vec<usize> = node_ids
+        .iter()
+        .map(|n| {
+            probe
+                .iter()
+                .position(|p| p == orchestrator::mirror_order(&probe, n)[0])
+                .unwrap()
+        })
+        .collect();
+    let urls: Vec<String> = (0..3)
+        .map(|i| {
+            if starts.contains(&i) {
+                state.mirror_url(if i == starts[0] {
+                    "garbage.tar"
+                } else {
+                    "missing.tar"
+                })
+            } else {
+                state.mirror_url("guestos-1.1.0.tar")
+            }
+        })
+        .collect();
+    let r = state
+        .propose(
+            1,
+            &[2],
+            "elect GuestOS 1.1.0",
+            Action::ElectGuestos(Elected {
+                version: "1.1.0".into(),
+                sha256: sha.clone(),
+                size: None,
+                urls,
+            }),
+        )
+        .unwrap();
+    assert!(
+        matches!(r.status, ProposalStatus::Adopted { .. }),
+        "{:?}",
+        r.status
+    );
+
+    // --- A minority's deploy proposal changes nothing. ----------------------------------
+    let deploy_110 = Action::DeployGuestosToSubnet {
+        subnet: "subnet-1".into(),
+        version: "1.1.0".into(),
+    };
+    let minority = state
+        .propose(3, &[], "deploy 1.1.0 (minority)", deploy_110.clone())
+        .unwrap();
+    assert_eq!(minority.status, ProposalStatus::Open);
+    let v = state.api().snapshot(None).unwrap().version;
+    // Let every node sync past the proposal a few times.
+    wait_until(
+        &dir,
+        "nodes synced the registry",
+        Duration::from_secs(120),
+        || rows(&state).iter().all(|r| r.registry_version >= v),
+    );
+    std::thread::sleep(Duration::from_secs(25));
+    let rejected = state.vote(&minority, 1, Vote::No).unwrap();
+    let rejected = state.vote(&rejected, 2, Vote::No).unwrap();
+    assert_eq!(rejected.status, ProposalStatus::Rejected);
+    let now = rows(&state);
+    check(
+        &dir,
+        settled_on(&now, "1.0.0"),
+        "a minority proposal moved a node",
+    );
+    assert!(now.iter().all(|r| r.upgrade == "idle"), "{now:?}");
+    assert_eq!(
+        served(&dir, "guestos-1.1.0.tar") + served(&dir, "garbage.tar"),
+        0
+    );
+
+    // --- A forged package (SHA-256 differs from the elected one) is refused. ------------
+    let forged = dir.join("packages/guestos-1.3.0.tar");
+    let mut bytes = std::fs::read(real.join("update.tar")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&forged, bytes).unwrap();
+    let r = state.elect_guestos("1.3.0", &sha, &[2]).unwrap();
+    assert!(
+        matches!(r.status, ProposalStatus::Adopted { .. }),
+        "{:?}",
+        r.status
+    );
+    let r = state
+        .propose(
+            1,
+            &[2],
+            "deploy 1.3.0",
+            Action::DeployGuestosToSubnet {
+                subnet: "subnet-1".into(),
+                version: "1.3.0".into(),
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(r.status, ProposalStatus::Adopted { .. }),
+        "{:?}",
+        r.status
+    );
+    let res = testnet::follow(
+        &state,
+        "subnet-1",
+        "1.3.0",
+        ROLLOUT_TIMEOUT,
+        &testnet::Stderr,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(&dir)));
+    for r in &res {
+        check(
+            &dir,
+            r.outcome.starts_with("refused") && r.outcome.contains("SHA-256"),
+            &format!("forged package: {r:?}"),
+        );
+    }
+    let now = rows(&state);
+    check(
+        &dir,
+        now.iter()
+            .all(|r| r.guestos == "1.0.0" && r.confirmed && r.vm == "running"),
+        "a node stopped running 1.0.0 after refusing a forged package",
+    );
+
+    // --- 1.1.0 is deployed: both nodes upgrade past the bad mirrors and confirm. --------
+    let r = state.propose(1, &[2], "deploy 1.1.0", deploy_110).unwrap();
+    assert!(
+        matches!(r.status, ProposalStatus::Adopted { .. }),
+        "{:?}",
+        r.status
+    );
+    let res = testnet::follow(
+        &state,
+        "subnet-1",
+        "1.1.0",
+        ROLLOUT_TIMEOUT,
+        &testnet::Stderr,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(&dir)));
+    check(
+        &dir,
+        res.iter().all(|r| r.outcome == "confirmed"),
+        &format!("1.1.0 rollout: {res:?}"),
+    );
+    let reg = state.api().snapshot(None).unwrap().registry;
+    assert_eq!(reg.subnets["subnet-1"].guestos_version, "1.1.0");
+    wait_until(
+        &dir,
+        "both nodes settled on 1.1.0",
+        Duration::from_secs(120),
+        || settled_on(&rows(&state), "1.1.0"),
+    );
+    // Each node met a bad mirror first, and none of them installed what it served.
+    assert!(
+        served(&dir, "garbage.tar") >= 1,
+        "nobody tried the garbage mirror"
+    );
+    assert!(
+        served(&dir, "garbage.tar") + served(&dir, "missing.tar") >= 2,
+        "a node skipped its bad mirror"
+    );
+
+    // --- Broken 1.2.0: both nodes roll back to 1.1.0 and hold. ---------------------------
+    let res = testnet::upgrade(&state, "subnet-1", "1.2.0", &testnet::Stderr)
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(&dir)));
+    for r in &res {
+        check(
+            &dir,
+            r.outcome.starts_with("rolled back to 1.1.0"),
+            &format!("broken 1.2.0: {r:?}"),
+        );
+    }
+    let fetched = served(&dir, "guestos-1.2.0.tar");
+    assert!(fetched >= 2, "both nodes downloaded 1.2.0");
+    wait_until(
+        &dir,
+        "both nodes holding on 1.1.0",
+        Duration::from_secs(120),
+        || {
+            rows(&state)
+                .iter()
+                .all(|r| r.upgrade == "holding" && r.guestos == "1.1.0" && r.confirmed)
+        },
+    );
+    // A few more loop rounds: nobody tries 1.2.0 again.
+    std::thread::sleep(Duration::from_secs(40));
+    for r in rows(&state) {
+        let failed = orch(&r, "upgrade")["failed_versions"].clone();
+        assert!(
+            failed.as_array().unwrap().iter().any(|v| v == "1.2.0"),
+            "{r:?}"
+        );
+        let last = orch(&r, "upgrade")["last_result"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            last.contains("1.2.0") && last.contains("not retrying"),
+            "{last}"
+        );
+        check(
+            &dir,
+            r.guestos == "1.1.0" && r.vm == "running",
+            &format!("after the hold: {r:?}"),
+        );
+    }
+    assert_eq!(
+        served(&dir, "guestos-1.2.0.tar"),
+        fetched,
+        "1.2.0 was downloaded again"
+    );
+
+    // --- The registry goes away: nodes keep 1.1.0 and say so. -----------------------------
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(state.registry_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        &dir,
+        "nodes reporting the registry unreachable",
+        Duration::from_secs(120),
+        || {
+            rows(&state).iter().all(|r| {
+                r.health.starts_with("registry:")
+                    && orch(r, "registry_error")
+                        .as_str()
+                        .is_some_and(|e| e.contains("retrying"))
+            })
+        },
+    );
+    for r in rows(&state) {
+        check(
+            &dir,
+            r.guestos == "1.1.0" && r.confirmed && r.vm == "running",
+            &format!("without a registry: {r:?}"),
+        );
+    }
+
+    // --- Down: nothing left running. ---------------------------------------------------------
+    let out = icos()
+        .args(["testnet", "down", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in &state.nodes {
+        assert!(
+            !testnet::alive(n.agent_pid),
+            "agent {} still running",
+            n.agent_pid
+        );
+    }
+    assert!(!testnet::alive(state.nginx_pid));
+    assert_eq!(testnet::stray_qemus(&dir), Vec::<u32>::new());
+}

@@ -1,0 +1,753 @@
+//! The GuestOS orchestrator: the node's agent inside the GuestOS.
+//!
+//! [`Orchestrator::run`] loops every few seconds:
+//! 1. **identity**: a node key pair made on first boot and kept on the GuestOS config
+//!    partition (which survives upgrades); the node id is derived from its public key;
+//! 2. **registration**: if the registry does not list the node yet and the host passed a node
+//!    operator key on the config disk, sign an add-node request and submit it; without a key,
+//!    say so on the console and wait;
+//! 3. **registry**: sync and verify (registry-client) with backoff while unreachable;
+//! 4. **GuestOS**: the version the node must run is its subnet's, or the unassigned nodes'
+//!    one; when it differs from the running version, download from the elected URLs (the list
+//!    rotated by node id, the next URL on any error), install with the upgrade engine (which
+//!    refuses a package whose SHA-256 is not the elected one), activate and reboot. A version
+//!    that failed its health check on this node is never retried;
+//! 5. **HostOS**: ask the host its version over the channel; if governance assigned another,
+//!    ask the host to upgrade (backoff 1 min × 1.75 up to 2 h);
+//! 6. **firewall**: nftables rules from the registry (node > subnet > global).
+//!
+//! `/status` (JSON) and `/metrics` (Prometheus) are served on the status port.
+//!
+//! Main types: [`Options`] (where the config disk, key store, channel and status port are),
+//! [`Orchestrator`] (the loop), [`Status`] (what `/status` shows) and [`OrchestratorError`].
+//!
+//! ```no_run
+//! use orchestrator::{Options, Orchestrator};
+//! // Inside the GuestOS (what `icos node orchestrator` runs): the defaults point at the
+//! // config disk, the config partition, the host channel and port 9100.
+//! let o = Orchestrator::new(Options::default()).unwrap();
+//! println!("node {}", o.shared.lock().unwrap().node_id);
+//! o.run().unwrap(); // serves /status and loops forever
+//! ```
+
+pub mod firewall;
+mod http;
+pub mod identity;
+
+use hostos_agent::guestdisk::{read_config_disk, GuestConfig};
+use registry_model::{keys, Registration, SignedRegistration};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The node key could not be read or made on the config partition.
+    #[error("node key store {path}: {message}")]
+    NodeKey { path: PathBuf, message: String },
+    /// nftables is missing or refused the rendered ruleset.
+    #[error("firewall: {0}")]
+    Firewall(String),
+    #[error("status port {addr}: {source}")]
+    StatusPort {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The host-provided config disk (guest.json).
+    pub config_disk: PathBuf,
+    /// FAT partition that keeps the node key across upgrades.
+    pub node_store: PathBuf,
+    pub state_dir: PathBuf,
+    pub listen: std::net::SocketAddr,
+    pub channel: PathBuf,
+    pub interval: Duration,
+    /// Reboot after activating an upgrade (off only in tests that drive a disk image).
+    pub reboot: bool,
+    /// Where status lines for the operator go (the VM console; a file in tests; None: logs only).
+    pub console: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config_disk: "/dev/disk/by-label/ICOSCFG".into(),
+            node_store: "/dev/disk/by-partlabel/config".into(),
+            state_dir: "/var/lib/icos/orchestrator".into(),
+            listen: "0.0.0.0:9100".parse().expect("static"),
+            channel: "/dev/virtio-ports/org.icos.host.0".into(),
+            interval: Duration::from_secs(10),
+            reboot: true,
+            console: Some("/dev/console".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UpgradeStatus {
+    /// idle, downloading, activating, rebooting, failed, holding
+    pub state: String,
+    pub target: Option<String>,
+    pub last_result: Option<String>,
+    pub attempts: u64,
+    pub failed_versions: Vec<String>,
+    pub last_rollback: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub node_id: String,
+    /// The kernel's boot id: changes on every boot, so watchers can tell a reboot happened.
+    pub boot_id: String,
+    pub public_key: String,
+    pub registered: bool,
+    pub waiting_for: Option<String>,
+    pub guestos_version: String,
+    pub slot: String,
+    pub confirmed: bool,
+    pub registry_version: u64,
+    pub registry_error: Option<String>,
+    pub registry_synced_unix: Option<u64>,
+    pub subnet: Option<String>,
+    pub target_guestos: Option<String>,
+    pub upgrade: UpgradeStatus,
+    pub hostos_version: Option<String>,
+    pub hostos_assigned: Option<String>,
+    pub hostos_request: Option<String>,
+    pub firewall_rules: usize,
+    pub firewall_ruleset: Option<String>,
+    pub firewall_error: Option<String>,
+    pub config_error: Option<String>,
+}
+
+pub type Shared = Arc<Mutex<Status>>;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A backoff: `next` is when to try again; `fail` doubles the wait (times `factor`) up to `max`.
+struct Backoff {
+    next: Instant,
+    wait: Duration,
+    min: Duration,
+    max: Duration,
+    factor: f64,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration, factor: f64) -> Self {
+        Backoff {
+            next: Instant::now(),
+            wait: min,
+            min,
+            max,
+            factor,
+        }
+    }
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+    fn ok(&mut self) {
+        self.wait = self.min;
+        self.next = Instant::now();
+    }
+    fn fail(&mut self) {
+        self.next = Instant::now() + self.wait;
+        self.wait = Duration::from_secs_f64(
+            (self.wait.as_secs_f64() * self.factor).min(self.max.as_secs_f64()),
+        );
+    }
+}
+
+fn console_line(console: Option<&std::path::Path>, line: &str) {
+    tracing::info!("{line}");
+    let Some(path) = console else { return };
+    use std::io::Write;
+    if let Ok(mut c) = std::fs::OpenOptions::new().append(true).open(path) {
+        let _ = writeln!(c, "{line}");
+    }
+}
+
+fn release_field(key: &str) -> String {
+    std::fs::read_to_string("/usr/lib/icos/release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+pub struct Orchestrator {
+    opts: Options,
+    pub shared: Shared,
+    cfg: Option<GuestConfig>,
+    key: keys::SecretKey,
+    registry_backoff: Backoff,
+    upgrade_backoff: Backoff,
+    /// The version `upgrade_backoff` counts failures for; a new target starts afresh.
+    upgrade_backoff_target: Option<String>,
+    hostos_backoff: Backoff,
+    register_backoff: Backoff,
+    last_waiting_message: Option<Instant>,
+    applied_ruleset: Option<String>,
+}
+
+impl Orchestrator {
+    /// Read the config disk and the node key (making one on first boot).
+    pub fn new(opts: Options) -> Result<Orchestrator, OrchestratorError> {
+        let key = identity::load_or_create(&opts.node_store)?;
+        let public_key = keys::public_hex(&key);
+        let node_id = registry_model::node_id(&public_key);
+        let (cfg, config_error) = match read_config_disk(&opts.config_disk) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e)),
+        };
+        if let Some(e) = &config_error {
+            console_line(
+                opts.console.as_deref(),
+                &format!(
+                    "GUESTOS ORCHESTRATOR config problem: {e}; the node cannot follow a registry"
+                ),
+            );
+        }
+        let shared = Arc::new(Mutex::new(Status {
+            node_id,
+            public_key,
+            guestos_version: release_field("VERSION="),
+            slot: slot_from_cmdline(),
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            config_error,
+            upgrade: UpgradeStatus {
+                state: "idle".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        Ok(Orchestrator {
+            opts,
+            shared,
+            cfg,
+            key,
+            registry_backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(300), 2.0),
+            upgrade_backoff: Backoff::new(Duration::from_secs(60), Duration::from_secs(1800), 2.0),
+            upgrade_backoff_target: None,
+            hostos_backoff: Backoff::new(Duration::from_secs(60), Duration::from_secs(7200), 1.75),
+            register_backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(300), 2.0),
+            last_waiting_message: None,
+            applied_ruleset: None,
+        })
+    }
+
+    fn console(&self, line: &str) {
+        console_line(self.opts.console.as_deref(), line);
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.shared.lock().expect("status lock"));
+    }
+
+    /// Serve status and run the loop forever.
+    pub fn run(mut self) -> Result<(), OrchestratorError> {
+        http::spawn(self.opts.listen, self.shared.clone()).map_err(|source| {
+            OrchestratorError::StatusPort {
+                addr: self.opts.listen,
+                source,
+            }
+        })?;
+        let mut client = None;
+        loop {
+            self.tick(&mut client);
+            std::thread::sleep(self.opts.interval);
+        }
+    }
+
+    /// One round of the loop (public for tests).
+    pub fn tick(&mut self, client: &mut Option<registry_client::Client>) {
+        self.refresh_engine_status();
+        let Some(cfg) = self.cfg.clone() else { return };
+        let Some(genesis) = cfg
+            .genesis_hash
+            .clone()
+            .filter(|_| !cfg.registry_urls.is_empty())
+        else {
+            self.set(|s| {
+                s.waiting_for =
+                    Some("a registry (no registry_urls/genesis_hash on the config disk)".into())
+            });
+            return;
+        };
+        if client.is_none() {
+            match registry_client::Client::open(registry_client::ClientConfig::new(
+                cfg.registry_urls.clone(),
+                &genesis,
+                self.opts.state_dir.join("registry"),
+            )) {
+                Ok(c) => *client = Some(c),
+                Err(e) => {
+                    self.set(|s| s.registry_error = Some(e.to_string()));
+                    return;
+                }
+            }
+        }
+        let c = client.as_mut().expect("opened");
+        if self.registry_backoff.due() {
+            match c.sync() {
+                Ok(r) => {
+                    self.registry_backoff.ok();
+                    self.set(|s| {
+                        s.registry_version = r.to_version;
+                        s.registry_error = None;
+                        s.registry_synced_unix = Some(now());
+                    });
+                }
+                Err(e) => {
+                    self.registry_backoff.fail();
+                    tracing::warn!(
+                        "registry sync failed: {e}; keeping version {} and retrying",
+                        c.version()
+                    );
+                    self.set(|s| {
+                        s.registry_error = Some(format!(
+                            "{e} (retrying; still following version {})",
+                            c.version()
+                        ))
+                    });
+                }
+            }
+        }
+        if c.version() == 0 {
+            return;
+        }
+        let reg = c.registry().clone();
+        let node_id = self.shared.lock().expect("status lock").node_id.clone();
+        if !reg.nodes.contains_key(&node_id) {
+            self.set(|s| s.registered = false);
+            self.register(&cfg);
+            return;
+        }
+        let subnet = reg
+            .subnets
+            .values()
+            .find(|s| s.nodes.contains(&node_id))
+            .map(|s| s.id.clone());
+        self.set(|s| {
+            s.registered = true;
+            s.waiting_for = None;
+            s.subnet = subnet;
+        });
+        self.firewall(&reg, &node_id, &cfg);
+        self.hostos(&reg, &node_id);
+        self.guestos(&reg, &node_id);
+    }
+
+    fn refresh_engine_status(&self) {
+        if let Ok(e) = upgrade_engine::Engine::open_running() {
+            if let Ok(st) = e.status() {
+                let confirmed = st.slots.iter().any(|s| {
+                    s.slot == st.current_slot && s.state == upgrade_engine::SlotState::Confirmed
+                });
+                let last_rollback = st
+                    .state
+                    .rollbacks
+                    .last()
+                    .map(|r| format!("{} -> {}: {}", r.from_version, r.to_version, r.reason));
+                // After a reboot the last upgrade's outcome comes from the engine's record.
+                let mut events: Vec<(u64, String)> = Vec::new();
+                if let Some(c) = &st.state.last_confirmed {
+                    events.push((
+                        c.unix,
+                        format!("{} confirmed on slot {}", c.version, c.slot),
+                    ));
+                }
+                if let Some(r) = st.state.rollbacks.last() {
+                    events.push((
+                        r.unix,
+                        format!(
+                            "{} rolled back to {}: {}",
+                            r.from_version, r.to_version, r.reason
+                        ),
+                    ));
+                }
+                if let Some(i) = st.state.last_install.as_ref().filter(|i| !i.ok) {
+                    events.push((
+                        i.unix,
+                        format!(
+                            "install of {} failed: {}",
+                            i.version.as_deref().unwrap_or("?"),
+                            i.message
+                        ),
+                    ));
+                }
+                let recorded = events.into_iter().max_by_key(|(t, _)| *t).map(|(_, e)| e);
+                self.set(|s| {
+                    if s.upgrade.last_result.is_none() {
+                        s.upgrade.last_result = recorded;
+                    }
+                    s.confirmed = confirmed;
+                    s.slot = st.current_slot.to_string();
+                    s.upgrade.failed_versions = st.state.failed_versions.clone();
+                    s.upgrade.last_rollback = last_rollback;
+                });
+            }
+        }
+    }
+
+    fn register(&mut self, cfg: &GuestConfig) {
+        let (Some(op), Some(pem)) = (cfg.operator_id.clone(), cfg.operator_key_pem.clone()) else {
+            let show = self
+                .last_waiting_message
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(600));
+            let s = self.shared.lock().expect("status lock").clone();
+            if show {
+                self.console(&format!(
+                    "GUESTOS ORCHESTRATOR waiting: no node operator key on the config disk, so node {} cannot register; add it with `icos registry register --node-public-key {}` or give the host an operator key",
+                    s.node_id, s.public_key
+                ));
+                self.last_waiting_message = Some(Instant::now());
+            }
+            self.set(|s| s.waiting_for = Some("a node operator key to register this node".into()));
+            return;
+        };
+        if !self.register_backoff.due() {
+            return;
+        }
+        let op_key = match keys::parse_key_pem(&pem) {
+            Ok(k) => k,
+            Err(e) => {
+                self.set(|s| {
+                    s.config_error = Some(format!("operator key on the config disk: {e}"))
+                });
+                return;
+            }
+        };
+        let ipv6 = cfg.ipv6.clone().unwrap_or_else(|| fallback_ipv6(&cfg.mac));
+        let endpoint = cfg
+            .http_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("http://[{ipv6}]:8080"));
+        let req = SignedRegistration::sign(
+            Registration {
+                operator: op,
+                node_public_key: keys::public_hex(&self.key),
+                ipv6,
+                http_endpoint: endpoint,
+                nonce: now(),
+            },
+            &op_key,
+        );
+        let mut last = String::new();
+        for url in &cfg.registry_urls {
+            match registry_client::api::Api::new(url).register(&req) {
+                Ok(r) => {
+                    self.register_backoff.ok();
+                    self.registry_backoff.ok();
+                    self.console(&format!(
+                        "GUESTOS ORCHESTRATOR registered as {} (registry version {})",
+                        r.node_id, r.version
+                    ));
+                    return;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        self.register_backoff.fail();
+        self.set(|s| s.waiting_for = Some(format!("registration (last attempt: {last})")));
+    }
+
+    fn firewall(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {
+        let rules = reg.firewall_for_node(node);
+        let script = firewall::render(&rules, &cfg.admin_prefixes);
+        let digest = firewall::digest(&script);
+        if self.applied_ruleset.as_deref() == Some(digest.as_str()) {
+            return;
+        }
+        match firewall::apply(&script) {
+            Ok(()) => {
+                self.console(&format!(
+                    "GUESTOS FIREWALL applied {} registry rules (ruleset {digest})",
+                    rules.len()
+                ));
+                self.applied_ruleset = Some(digest.clone());
+                self.set(|s| {
+                    s.firewall_rules = rules.len();
+                    s.firewall_ruleset = Some(digest);
+                    s.firewall_error = None;
+                });
+            }
+            Err(e) => self.set(|s| s.firewall_error = Some(e.to_string())),
+        }
+    }
+
+    fn hostos(&mut self, reg: &registry_model::Registry, node: &str) {
+        use host_channel::{Client, Reply, Request};
+        if !self.opts.channel.exists() {
+            return;
+        }
+        let assigned = reg.nodes.get(node).and_then(|n| n.hostos_version.clone());
+        let Ok(port) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.opts.channel)
+        else {
+            return;
+        };
+        let mut c = Client::new(port);
+        let running = match c.call(Request::HostosVersion {}) {
+            Ok(Reply::HostosVersion { version }) => version,
+            _ => return,
+        };
+        self.set(|s| {
+            s.hostos_version = Some(running.clone());
+            s.hostos_assigned = assigned.clone();
+        });
+        match assigned {
+            Some(v) if v != running && self.hostos_backoff.due() => {
+                let answer = c.call(Request::RequestHostosUpgrade {});
+                let text = match &answer {
+                    Ok(r) => format!("{r:?}"),
+                    Err(e) => e.to_string(),
+                };
+                tracing::info!("asked the host to upgrade HostOS {running} -> {v}: {text}");
+                self.hostos_backoff.fail();
+                self.set(|s| s.hostos_request = Some(text));
+            }
+            Some(v) if v == running => self.hostos_backoff.ok(),
+            _ => {}
+        }
+    }
+
+    fn guestos(&mut self, reg: &registry_model::Registry, node: &str) {
+        let Some(target) = reg.guestos_for_node(node).cloned() else {
+            self.set(|s| s.target_guestos = None);
+            return;
+        };
+        let running = release_field("VERSION=");
+        let st = self.shared.lock().expect("status lock").clone();
+        self.set(|s| s.target_guestos = Some(target.version.clone()));
+        if target.version == running {
+            self.set(|s| {
+                s.upgrade.state = "idle".into();
+                s.upgrade.target = None;
+            });
+            self.upgrade_backoff.ok();
+            return;
+        }
+        if st.upgrade.failed_versions.contains(&target.version) {
+            self.set(|s| {
+                s.upgrade.state = "holding".into();
+                s.upgrade.target = Some(target.version.clone());
+                s.upgrade.last_result = Some(format!("{} failed on this node before; not retrying it (waiting for governance to deploy another version)", target.version));
+            });
+            return;
+        }
+        if self.upgrade_backoff_target.as_deref() != Some(target.version.as_str()) {
+            // Governance chose another version: what failed for the old one says nothing about it.
+            self.upgrade_backoff.ok();
+            self.upgrade_backoff_target = Some(target.version.clone());
+        }
+        if !st.confirmed || !self.upgrade_backoff.due() {
+            return;
+        }
+        self.set(|s| {
+            s.upgrade.state = "downloading".into();
+            s.upgrade.target = Some(target.version.clone());
+            s.upgrade.attempts += 1;
+        });
+        self.console(&format!(
+            "GUESTOS ORCHESTRATOR upgrading {running} -> {} (registry version {})",
+            target.version, st.registry_version
+        ));
+        match install(&target, node) {
+            Ok(()) => {
+                self.set(|s| {
+                    s.upgrade.state = "rebooting".into();
+                    s.upgrade.last_result =
+                        Some(format!("{} installed and activated", target.version));
+                });
+                self.console(&format!(
+                    "GUESTOS ORCHESTRATOR {} installed; rebooting",
+                    target.version
+                ));
+                if self.opts.reboot {
+                    let _ = std::process::Command::new("systemctl")
+                        .arg("reboot")
+                        .status();
+                }
+            }
+            Err(e) => {
+                self.upgrade_backoff.fail();
+                self.console(&format!(
+                    "GUESTOS ORCHESTRATOR upgrade to {} failed: {e}",
+                    target.version
+                ));
+                self.set(|s| {
+                    s.upgrade.state = "failed".into();
+                    s.upgrade.last_result = Some(e);
+                });
+            }
+        }
+    }
+}
+
+/// Install from the elected URLs, starting at a node-specific one, trying the next on error.
+fn install(target: &registry_model::Elected, node: &str) -> Result<(), String> {
+    let mut engine = upgrade_engine::Engine::open_running().map_err(|e| e.to_string())?;
+    if target.urls.is_empty() {
+        return Err("the elected version has no URLs".into());
+    }
+    let mut errors = Vec::new();
+    for url in mirror_order(&target.urls, node) {
+        let result = upgrade_engine::source::open(url)
+            .map_err(|e| e.to_string())
+            .and_then(|mut src| {
+                engine
+                    .install(&mut src.reader, &target.sha256)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(_) => return engine.activate(3).map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => {
+                tracing::warn!("{url}: {e}");
+                errors.push(format!("{url}: {e}"));
+            }
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// The order in which `node` tries the elected URLs: the list rotated by a node-specific
+/// offset, so a fleet spreads its downloads over the mirrors.
+pub fn mirror_order<'a>(urls: &'a [String], node: &str) -> Vec<&'a String> {
+    if urls.is_empty() {
+        return Vec::new();
+    }
+    let start = node.bytes().map(usize::from).sum::<usize>() % urls.len();
+    urls[start..].iter().chain(&urls[..start]).collect()
+}
+
+fn slot_from_cmdline() -> String {
+    std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| {
+            c.split_whitespace()
+                .find_map(|a| a.strip_prefix("icos.slot=").map(str::to_string))
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A unique-local IPv6 address for nodes without a routable prefix (local testnets).
+fn fallback_ipv6(mac: &str) -> String {
+    let m: node_identity::Mac = mac
+        .parse()
+        .unwrap_or(node_identity::Mac([0x6a, 1, 0, 0, 0, 1]));
+    node_identity::ipv6_address(&[0xfd00, 0, 0, 0], &m).to_string()
+}
+
+pub use http::spawn as serve_status;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fat(path: &std::path::Path, files: &[(&str, &[u8])]) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        f.set_len(8 << 20).unwrap();
+        let mut esp = boot_slots::Esp::format(f, 7, "ICOSCFG").unwrap();
+        for (name, data) in files {
+            esp.write_file(name, &mut &data[..]).unwrap();
+        }
+        esp.close().unwrap();
+    }
+
+    fn opts(d: &std::path::Path) -> Options {
+        fat(&d.join("store.img"), &[]);
+        std::fs::write(d.join("console"), b"").unwrap();
+        Options {
+            config_disk: d.join("guest-config.img"),
+            node_store: d.join("store.img"),
+            state_dir: d.join("state"),
+            console: Some(d.join("console")),
+            reboot: false,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_config_disk_missing_a_field_is_named_on_the_console() {
+        let d = tempfile::tempdir().unwrap();
+        // `mac` is required; everything else is there.
+        let json = br#"{"deployment":"testnet","ipv6":null,"node_id":null,"registry_urls":["http://10.0.2.2:1"],"genesis_hash":"ab","operator_id":null,"operator_key_pem":null}"#;
+        fat(&d.path().join("guest-config.img"), &[("guest.json", json)]);
+        let mut o = Orchestrator::new(opts(d.path())).unwrap();
+        let console = std::fs::read_to_string(d.path().join("console")).unwrap();
+        assert!(console.contains("missing field `mac`"), "{console}");
+        assert!(console.contains("guest-config.img"), "{console}");
+        let err = o.shared.lock().unwrap().config_error.clone().unwrap();
+        assert!(err.contains("missing field `mac`"), "{err}");
+        // The loop stays alive and does nothing it cannot justify.
+        let mut client = None;
+        o.tick(&mut client);
+        assert!(client.is_none());
+    }
+
+    #[test]
+    fn a_missing_config_disk_is_named_and_the_node_key_is_still_made() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Orchestrator::new(opts(d.path())).unwrap();
+        let console = std::fs::read_to_string(d.path().join("console")).unwrap();
+        assert!(console.contains("guest-config.img"), "{console}");
+        let s = o.shared.lock().unwrap().clone();
+        assert_eq!(s.node_id, registry_model::node_id(&s.public_key));
+        // Same identity on the next start.
+        let again = Orchestrator::new(opts_keep(d.path())).unwrap();
+        assert_eq!(again.shared.lock().unwrap().node_id, s.node_id);
+    }
+
+    fn opts_keep(d: &std::path::Path) -> Options {
+        Options {
+            config_disk: d.join("guest-config.img"),
+            node_store: d.join("store.img"),
+            state_dir: d.join("state"),
+            console: None,
+            reboot: false,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mirrors_are_rotated_per_node_and_all_tried() {
+        let urls: Vec<String> = (0..3).map(|i| format!("http://m{i}/p.tar")).collect();
+        let mut firsts = std::collections::BTreeSet::new();
+        for node in ["a", "b", "c", "node-xyz"] {
+            let order = mirror_order(&urls, node);
+            assert_eq!(order.len(), 3);
+            let mut sorted: Vec<_> = order.iter().map(|s| s.as_str()).collect();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                ["http://m0/p.tar", "http://m1/p.tar", "http://m2/p.tar"]
+            );
+            firsts.insert(order[0].clone());
+        }
+        assert!(firsts.len() > 1, "every node starts at the same mirror");
+        assert!(mirror_order(&[], "a").is_empty());
+    }
+}

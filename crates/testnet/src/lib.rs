@@ -1,0 +1,928 @@
+//! A whole icos network on one machine: a registry with local governance keys, a package
+//! mirror (nginx), and per node a HostOS agent running its GuestOS VM under QEMU.
+//!
+//! * [`up`] builds (or reuses) the GuestOS image, writes the keys and genesis (GuestOS elected
+//!   and deployed to unassigned nodes, firewall rules for the local network), starts the
+//!   registry server, the mirror and one agent per node, waits until every node registered
+//!   itself, and creates the subnets by proposals;
+//! * [`status`] gathers registry, orchestrator and agent views per node;
+//! * [`upgrade`] builds a version, elects it and deploys it to a subnet by proposals and votes,
+//!   and follows the rollout until every node confirmed it (or rolled back);
+//! * [`down`] stops everything it started (agents power their VMs down first).
+//!
+//! Everything lives in one folder (`out/testnet` by default): keys, registry data, packages,
+//! node disks and state, logs, and `testnet.json` with the ports and process ids.
+//!
+//! Main types: [`Spec`] (what to bring up), [`State`] (a running network, loaded from its
+//! folder; proposes and votes with the local neuron keys), [`NodeRow`] (one line of status),
+//! [`RolloutResult`] (how one node ended an upgrade).
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use testnet::{Spec, Stderr};
+//! let spec = Spec {
+//!     dir: "out/testnet".into(),
+//!     nodes: 2,
+//!     subnets: 1,
+//!     version: "1.0.0".into(),
+//!     icos: "target/release/icos".into(),
+//!     images: None,
+//!     recipes: "images".into(),
+//!     vcpus: 1,
+//!     memory_mib: 1024,
+//! };
+//! let state = testnet::up(&spec, &Stderr).unwrap();
+//! testnet::print_status(&testnet::status(&state));
+//! for r in testnet::upgrade(&state, "subnet-1", "1.1.0", &Stderr).unwrap() {
+//!     println!("{}: {}", r.node, r.outcome);
+//! }
+//! testnet::down(Path::new("out/testnet"), &Stderr).unwrap();
+//! ```
+
+use registry_client::api::Api;
+use registry_model::api::{ProposalRecord, ProposalStatus};
+use registry_model::*;
+use registry_server::localnet::LocalGovernance;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const STATE_FILE: &str = "testnet.json";
+/// Voting power of the local neurons: any two of them are a majority, none alone is.
+pub const NEURON_POWERS: [u64; 3] = [40, 35, 25];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestnetError {
+    #[error("{0}")]
+    Msg(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn msg(m: impl Into<String>) -> TestnetError {
+    TestnetError::Msg(m.into())
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestnetError {
+    let what = what.into();
+    move |source| TestnetError::Io { what, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub subnets: usize,
+    pub version: String,
+    /// The `icos` binary (the agents and the registry server run as its subcommands).
+    pub icos: PathBuf,
+    /// Folders `guestos-<version>` already built (tests share their builds); else built here.
+    pub images: Option<PathBuf>,
+    pub recipes: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub dir: PathBuf,
+    pub agent_pid: u32,
+    pub agent_port: u16,
+    pub status_port: u16,
+    pub payload_port: u16,
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub dir: PathBuf,
+    pub registry_port: u16,
+    pub registry_pid: u32,
+    pub package_port: u16,
+    pub nginx_pid: u32,
+    pub genesis_hash: String,
+    pub images: PathBuf,
+    pub recipes: PathBuf,
+    pub icos: PathBuf,
+    pub nodes: Vec<NodeInfo>,
+    pub subnets: Vec<String>,
+}
+
+impl State {
+    pub fn load(dir: &Path) -> Result<State, TestnetError> {
+        let p = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            msg(format!(
+                "no testnet in {} ({e}); run `icos testnet up` first",
+                dir.display()
+            ))
+        })?;
+        serde_json::from_str(&text).map_err(|e| msg(format!("{}: {e}", p.display())))
+    }
+
+    fn save(&self) -> Result<(), TestnetError> {
+        let p = self.dir.join(STATE_FILE);
+        std::fs::write(&p, serde_json::to_vec_pretty(self).expect("serializes"))
+            .map_err(io(format!("writing {}", p.display())))
+    }
+
+    pub fn registry_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.registry_port)
+    }
+
+    fn guest_registry_url(&self) -> String {
+        format!("http://10.0.2.2:{}", self.registry_port)
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.registry_url())
+    }
+
+    fn neuron_key(&self, n: u64) -> Result<keys::SecretKey, TestnetError> {
+        keys::read_key(&self.dir.join(format!("keys/neuron_{n}.key")))
+            .map_err(|e| msg(e.to_string()))
+    }
+
+    /// Submit a proposal as `proposer`, then vote yes with each of `voters`.
+    pub fn propose(
+        &self,
+        proposer: u64,
+        voters: &[u64],
+        title: &str,
+        action: Action,
+    ) -> Result<ProposalRecord, TestnetError> {
+        let body = ProposalBody {
+            proposer,
+            title: title.into(),
+            action,
+            nonce: nonce(),
+        };
+        let mut r = self
+            .api()
+            .submit_proposal(&SignedProposal::sign(body, &self.neuron_key(proposer)?))
+            .map_err(|e| msg(e.to_string()))?;
+        for v in voters {
+            if r.status != ProposalStatus::Open {
+                break;
+            }
+            r = self.vote(&r, *v, Vote::Yes)?;
+        }
+        Ok(r)
+    }
+
+    /// Cast `neuron`'s vote on an open proposal; returns the proposal as it stands after it.
+    pub fn vote(
+        &self,
+        r: &ProposalRecord,
+        neuron: u64,
+        vote: Vote,
+    ) -> Result<ProposalRecord, TestnetError> {
+        let v = SignedVote::sign(
+            &r.proposal.body.hash(),
+            neuron,
+            vote,
+            &self.neuron_key(neuron)?,
+        );
+        self.api().vote(r.id, &v).map_err(|e| msg(e.to_string()))
+    }
+
+    /// The URL of a file in the package mirror, as the GuestOS VMs reach it.
+    pub fn mirror_url(&self, file: &str) -> String {
+        format!("http://10.0.2.2:{}/{file}", self.package_port)
+    }
+
+    /// Elect a GuestOS version whose package is in the mirror, with the given SHA-256.
+    pub fn elect_guestos(
+        &self,
+        version: &str,
+        sha256: &str,
+        voters: &[u64],
+    ) -> Result<ProposalRecord, TestnetError> {
+        let urls = vec![self.mirror_url(&format!("guestos-{version}.tar"))];
+        self.propose(
+            1,
+            voters,
+            &format!("elect GuestOS {version}"),
+            Action::ElectGuestos(Elected {
+                version: version.into(),
+                sha256: sha256.into(),
+                size: None,
+                urls,
+            }),
+        )
+    }
+
+    /// Put a built GuestOS package into the mirror; returns its SHA-256.
+    pub fn publish(&self, image: &Path, version: &str) -> Result<String, TestnetError> {
+        let dst = self.dir.join(format!("packages/guestos-{version}.tar"));
+        let src = image.join("update.tar");
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(io(format!("copying {}", src.display())))?;
+        }
+        Ok(update_package::hash_file(&dst)
+            .map_err(io("hashing the package"))?
+            .0)
+    }
+}
+
+fn nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn free_port() -> Result<u16, TestnetError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(io("finding a free port"))?
+        .port())
+}
+
+/// Start a long-running process in its own session (it outlives the `icos testnet up` that
+/// started it); its output goes to `log`.
+fn spawn_detached(cmd: &mut Command, log: &Path) -> Result<u32, TestnetError> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
+    let err = out.try_clone().map_err(io("log"))?;
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(io(format!("starting {:?}", cmd.get_program())))?;
+    Ok(child.id())
+}
+
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Progress lines for long work.
+pub trait Report {
+    fn line(&self, text: &str);
+}
+
+pub struct Stderr;
+impl Report for Stderr {
+    fn line(&self, text: &str) {
+        eprintln!("testnet: {text}");
+    }
+}
+
+/// A GuestOS image folder for `version`: from `images` if built there, else built now.
+pub fn image(
+    state_images: &Path,
+    recipes: &Path,
+    version: &str,
+    report: &dyn Report,
+) -> Result<PathBuf, TestnetError> {
+    let out = state_images.join(format!("guestos-{version}"));
+    if out.join("manifest.json").is_file() {
+        return Ok(out);
+    }
+    report.line(&format!("building GuestOS {version} (a minute or two)"));
+    let req = image_builder::BuildRequest::new(recipes.join("guestos"), version, &out);
+    image_builder::build(&req).map_err(|e| msg(format!("building GuestOS {version}: {e}")))?;
+    Ok(out)
+}
+
+fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf, TestnetError> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes 1; pid {pid}; error_log {log};\nevents {{ worker_connections 256; }}\nhttp {{ access_log {access}; sendfile on; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            pid = dir.join("nginx.pid").display(),
+            log = dir.join("logs/nginx-error.log").display(),
+            access = dir.join("logs/nginx-access.log").display(),
+            root = dir.join("packages").display()
+        ),
+    )
+    .map_err(io("writing nginx.conf"))?;
+    Ok(conf)
+}
+
+/// Bring a testnet up. Fails if one is already running in the folder.
+pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
+    if let Ok(s) = State::load(&spec.dir) {
+        if alive(s.registry_pid) || s.nodes.iter().any(|n| alive(n.agent_pid)) {
+            return Err(msg(format!(
+                "a testnet is already running in {} (run `icos testnet down` first)",
+                spec.dir.display()
+            )));
+        }
+    }
+    if spec.nodes == 0 || spec.subnets > spec.nodes {
+        return Err(msg(format!(
+            "{} nodes cannot form {} subnets",
+            spec.nodes, spec.subnets
+        )));
+    }
+    for d in ["keys", "registry", "packages", "logs", "nodes", "images"] {
+        let p = spec.dir.join(d);
+        if d != "images" && d != "logs" && p.exists() {
+            std::fs::remove_dir_all(&p).map_err(io(format!("clearing {}", p.display())))?;
+        }
+        std::fs::create_dir_all(&p).map_err(io(format!("creating {}", p.display())))?;
+    }
+    let images = spec
+        .images
+        .clone()
+        .unwrap_or_else(|| spec.dir.join("images"));
+    let base = image(&images, &spec.recipes, &spec.version, report)?;
+
+    let package_port = free_port()?;
+    let registry_port = free_port()?;
+    let pkg = spec
+        .dir
+        .join(format!("packages/guestos-{}.tar", spec.version));
+    std::fs::copy(base.join("update.tar"), &pkg).map_err(io("copying the GuestOS package"))?;
+    let sha = update_package::hash_file(&pkg)
+        .map_err(io("hashing the package"))?
+        .0;
+
+    report.line("writing governance keys and the genesis (3 neurons, 1 node operator)");
+    let mut gov = LocalGovernance::create(
+        &spec.dir.join("keys"),
+        "testnet",
+        &NEURON_POWERS,
+        &[("op1", 64)],
+        |k| Settings {
+            online_key: k,
+            proposal_deadline_secs: 3600,
+            freshness_secs: 300,
+        },
+    )
+    .map_err(|e| msg(e.to_string()))?;
+    let local = vec!["10.0.2.0/24".to_string(), "fd00::/8".to_string()];
+    gov.genesis.actions = vec![
+        Action::ElectGuestos(Elected {
+            version: spec.version.clone(),
+            sha256: sha,
+            size: None,
+            urls: vec![format!(
+                "http://10.0.2.2:{package_port}/guestos-{}.tar",
+                spec.version
+            )],
+        }),
+        Action::DeployGuestosToUnassigned {
+            version: spec.version.clone(),
+        },
+        Action::SetFirewallRules {
+            scope: FirewallScope::Global,
+            rules: vec![FirewallRule {
+                action: FwAction::Allow,
+                protocol: Protocol::Tcp,
+                ports: vec![8080, 9100],
+                sources: local.clone(),
+                comment: "testnet host".into(),
+            }],
+        },
+    ];
+    std::fs::write(
+        spec.dir.join("keys/genesis.toml"),
+        toml::to_string(&gov.genesis).map_err(|e| msg(e.to_string()))?,
+    )
+    .map_err(io("writing the genesis"))?;
+    let g = registry_server::Registry::init(&spec.dir.join("registry"), &gov.genesis)
+        .map_err(|e| msg(e.to_string()))?;
+
+    report.line(&format!("starting the registry on 127.0.0.1:{registry_port} and the package mirror on 127.0.0.1:{package_port}"));
+    let registry_pid = spawn_detached(
+        Command::new(&spec.icos)
+            .args(["registry", "serve", "--data"])
+            .arg(spec.dir.join("registry"))
+            .arg("--online-key")
+            .arg(spec.dir.join("keys/online.key"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{registry_port}")),
+        &spec.dir.join("logs/registry.log"),
+    )?;
+    let conf = write_nginx_conf(&spec.dir, package_port)?;
+    let nginx_pid = spawn_detached(
+        Command::new("nginx").arg("-c").arg(&conf),
+        &spec.dir.join("logs/nginx.log"),
+    )?;
+
+    let mut state = State {
+        dir: spec.dir.clone(),
+        registry_port,
+        registry_pid,
+        package_port,
+        nginx_pid,
+        genesis_hash: g.hash(),
+        images: images.clone(),
+        recipes: spec.recipes.clone(),
+        icos: spec.icos.clone(),
+        nodes: Vec::new(),
+        subnets: Vec::new(),
+    };
+    state.save()?;
+    wait_http(
+        &format!("{}/v1/head.json", state.registry_url()),
+        Duration::from_secs(30),
+    )?;
+
+    for i in 1..=spec.nodes {
+        let name = format!("node{i}");
+        let ndir = spec.dir.join("nodes").join(&name);
+        std::fs::create_dir_all(ndir.join("state")).map_err(io("creating the node folder"))?;
+        let disk = ndir.join("guest.img");
+        let st = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(base.join("disk.img"))
+            .arg(&disk)
+            .status()
+            .map_err(io("copying the GuestOS disk"))?;
+        if !st.success() {
+            return Err(msg("copying the GuestOS disk failed"));
+        }
+        let (agent_port, status_port, payload_port) = (free_port()?, free_port()?, free_port()?);
+        let cfg = format!(
+            r#"[node]
+deployment = "testnet"
+management_mac = "02:00:00:00:01:{i:02x}"
+hostos_version = "dev"
+http_endpoint = "http://127.0.0.1:{payload_port}"
+[guest]
+disk = "{disk}"
+vcpus = {vcpus}
+memory_mib = {mem}
+boot_timeout_secs = 900
+forwards = ["{status_port}:9100", "{payload_port}:8080"]
+[registry]
+urls = ["{reg}"]
+genesis_hash = "{genesis}"
+[agent]
+state_dir = "{state}"
+listen = "127.0.0.1:{agent_port}"
+[guest_config]
+operator_id = "op1"
+operator_key_file = "{opkey}"
+admin_prefixes = ["10.0.2.0/24"]
+"#,
+            disk = disk.display(),
+            vcpus = spec.vcpus,
+            mem = spec.memory_mib,
+            reg = state.guest_registry_url(),
+            genesis = state.genesis_hash,
+            state = ndir.join("state").display(),
+            opkey = spec.dir.join("keys/operator_op1.key").display(),
+        );
+        let cfg_path = ndir.join("hostos.toml");
+        std::fs::write(&cfg_path, cfg).map_err(io("writing hostos.toml"))?;
+        let agent_pid = spawn_detached(
+            Command::new(&spec.icos)
+                .args(["hostos", "run", "--config"])
+                .arg(&cfg_path),
+            &spec.dir.join(format!("logs/{name}-agent.log")),
+        )?;
+        report.line(&format!("{name}: agent started (pid {agent_pid}, status http://127.0.0.1:{agent_port}/v1/status); GuestOS VM booting"));
+        state.nodes.push(NodeInfo {
+            name,
+            dir: ndir,
+            agent_pid,
+            agent_port,
+            status_port,
+            payload_port,
+            node_id: None,
+        });
+        state.save()?;
+    }
+
+    report.line(&format!(
+        "waiting for {} node(s) to boot and register (TCG: a minute or two)",
+        spec.nodes
+    ));
+    let end = Instant::now() + Duration::from_secs(900);
+    loop {
+        let reg = state
+            .api()
+            .snapshot(None)
+            .map_err(|e| msg(e.to_string()))?
+            .registry;
+        let mut all = true;
+        for n in state.nodes.iter_mut() {
+            if n.node_id.is_none() {
+                let endpoint = format!("http://127.0.0.1:{}", n.payload_port);
+                if let Some(node) = reg.nodes.values().find(|x| x.http_endpoint == endpoint) {
+                    n.node_id = Some(node.id.clone());
+                    report.line(&format!("{}: registered as {}", n.name, node.id));
+                } else {
+                    all = false;
+                }
+            }
+        }
+        state.save()?;
+        if all {
+            break;
+        }
+        if Instant::now() > end {
+            return Err(msg("not every node registered within 15 minutes; see the logs folder and `icos testnet status`"));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    for k in 0..spec.subnets {
+        let id = format!("subnet-{}", k + 1);
+        let nodes: Vec<String> = state
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % spec.subnets == k)
+            .filter_map(|(_, n)| n.node_id.clone())
+            .collect();
+        let range = CanisterRange {
+            start: (k as u64) << 32,
+            end: ((k as u64 + 1) << 32) - 1,
+        };
+        let r = state.propose(
+            1,
+            &[2],
+            &format!("create {id}"),
+            Action::CreateSubnet {
+                id: id.clone(),
+                nodes,
+                canister_ranges: vec![range],
+                guestos_version: spec.version.clone(),
+            },
+        )?;
+        if !matches!(r.status, ProposalStatus::Adopted { .. }) {
+            return Err(msg(format!("creating {id}: {}", r.status)));
+        }
+        report.line(&format!("{id} created by proposal {}", r.id));
+        state.subnets.push(id);
+    }
+    state.save()?;
+    Ok(state)
+}
+
+fn wait_http(url: &str, timeout: Duration) -> Result<(), TestnetError> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if ureq::get(url)
+            .timeout(Duration::from_secs(2))
+            .call()
+            .is_ok()
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(msg(format!("{url} did not answer within {timeout:?}")))
+}
+
+/// One node as the testnet sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub node_id: String,
+    pub subnet: String,
+    pub guestos: String,
+    pub target: String,
+    pub slot: String,
+    pub confirmed: bool,
+    pub hostos: String,
+    pub vm: String,
+    pub upgrade: String,
+    pub health: String,
+    pub registry_version: u64,
+    pub orchestrator: Option<serde_json::Value>,
+}
+
+fn get_json(url: &str) -> Option<serde_json::Value> {
+    let body = ureq::get(url)
+        .timeout(Duration::from_secs(3))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+pub fn status(state: &State) -> Vec<NodeRow> {
+    let reg = state.api().snapshot(None).ok().map(|s| s.registry);
+    state
+        .nodes
+        .iter()
+        .map(|n| {
+            let o = get_json(&format!("http://127.0.0.1:{}/status", n.status_port));
+            let a = get_json(&format!("http://127.0.0.1:{}/v1/status", n.agent_port));
+            let node_id = n.node_id.clone().unwrap_or_default();
+            let subnet = reg
+                .as_ref()
+                .and_then(|r| {
+                    r.subnets
+                        .values()
+                        .find(|s| s.nodes.contains(&node_id))
+                        .map(|s| s.id.clone())
+                })
+                .unwrap_or_else(|| "unassigned".into());
+            let s = |v: &Option<serde_json::Value>, k: &str| {
+                v.as_ref()
+                    .and_then(|v| v[k].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let vm = a
+                .as_ref()
+                .and_then(|a| a["guest"]["state"].as_str().map(str::to_string))
+                .unwrap_or_else(|| {
+                    if alive(n.agent_pid) {
+                        "?".into()
+                    } else {
+                        "agent down".into()
+                    }
+                });
+            let confirmed = o
+                .as_ref()
+                .and_then(|o| o["confirmed"].as_bool())
+                .unwrap_or(false);
+            let health = match (&o, vm.as_str()) {
+                (Some(o), "running") if o["registry_error"].is_null() && confirmed => {
+                    "healthy".into()
+                }
+                (Some(o), _) if !o["registry_error"].is_null() => {
+                    format!("registry: {}", o["registry_error"].as_str().unwrap_or("?"))
+                }
+                (Some(_), v) => v.to_string(),
+                (None, v) => format!("vm {v}"),
+            };
+            NodeRow {
+                name: n.name.clone(),
+                node_id,
+                subnet,
+                guestos: s(&o, "guestos_version"),
+                target: s(&o, "target_guestos"),
+                slot: s(&o, "slot"),
+                confirmed,
+                hostos: a
+                    .as_ref()
+                    .and_then(|a| a["hostos_version"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "-".into()),
+                vm,
+                upgrade: o
+                    .as_ref()
+                    .and_then(|o| o["upgrade"]["state"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "-".into()),
+                health,
+                registry_version: o
+                    .as_ref()
+                    .and_then(|o| o["registry_version"].as_u64())
+                    .unwrap_or(0),
+                orchestrator: o,
+            }
+        })
+        .collect()
+}
+
+pub fn print_status(rows: &[NodeRow]) {
+    println!(
+        "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<8} {:<10} health",
+        "node", "node id", "subnet", "guestos", "target", "slot", "hostos", "vm", "upgrade"
+    );
+    for r in rows {
+        println!(
+            "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<8} {:<10} {}",
+            r.name,
+            r.node_id,
+            r.subnet,
+            r.guestos,
+            r.target,
+            r.slot,
+            r.hostos,
+            r.vm,
+            r.upgrade,
+            r.health
+        );
+    }
+}
+
+/// How one node ended a rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutResult {
+    pub node: String,
+    pub outcome: String,
+    pub seconds: f64,
+}
+
+/// Follow nodes of `subnet` until each runs `version` confirmed, or rejected it (a failed
+/// health check, or a refused package). Returns per-node outcomes.
+pub fn follow(
+    state: &State,
+    subnet: &str,
+    version: &str,
+    timeout: Duration,
+    report: &dyn Report,
+) -> Result<Vec<RolloutResult>, TestnetError> {
+    let start = Instant::now();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut done: BTreeMap<String, RolloutResult> = BTreeMap::new();
+    loop {
+        let rows: Vec<NodeRow> = status(state)
+            .into_iter()
+            .filter(|r| r.subnet == subnet)
+            .collect();
+        if rows.is_empty() {
+            return Err(msg(format!("no nodes in {subnet}")));
+        }
+        for r in &rows {
+            let o = r.orchestrator.clone().unwrap_or_default();
+            let failed = o["upgrade"]["failed_versions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v == version));
+            let refused = o["upgrade"]["state"] == "failed" && o["upgrade"]["target"] == version;
+            let line = format!(
+                "{} {} slot {} ({}), upgrade {}",
+                r.vm,
+                r.guestos,
+                r.slot,
+                if r.confirmed { "confirmed" } else { "on trial" },
+                r.upgrade
+            );
+            if last.get(&r.name) != Some(&line) {
+                report.line(&format!(
+                    "{:>6.1} s {}: {line}",
+                    start.elapsed().as_secs_f64(),
+                    r.name
+                ));
+                last.insert(r.name.clone(), line);
+            }
+            if done.contains_key(&r.name) {
+                continue;
+            }
+            let outcome = if r.guestos == version && r.confirmed && r.vm == "running" {
+                Some("confirmed".to_string())
+            } else if failed && r.guestos != version && r.confirmed && r.vm == "running" {
+                Some(format!(
+                    "rolled back to {}: {}",
+                    r.guestos,
+                    o["upgrade"]["last_rollback"].as_str().unwrap_or("")
+                ))
+            } else if refused {
+                Some(format!(
+                    "refused: {}",
+                    o["upgrade"]["last_result"].as_str().unwrap_or("")
+                ))
+            } else {
+                None
+            };
+            if let Some(outcome) = outcome {
+                report.line(&format!(
+                    "{}: {outcome} after {:.1} s",
+                    r.name,
+                    start.elapsed().as_secs_f64()
+                ));
+                done.insert(
+                    r.name.clone(),
+                    RolloutResult {
+                        node: r.name.clone(),
+                        outcome,
+                        seconds: start.elapsed().as_secs_f64(),
+                    },
+                );
+            }
+        }
+        if rows.iter().all(|r| done.contains_key(&r.name)) {
+            return Ok(done.into_values().collect());
+        }
+        if start.elapsed() > timeout {
+            return Err(msg(format!(
+                "rollout of {version} to {subnet} did not finish within {timeout:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Build, elect and deploy `version` to `subnet`, and follow the rollout. Returns the
+/// adoption instant's offset and the per-node results.
+pub fn upgrade(
+    state: &State,
+    subnet: &str,
+    version: &str,
+    report: &dyn Report,
+) -> Result<Vec<RolloutResult>, TestnetError> {
+    let img = image(&state.images, &state.recipes, version, report)?;
+    let sha = state.publish(&img, version)?;
+    let reg = state
+        .api()
+        .snapshot(None)
+        .map_err(|e| msg(e.to_string()))?
+        .registry;
+    if !reg.guestos_versions.contains_key(version) {
+        let r = state.elect_guestos(version, &sha, &[2])?;
+        report.line(&format!(
+            "proposal {} (elect GuestOS {version}): {}",
+            r.id, r.status
+        ));
+    }
+    let r = state.propose(
+        1,
+        &[2],
+        &format!("deploy GuestOS {version} to {subnet}"),
+        Action::DeployGuestosToSubnet {
+            subnet: subnet.into(),
+            version: version.into(),
+        },
+    )?;
+    report.line(&format!(
+        "proposal {} (deploy {version} to {subnet}): {}",
+        r.id, r.status
+    ));
+    if !matches!(r.status, ProposalStatus::Adopted { .. }) {
+        return Err(msg(format!(
+            "the deploy proposal was not adopted: {}",
+            r.status
+        )));
+    }
+    follow(state, subnet, version, Duration::from_secs(1800), report)
+}
+
+/// Stop everything the testnet started; agents power their VMs down first.
+pub fn down(dir: &Path, report: &dyn Report) -> Result<(), TestnetError> {
+    let state = State::load(dir)?;
+    for n in &state.nodes {
+        if alive(n.agent_pid) {
+            report.line(&format!(
+                "{}: stopping the agent (it powers the GuestOS VM down)",
+                n.name
+            ));
+            signal(n.agent_pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(90);
+    while state.nodes.iter().any(|n| alive(n.agent_pid)) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for n in &state.nodes {
+        if alive(n.agent_pid) {
+            report.line(&format!(
+                "{}: agent did not stop in time; killing it",
+                n.name
+            ));
+            signal(n.agent_pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    signal(state.registry_pid, nix::sys::signal::Signal::SIGTERM);
+    signal(state.nginx_pid, nix::sys::signal::Signal::SIGQUIT);
+    std::thread::sleep(Duration::from_millis(500));
+    for pid in [state.registry_pid, state.nginx_pid] {
+        if alive(pid) {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    // Any QEMU still holding one of our node disks is ours: end it.
+    let ours = stray_qemus(dir);
+    for pid in &ours {
+        signal(*pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    if !ours.is_empty() {
+        report.line(&format!("killed {} leftover QEMU process(es)", ours.len()));
+    }
+    let _ = std::fs::remove_file(dir.join(STATE_FILE));
+    report.line("testnet stopped; nothing left running");
+    Ok(())
+}
+
+/// QEMU processes whose command line names a file inside `dir`.
+pub fn stray_qemus(dir: &Path) -> Vec<u32> {
+    let needle = dir
+        .canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("qemu-system") && cmd.contains(&needle) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
