@@ -107,21 +107,35 @@ fn install(disk: &str, target: &Elected, node: &str) -> Result<(), String> {
         upgrade_engine::Engine::open_disk(std::path::Path::new(disk))
     }
     .map_err(|e| e.to_string())?;
-    // Start from a different mirror on each node to spread the load.
-    let n = target.urls.len().max(1);
-    let start = node.bytes().map(usize::from).sum::<usize>() % n;
+    install_elected(&mut engine, target, node)
+}
+
+/// Install an elected package into the inactive slot and give it 3 tries: URLs in this
+/// node's mirror order, the next one on any error (unreachable, truncated, wrong SHA-256).
+/// The error lists what every URL answered.
+pub fn install_elected(
+    engine: &mut upgrade_engine::Engine,
+    target: &Elected,
+    node: &str,
+) -> Result<(), String> {
+    if target.urls.is_empty() {
+        return Err(format!("elected version {} has no URLs", target.version));
+    }
     let mut errors = Vec::new();
-    for i in 0..target.urls.len() {
-        let url = &target.urls[(start + i) % n];
-        match upgrade_engine::source::open(url) {
-            Ok(mut src) => match engine.install(&mut src.reader, &target.sha256) {
-                Ok(_) => {
-                    engine.activate(3).map_err(|e| e.to_string())?;
-                    return Ok(());
-                }
-                Err(e) => errors.push(format!("{url}: {e}")),
-            },
-            Err(e) => errors.push(e.to_string()),
+    for url in target.urls_for(node) {
+        let result = upgrade_engine::source::open(url)
+            .map_err(|e| e.to_string())
+            .and_then(|mut src| {
+                engine
+                    .install(&mut src.reader, &target.sha256)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(_) => return engine.activate(3).map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => {
+                tracing::warn!("{url}: {e}");
+                errors.push(format!("{url}: {e}"));
+            }
         }
     }
     Err(errors.join("; "))

@@ -1,5 +1,6 @@
 //! The local network end to end (TCG): two nodes boot, register and follow governance
-//! through good, broken, forged and not-adopted upgrades; then the registry goes away.
+//! through good, broken, forged and not-adopted upgrades, a firewall change and a HostOS
+//! assignment; then the registry goes away.
 //!
 //! One testnet serves every scenario in order: booting nodes under TCG is the expensive
 //! part, and each scenario starts from the state the previous one left.
@@ -188,7 +189,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         .map(|n| {
             probe
                 .iter()
-                .position(|p| p == orchestrator::mirror_order(&probe, n)[0])
+                .position(|p| p == registry_model::mirror_order(&probe, n)[0])
                 .unwrap()
         })
         .collect();
@@ -395,6 +396,98 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         fetched,
         "1.2.0 was downloaded again"
     );
+
+    // --- Governance tightens node1's firewall and assigns it a HostOS version. -----------
+    let ruleset_before: Vec<serde_json::Value> = rows(&state)
+        .iter()
+        .map(|r| orch(r, "firewall_ruleset"))
+        .collect();
+    let node1 = node_ids[0].clone();
+    let r = state
+        .propose(
+            1,
+            &[2],
+            "firewall for node1",
+            Action::SetFirewallRules {
+                scope: registry_model::FirewallScope::Node(node1.clone()),
+                rules: vec![registry_model::FirewallRule {
+                    action: registry_model::FwAction::Deny,
+                    protocol: registry_model::Protocol::Tcp,
+                    ports: vec![8080],
+                    sources: vec!["10.0.2.99/32".into()],
+                    comment: "block one peer".into(),
+                }],
+            },
+        )
+        .unwrap();
+    assert!(matches!(r.status, ProposalStatus::Adopted { .. }));
+    // The host's HostOS package is never fetched here: the dev-machine agent answers the
+    // request from its own registry view, which is what the orchestrator must record.
+    let r = state
+        .propose(
+            1,
+            &[2],
+            "elect HostOS 2.0.0",
+            Action::ElectHostos(Elected {
+                version: "2.0.0".into(),
+                sha256: "ab".repeat(32),
+                size: None,
+                urls: vec![state.mirror_url("hostos-2.0.0.tar")],
+            }),
+        )
+        .unwrap();
+    assert!(matches!(r.status, ProposalStatus::Adopted { .. }));
+    let r = state
+        .propose(
+            1,
+            &[2],
+            "deploy HostOS 2.0.0 to node1",
+            Action::DeployHostosToNodes {
+                nodes: vec![node1.clone()],
+                version: "2.0.0".into(),
+            },
+        )
+        .unwrap();
+    assert!(matches!(r.status, ProposalStatus::Adopted { .. }));
+    wait_until(
+        &dir,
+        "node1 applying its new firewall and asking its host for HostOS 2.0.0",
+        Duration::from_secs(120),
+        || {
+            let now = rows(&state);
+            orch(&now[0], "firewall_ruleset") != ruleset_before[0]
+                && orch(&now[0], "firewall_rules") == 2
+                && orch(&now[0], "hostos_assigned") == "2.0.0"
+                && orch(&now[0], "hostos_request").is_string()
+        },
+    );
+    let now = rows(&state);
+    let (n1, n2) = (&now[0], &now[1]);
+    assert!(orch(n1, "firewall_error").is_null(), "{n1:?}");
+    let serial = std::fs::read_to_string(state.nodes[0].dir.join("state/guest-serial.log"))
+        .unwrap_or_default();
+    assert!(
+        serial.contains("GUESTOS FIREWALL applied 2 registry rules"),
+        "{}",
+        tail(&state.nodes[0].dir.join("state/guest-serial.log"), 30)
+    );
+    // The host took nothing from the guest but the request and answered from its own
+    // config and registry view: a development host is not told its node id, so it declines.
+    let asked = orch(n1, "hostos_request").as_str().unwrap().to_string();
+    assert!(asked.contains("node.node_id"), "{asked}");
+    let agent = |i: usize| -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/v1/status", state.nodes[i].agent_port);
+        serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap()
+    };
+    assert_eq!(agent(0)["upgrade"]["requests"], 1, "{}", agent(0));
+    // node2: same firewall as before, nothing assigned, its host never asked.
+    assert_eq!(orch(n2, "firewall_ruleset"), ruleset_before[1], "{n2:?}");
+    assert!(orch(n2, "hostos_assigned").is_null(), "{n2:?}");
+    assert!(orch(n2, "hostos_request").is_null(), "{n2:?}");
+    assert_eq!(agent(1)["upgrade"]["requests"], 0, "{}", agent(1));
+    // Backoff: a few more loop rounds and node1 still asked only once.
+    std::thread::sleep(Duration::from_secs(30));
+    assert_eq!(agent(0)["upgrade"]["requests"], 1, "{}", agent(0));
 
     // --- The registry goes away: nodes keep 1.1.0 and say so. -----------------------------
     nix::sys::signal::kill(

@@ -601,40 +601,10 @@ impl Orchestrator {
     }
 }
 
-/// Install from the elected URLs, starting at a node-specific one, trying the next on error.
+/// Install from the elected URLs into the inactive slot of the running disk and activate.
 fn install(target: &registry_model::Elected, node: &str) -> Result<(), String> {
     let mut engine = upgrade_engine::Engine::open_running().map_err(|e| e.to_string())?;
-    if target.urls.is_empty() {
-        return Err("the elected version has no URLs".into());
-    }
-    let mut errors = Vec::new();
-    for url in mirror_order(&target.urls, node) {
-        let result = upgrade_engine::source::open(url)
-            .map_err(|e| e.to_string())
-            .and_then(|mut src| {
-                engine
-                    .install(&mut src.reader, &target.sha256)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(_) => return engine.activate(3).map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => {
-                tracing::warn!("{url}: {e}");
-                errors.push(format!("{url}: {e}"));
-            }
-        }
-    }
-    Err(errors.join("; "))
-}
-
-/// The order in which `node` tries the elected URLs: the list rotated by a node-specific
-/// offset, so a fleet spreads its downloads over the mirrors.
-pub fn mirror_order<'a>(urls: &'a [String], node: &str) -> Vec<&'a String> {
-    if urls.is_empty() {
-        return Vec::new();
-    }
-    let start = node.bytes().map(usize::from).sum::<usize>() % urls.len();
-    urls[start..].iter().chain(&urls[..start]).collect()
+    hostos_agent::upgrader::install_elected(&mut engine, target, node)
 }
 
 fn slot_from_cmdline() -> String {
@@ -730,24 +700,5 @@ mod tests {
             reboot: false,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn mirrors_are_rotated_per_node_and_all_tried() {
-        let urls: Vec<String> = (0..3).map(|i| format!("http://m{i}/p.tar")).collect();
-        let mut firsts = std::collections::BTreeSet::new();
-        for node in ["a", "b", "c", "node-xyz"] {
-            let order = mirror_order(&urls, node);
-            assert_eq!(order.len(), 3);
-            let mut sorted: Vec<_> = order.iter().map(|s| s.as_str()).collect();
-            sorted.sort();
-            assert_eq!(
-                sorted,
-                ["http://m0/p.tar", "http://m1/p.tar", "http://m2/p.tar"]
-            );
-            firsts.insert(order[0].clone());
-        }
-        assert!(firsts.len() > 1, "every node starts at the same mirror");
-        assert!(mirror_order(&[], "a").is_empty());
     }
 }

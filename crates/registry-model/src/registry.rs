@@ -69,6 +69,23 @@ pub struct Elected {
     pub urls: Vec<String>,
 }
 
+impl Elected {
+    /// The order in which `node` tries the download URLs: see [`mirror_order`].
+    pub fn urls_for(&self, node: &str) -> Vec<&String> {
+        mirror_order(&self.urls, node)
+    }
+}
+
+/// The order in which `node` tries `urls`: the list rotated by a node-specific offset, so a
+/// fleet spreads its downloads over the mirrors and every URL is still tried.
+pub fn mirror_order<'a>(urls: &'a [String], node: &str) -> Vec<&'a String> {
+    if urls.is_empty() {
+        return Vec::new();
+    }
+    let start = node.bytes().map(usize::from).sum::<usize>() % urls.len();
+    urls[start..].iter().chain(&urls[..start]).collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "scope", content = "id")]
 pub enum FirewallScope {
@@ -721,4 +738,28 @@ pub fn node_id(node_public_key: &str) -> NodeId {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest([b"icos-node-id\0".as_slice(), node_public_key.as_bytes()].concat());
     format!("node-{}", &hex::encode(h)[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_are_rotated_per_node_and_all_tried() {
+        let urls: Vec<String> = (0..3).map(|i| format!("http://m{i}/p.tar")).collect();
+        let mut firsts = std::collections::BTreeSet::new();
+        for node in ["a", "b", "c", "node-xyz"] {
+            let order = mirror_order(&urls, node);
+            assert_eq!(order.len(), 3);
+            let mut sorted: Vec<_> = order.iter().map(|s| s.as_str()).collect();
+            sorted.sort();
+            assert_eq!(
+                sorted,
+                ["http://m0/p.tar", "http://m1/p.tar", "http://m2/p.tar"]
+            );
+            firsts.insert(order[0].clone());
+        }
+        assert!(firsts.len() > 1, "every node starts at the same mirror");
+        assert!(mirror_order(&[], "a").is_empty());
+    }
 }

@@ -15,8 +15,9 @@
 
 use crate::{Registry, ServerError};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -158,6 +159,39 @@ async fn register(State(r): State<Shared>, body: Bytes) -> Result<Response, Serv
     ))
 }
 
+/// How much of an oversized body is read (and dropped) before answering 413. A client
+/// that writes its whole body before reading (most do) would otherwise get a broken pipe
+/// instead of the answer; beyond this the connection is simply closed.
+const DRAIN_BYTES: u64 = 1 << 20;
+
+/// Refuse a declared body over [`MAX_BODY_BYTES`] with a 413 that names the limit.
+/// Bodies without a length are still cut by `DefaultBodyLimit`.
+async fn refuse_oversized(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => {
+            if n <= DRAIN_BYTES {
+                let drain = axum::body::to_bytes(req.into_body(), DRAIN_BYTES as usize);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+            }
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({
+                    "error": format!("body of {n} bytes is over the limit of {MAX_BODY_BYTES} bytes")
+                })
+                .to_string(),
+            )
+                .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/v1/head.json", get(head))
@@ -169,6 +203,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/proposals/{id}/votes", post(vote))
         .route("/v1/registrations", post(register))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(registry)
 }
 
