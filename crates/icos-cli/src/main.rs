@@ -788,7 +788,7 @@ fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
                 }
             };
             println!(
-                "testnet up in {:.0} s ({} nodes, {} subnets) in {}",
+                "testnet up in {:.0} s ({} node(s), {} subnet(s)) in {}",
                 t.elapsed().as_secs_f64(),
                 nodes,
                 subnets,

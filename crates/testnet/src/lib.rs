@@ -50,6 +50,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const STATE_FILE: &str = "testnet.json";
+/// A small file the mirror serves so `up` can tell it is really serving.
+const MIRROR_PROBE: &str = "mirror-ready.txt";
 /// Voting power of the local neurons: any two of them are a majority, none alone is.
 pub const NEURON_POWERS: [u64; 3] = [40, 35, 25];
 
@@ -324,6 +326,20 @@ fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf, TestnetError> {
 
 /// Bring a testnet up. Fails if one is already running in the folder.
 pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
+    // Absolute paths only: nginx resolves a relative `-c` against its own prefix, and the
+    // detached processes must not depend on the caller's working directory.
+    let abs = |p: &Path| std::path::absolute(p).map_err(io(format!("resolving {}", p.display())));
+    let spec = &Spec {
+        dir: abs(&spec.dir)?,
+        images: spec.images.as_deref().map(abs).transpose()?,
+        recipes: abs(&spec.recipes)?,
+        icos: if spec.icos.components().count() > 1 {
+            abs(&spec.icos)?
+        } else {
+            spec.icos.clone()
+        },
+        ..spec.clone()
+    };
     if let Ok(s) = State::load(&spec.dir) {
         if alive(s.registry_pid) || s.nodes.iter().any(|n| alive(n.agent_pid)) {
             return Err(msg(format!(
@@ -419,6 +435,11 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
         &spec.dir.join("logs/registry.log"),
     )?;
     let conf = write_nginx_conf(&spec.dir, package_port)?;
+    std::fs::write(
+        spec.dir.join("packages").join(MIRROR_PROBE),
+        "icos package mirror\n",
+    )
+    .map_err(io("writing the mirror probe file"))?;
     let nginx_pid = spawn_detached(
         Command::new("nginx").arg("-c").arg(&conf),
         &spec.dir.join("logs/nginx.log"),
@@ -441,7 +462,23 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
     wait_http(
         &format!("{}/v1/head.json", state.registry_url()),
         Duration::from_secs(30),
-    )?;
+    )
+    .map_err(|e| {
+        msg(format!(
+            "the registry did not come up ({e}); see {}",
+            spec.dir.join("logs/registry.log").display()
+        ))
+    })?;
+    wait_http(
+        &format!("http://127.0.0.1:{package_port}/{MIRROR_PROBE}"),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| {
+        msg(format!(
+            "the package mirror did not come up ({e}); see {}",
+            spec.dir.join("logs/nginx.log").display()
+        ))
+    })?;
 
     for i in 1..=spec.nodes {
         let name = format!("node{i}");
