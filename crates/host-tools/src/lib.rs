@@ -109,6 +109,8 @@ pub mod tools {
     pub const CPIO: Tool = Tool::new("cpio", "cpio");
     pub const MKE2FS: Tool = Tool::new("mke2fs", "e2fsprogs");
     pub const BUSYBOX: Tool = Tool::new("busybox", "busybox-static");
+    /// The package mirror of the local network and the registry benchmark's baseline.
+    pub const NGINX: Tool = Tool::new("nginx", "nginx-light");
 }
 
 fn describe(cmd: &Command) -> String {

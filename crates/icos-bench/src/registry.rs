@@ -219,7 +219,8 @@ pub fn registry_benchmark(work: &Path, versions: u64) -> Result<RegistryBench, B
         ),
     )
     .map_err(|x| e(x.to_string()))?;
-    let mut nginx = Command::new("nginx")
+    let mut nginx = host_tools::tools::NGINX
+        .command()?
         .arg("-c")
         .arg(&conf)
         .stdout(std::process::Stdio::null())

@@ -441,7 +441,11 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
     )
     .map_err(io("writing the mirror probe file"))?;
     let nginx_pid = spawn_detached(
-        Command::new("nginx").arg("-c").arg(&conf),
+        host_tools::tools::NGINX
+            .command()
+            .map_err(|e| msg(e.to_string()))?
+            .arg("-c")
+            .arg(&conf),
         &spec.dir.join("logs/nginx.log"),
     )?;
 
