@@ -44,6 +44,10 @@ pub struct HostosConfig {
     pub http_endpoint: Option<String>,
     /// Prefixes allowed to reach the guest's SSH and status ports.
     pub admin_prefixes: Vec<String>,
+    /// Registry URLs for the guest when it reaches the registry at another address than the
+    /// host does (user-mode networking: the host is 10.0.2.2 to its guest); empty = the
+    /// host's own `registry.urls`.
+    pub guest_registry_urls: Vec<String>,
     /// Development and tests: more virtio-serial ports for the guest (`name=socket`).
     pub extra_ports: Vec<(String, PathBuf)>,
     /// Problems found in the config, each naming its field.
@@ -245,6 +249,7 @@ impl HostosConfig {
             operator_id: r.string("guest_config.operator_id"),
             http_endpoint: r.string("node.http_endpoint"),
             admin_prefixes: r.strings("guest_config.admin_prefixes"),
+            guest_registry_urls: r.strings("guest_config.registry_urls"),
             extra_ports: Vec::new(),
             problems: Vec::new(),
         };
@@ -323,6 +328,14 @@ impl HostosConfig {
     pub fn guest_ipv6(&self) -> Option<String> {
         let p = node_identity::parse_prefix(self.ipv6_prefix.as_ref()?).ok()?;
         Some(node_identity::ipv6_address(&p, &self.guest_mac()).to_string())
+    }
+
+    /// The address the GuestOS registers its node with: [`Self::guest_ipv6`], or the local
+    /// `fd00::/64` address of the guest MAC when no prefix is configured.
+    pub fn guest_registered_ipv6(&self) -> std::net::Ipv6Addr {
+        self.guest_ipv6()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| node_identity::local_ipv6(&self.guest_mac()))
     }
 }
 

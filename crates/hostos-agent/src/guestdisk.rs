@@ -47,11 +47,14 @@ impl GuestConfig {
             mac: c.guest_mac().to_string(),
             ipv6: c.guest_ipv6(),
             node_id: c.node_id.clone(),
-            registry_urls: c
-                .registry
-                .as_ref()
-                .map(|r| r.urls.clone())
-                .unwrap_or_default(),
+            registry_urls: if c.guest_registry_urls.is_empty() {
+                c.registry
+                    .as_ref()
+                    .map(|r| r.urls.clone())
+                    .unwrap_or_default()
+            } else {
+                c.guest_registry_urls.clone()
+            },
             genesis_hash: c.registry.as_ref().map(|r| r.genesis_hash.clone()),
             operator_id: c.operator_id.clone(),
             operator_key_pem,
@@ -120,5 +123,18 @@ mod tests {
         assert_eq!(read_config_disk(&p).unwrap(), c);
         std::fs::write(&p, b"junk").unwrap();
         assert!(read_config_disk(&p).unwrap_err().contains("cfg.img"));
+    }
+
+    #[test]
+    fn the_guest_gets_its_own_registry_urls_when_given() {
+        let base = "[node]\nmanagement_mac = \"02:00:00:00:01:01\"\n[registry]\nurls = [\"http://127.0.0.1:8180\"]\ngenesis_hash = \"ab\"\n";
+        let host = HostosConfig::parse(base, "test").unwrap();
+        let g = GuestConfig::from_host(&host).unwrap();
+        assert_eq!(g.registry_urls, ["http://127.0.0.1:8180"]);
+        let with = format!("{base}[guest_config]\nregistry_urls = [\"http://10.0.2.2:8180\"]\n");
+        let host = HostosConfig::parse(&with, "test").unwrap();
+        let g = GuestConfig::from_host(&host).unwrap();
+        assert_eq!(g.registry_urls, ["http://10.0.2.2:8180"]);
+        assert_eq!(host.registry.unwrap().urls, ["http://127.0.0.1:8180"]);
     }
 }

@@ -43,11 +43,6 @@ impl Upgrader {
             .registry
             .as_ref()
             .ok_or("this host has no registry configured (fields `registry.urls` and `registry.genesis_hash`)")?;
-        let node = self
-            .cfg
-            .node_id
-            .clone()
-            .ok_or("this host does not know its node id (field `node.node_id`)")?;
         let mut client = registry_client::Client::open(registry_client::ClientConfig::new(
             reg.urls.clone(),
             &reg.genesis_hash,
@@ -57,6 +52,10 @@ impl Upgrader {
         client
             .sync()
             .map_err(|e| format!("cannot sync the registry: {e}"))?;
+        let node = match &self.cfg.node_id {
+            Some(id) => id.clone(),
+            None => node_of_guest(client.registry(), self.cfg.guest_registered_ipv6())?,
+        };
         let target = client
             .registry()
             .hostos_for_node(&node)
@@ -100,6 +99,31 @@ impl Upgrader {
     }
 }
 
+/// This host's node, when its config does not name it: the one registered node whose address
+/// is the one this host gave its GuestOS. Everything here comes from the host's own config
+/// and its verified registry view, nothing from the guest; the registry refuses a second node
+/// with an address already taken, and an ambiguous answer is refused here too.
+pub fn node_of_guest(
+    reg: &registry_model::Registry,
+    addr: std::net::Ipv6Addr,
+) -> Result<String, String> {
+    let found: Vec<&String> = reg
+        .nodes
+        .values()
+        .filter(|n| n.ipv6.parse::<std::net::Ipv6Addr>().ok() == Some(addr))
+        .map(|n| &n.id)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(format!(
+            "no registered node has this host's GuestOS address {addr} (field `node.node_id` not set; has the guest registered?)"
+        )),
+        many => Err(format!(
+            "several nodes claim this host's GuestOS address {addr}: {many:?}; set `node.node_id`"
+        )),
+    }
+}
+
 fn install(disk: &str, target: &Elected, node: &str) -> Result<(), String> {
     let mut engine = if disk == "running" {
         upgrade_engine::Engine::open_running()
@@ -139,4 +163,39 @@ pub fn install_elected(
         }
     }
     Err(errors.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, ipv6: &str) -> registry_model::Node {
+        registry_model::Node {
+            id: id.into(),
+            operator: "op1".into(),
+            public_key: String::new(),
+            ipv6: ipv6.into(),
+            http_endpoint: "http://[fd00::1]:8080".into(),
+            hostos_version: None,
+        }
+    }
+
+    #[test]
+    fn a_host_finds_its_node_by_its_guest_address_only() {
+        let mut reg = registry_model::Registry::default();
+        let mine: std::net::Ipv6Addr = "fd00::6801:2ff:fe03:405".parse().unwrap();
+        let e = node_of_guest(&reg, mine).unwrap_err();
+        assert!(e.contains("has the guest registered"), "{e}");
+        reg.nodes.insert("node-a".into(), node("node-a", "fd00::1"));
+        // Written differently, same address: still found.
+        reg.nodes.insert(
+            "node-b".into(),
+            node("node-b", "fd00:0::6801:2ff:fe03:0405"),
+        );
+        assert_eq!(node_of_guest(&reg, mine).unwrap(), "node-b");
+        reg.nodes
+            .insert("node-c".into(), node("node-c", "fd00::6801:2ff:fe03:405"));
+        let e = node_of_guest(&reg, mine).unwrap_err();
+        assert!(e.contains("several nodes") && e.contains("node-c"), "{e}");
+    }
 }

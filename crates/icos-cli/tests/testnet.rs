@@ -471,10 +471,11 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         "{}",
         tail(&state.nodes[0].dir.join("state/guest-serial.log"), 30)
     );
-    // The host took nothing from the guest but the request and answered from its own
-    // config and registry view: a development host is not told its node id, so it declines.
+    // The host took nothing from the guest but the request: it found its node by the address
+    // it gave its guest, read the assignment from its own registry view, and — a development
+    // host without a HostOS disk — declined to install.
     let asked = orch(n1, "hostos_request").as_str().unwrap().to_string();
-    assert!(asked.contains("node.node_id"), "{asked}");
+    assert!(asked.contains("upgrade.hostos_disk"), "{asked}");
     let agent = |i: usize| -> serde_json::Value {
         let url = format!("http://127.0.0.1:{}/v1/status", state.nodes[i].agent_port);
         serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap()

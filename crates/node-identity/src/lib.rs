@@ -123,6 +123,15 @@ pub fn parse_prefix(s: &str) -> Result<[u16; 4], IdentityError> {
     Ok([seg[0], seg[1], seg[2], seg[3]])
 }
 
+/// The /64 a node uses when its config gives no routable prefix (local networks): `fd00::/64`.
+pub const LOCAL_PREFIX: [u16; 4] = [0xfd00, 0, 0, 0];
+
+/// The address a GuestOS registers with when it has no routable prefix. The host computes
+/// the same from the MAC it gave its guest, which is how it finds its node in the registry.
+pub fn local_ipv6(mac: &Mac) -> Ipv6Addr {
+    ipv6_address(&LOCAL_PREFIX, mac)
+}
+
 /// The node's IPv6 address: prefix + EUI-64 of the MAC.
 pub fn ipv6_address(prefix: &[u16; 4], mac: &Mac) -> Ipv6Addr {
     let m = mac.0;

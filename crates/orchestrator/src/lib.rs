@@ -622,7 +622,7 @@ fn fallback_ipv6(mac: &str) -> String {
     let m: node_identity::Mac = mac
         .parse()
         .unwrap_or(node_identity::Mac([0x6a, 1, 0, 0, 0, 1]));
-    node_identity::ipv6_address(&[0xfd00, 0, 0, 0], &m).to_string()
+    node_identity::local_ipv6(&m).to_string()
 }
 
 pub use http::spawn as serve_status;

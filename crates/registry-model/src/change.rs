@@ -455,10 +455,21 @@ fn registration_deferred(
             "node `{id}` is already registered"
         )));
     }
-    if r.ipv6.parse::<std::net::Ipv6Addr>().is_err() {
+    let Ok(addr) = r.ipv6.parse::<std::net::Ipv6Addr>() else {
         return Err(ModelError::Invalid(format!(
             "`{}` is not an IPv6 address",
             r.ipv6
+        )));
+    };
+    // Hosts find their node by the address they gave their guest: it must stay unique.
+    if let Some(other) = reg
+        .nodes
+        .values()
+        .find(|n| n.ipv6.parse::<std::net::Ipv6Addr>().ok() == Some(addr))
+    {
+        return Err(ModelError::Invalid(format!(
+            "IPv6 address {addr} is already registered for node `{}`",
+            other.id
         )));
     }
     if !(r.http_endpoint.starts_with("http://") || r.http_endpoint.starts_with("https://"))

@@ -272,7 +272,7 @@ mod tests {
             let r = Registration {
                 operator: "op1".into(),
                 node_public_key: keys::public_hex(&keys::generate()),
-                ipv6: "fd00::1".into(),
+                ipv6: format!("fd00::{}", nonce + 1),
                 http_endpoint: "http://[fd00::1]:8080".into(),
                 nonce,
             };
@@ -288,10 +288,15 @@ mod tests {
         };
         let forged = reg_change(&n, &n.keys[0], 1);
         assert!(matches!(n.push(forged), Err(ModelError::BadSignature(_))));
-        for i in 0..2 {
-            let c = reg_change(&n, &n.op, i);
-            n.push(c).unwrap();
-        }
+        let first = reg_change(&n, &n.op, 0);
+        n.push(first).unwrap();
+        // A second node may not take an address already registered (hosts find their
+        // node by it).
+        let taken = reg_change(&n, &n.op, 0);
+        let e = n.push(taken).unwrap_err().to_string();
+        assert!(e.contains("fd00::1 is already registered"), "{e}");
+        let second = reg_change(&n, &n.op, 1);
+        n.push(second).unwrap();
         assert_eq!(n.reg.nodes.len(), 2);
         let c = reg_change(&n, &n.op, 9);
         assert!(n.push(c).unwrap_err().to_string().contains("allowance"));

@@ -261,7 +261,7 @@ fn registrations_within_the_allowance_need_no_vote() {
             Registration {
                 operator: op_id.clone(),
                 node_public_key: keys::public_hex(&keys::generate()),
-                ipv6: "fd00::10".into(),
+                ipv6: format!("fd00::{nonce}"),
                 http_endpoint: "http://[fd00::10]:8080".into(),
                 nonce,
             },

@@ -512,7 +512,7 @@ memory_mib = {mem}
 boot_timeout_secs = 900
 forwards = ["{status_port}:9100", "{payload_port}:8080"]
 [registry]
-urls = ["{reg}"]
+urls = ["{host_reg}"]
 genesis_hash = "{genesis}"
 [agent]
 state_dir = "{state}"
@@ -521,11 +521,13 @@ listen = "127.0.0.1:{agent_port}"
 operator_id = "op1"
 operator_key_file = "{opkey}"
 admin_prefixes = ["10.0.2.0/24"]
+registry_urls = ["{reg}"]
 "#,
             disk = disk.display(),
             vcpus = spec.vcpus,
             mem = spec.memory_mib,
             reg = state.guest_registry_url(),
+            host_reg = state.registry_url(),
             genesis = state.genesis_hash,
             state = ndir.join("state").display(),
             opkey = spec.dir.join("keys/operator_op1.key").display(),
