@@ -160,63 +160,49 @@ impl Drop for Agent {
 
 /// Prometheus text for an agent status.
 pub fn metrics(s: &AgentStatus) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
+    let mut o = upgrade_engine::metrics::Exposition::default();
     let g = &s.guest;
-    let _ = writeln!(
-        o,
-        "# HELP icos_hostos_guest_running 1 while the GuestOS VM has reported a successful boot."
+    o.single(
+        "icos_hostos_guest_running",
+        "gauge",
+        "1 while the GuestOS VM has reported a successful boot.",
+        &[],
+        u8::from(g.state == "running"),
     );
-    let _ = writeln!(o, "# TYPE icos_hostos_guest_running gauge");
-    let _ = writeln!(
-        o,
-        "icos_hostos_guest_running {}",
-        u8::from(g.state == "running")
+    o.single(
+        "icos_hostos_guest_restarts_total",
+        "counter",
+        "GuestOS VM restarts by the agent.",
+        &[],
+        g.restarts,
     );
-    let _ = writeln!(
-        o,
-        "# HELP icos_hostos_guest_restarts_total GuestOS VM restarts by the agent."
+    // The GuestOS version comes from the guest's console: the writer escapes it.
+    o.single(
+        "icos_hostos_info",
+        "gauge",
+        "HostOS and GuestOS versions (value 1).",
+        &[
+            ("hostos_version", &s.hostos_version),
+            ("guestos_version", g.version.as_deref().unwrap_or("")),
+            ("guestos_slot", g.slot.as_deref().unwrap_or("")),
+        ],
+        1,
     );
-    let _ = writeln!(o, "# TYPE icos_hostos_guest_restarts_total counter");
-    let _ = writeln!(o, "icos_hostos_guest_restarts_total {}", g.restarts);
-    let _ = writeln!(
-        o,
-        "# HELP icos_hostos_info HostOS and GuestOS versions (value 1)."
+    let name = "icos_hostos_channel_requests_total";
+    o.family(
+        name,
+        "counter",
+        "Host-channel requests answered, errors, throttled.",
     );
-    let _ = writeln!(o, "# TYPE icos_hostos_info gauge");
-    let _ = writeln!(
-        o,
-        "icos_hostos_info{{hostos_version=\"{}\",guestos_version=\"{}\",guestos_slot=\"{}\"}} 1",
-        s.hostos_version,
-        g.version.as_deref().unwrap_or(""),
-        g.slot.as_deref().unwrap_or("")
+    o.sample(name, &[("result", "answered")], s.channel.answered);
+    o.sample(name, &[("result", "error")], s.channel.errors);
+    o.sample(name, &[("result", "throttled")], s.channel.throttled);
+    o.single(
+        "icos_hostos_guest_boot_seconds",
+        "gauge",
+        "Time of the last GuestOS boot to SUCCESS.",
+        &[],
+        g.boot_secs.unwrap_or(0.0),
     );
-    let _ = writeln!(o, "# HELP icos_hostos_channel_requests_total Host-channel requests answered, errors, throttled.");
-    let _ = writeln!(o, "# TYPE icos_hostos_channel_requests_total counter");
-    let _ = writeln!(
-        o,
-        "icos_hostos_channel_requests_total{{result=\"answered\"}} {}",
-        s.channel.answered
-    );
-    let _ = writeln!(
-        o,
-        "icos_hostos_channel_requests_total{{result=\"error\"}} {}",
-        s.channel.errors
-    );
-    let _ = writeln!(
-        o,
-        "icos_hostos_channel_requests_total{{result=\"throttled\"}} {}",
-        s.channel.throttled
-    );
-    let _ = writeln!(
-        o,
-        "# HELP icos_hostos_guest_boot_seconds Time of the last GuestOS boot to SUCCESS."
-    );
-    let _ = writeln!(o, "# TYPE icos_hostos_guest_boot_seconds gauge");
-    let _ = writeln!(
-        o,
-        "icos_hostos_guest_boot_seconds {}",
-        g.boot_secs.unwrap_or(0.0)
-    );
-    o
+    o.finish()
 }

@@ -79,6 +79,16 @@ fn check(dir: &Path, ok: bool, what: &str) {
     }
 }
 
+/// Propose with neuron 1, vote yes with neuron 2: adopted.
+fn adopt(state: &State, title: &str, action: Action) {
+    let r = state.propose(1, &[2], title, action).unwrap();
+    assert!(
+        matches!(r.status, ProposalStatus::Adopted { .. }),
+        "{:?}",
+        r.status
+    );
+}
+
 fn rows(state: &State) -> Vec<NodeRow> {
     testnet::status(state)
 }
@@ -206,23 +216,15 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
             }
         })
         .collect();
-    let r = state
-        .propose(
-            1,
-            &[2],
-            "elect GuestOS 1.1.0",
-            Action::ElectGuestos(Elected {
-                version: "1.1.0".into(),
-                sha256: sha.clone(),
-                size: None,
-                urls,
-            }),
-        )
-        .unwrap();
-    assert!(
-        matches!(r.status, ProposalStatus::Adopted { .. }),
-        "{:?}",
-        r.status
+    adopt(
+        &state,
+        "elect GuestOS 1.1.0",
+        Action::ElectGuestos(Elected {
+            version: "1.1.0".into(),
+            sha256: sha.clone(),
+            size: None,
+            urls,
+        }),
     );
 
     // --- A minority's deploy proposal changes nothing. ----------------------------------
@@ -270,21 +272,13 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         "{:?}",
         r.status
     );
-    let r = state
-        .propose(
-            1,
-            &[2],
-            "deploy 1.3.0",
-            Action::DeployGuestosToSubnet {
-                subnet: "subnet-1".into(),
-                version: "1.3.0".into(),
-            },
-        )
-        .unwrap();
-    assert!(
-        matches!(r.status, ProposalStatus::Adopted { .. }),
-        "{:?}",
-        r.status
+    adopt(
+        &state,
+        "deploy 1.3.0",
+        Action::DeployGuestosToSubnet {
+            subnet: "subnet-1".into(),
+            version: "1.3.0".into(),
+        },
     );
     let res = testnet::follow(
         &state,
@@ -310,12 +304,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     );
 
     // --- 1.1.0 is deployed: both nodes upgrade past the bad mirrors and confirm. --------
-    let r = state.propose(1, &[2], "deploy 1.1.0", deploy_110).unwrap();
-    assert!(
-        matches!(r.status, ProposalStatus::Adopted { .. }),
-        "{:?}",
-        r.status
-    );
+    adopt(&state, "deploy 1.1.0", deploy_110);
     let res = testnet::follow(
         &state,
         "subnet-1",
@@ -403,52 +392,40 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         .map(|r| orch(r, "firewall_ruleset"))
         .collect();
     let node1 = node_ids[0].clone();
-    let r = state
-        .propose(
-            1,
-            &[2],
-            "firewall for node1",
-            Action::SetFirewallRules {
-                scope: registry_model::FirewallScope::Node(node1.clone()),
-                rules: vec![registry_model::FirewallRule {
-                    action: registry_model::FwAction::Deny,
-                    protocol: registry_model::Protocol::Tcp,
-                    ports: vec![8080],
-                    sources: vec!["10.0.2.99/32".into()],
-                    comment: "block one peer".into(),
-                }],
-            },
-        )
-        .unwrap();
-    assert!(matches!(r.status, ProposalStatus::Adopted { .. }));
+    adopt(
+        &state,
+        "firewall for node1",
+        Action::SetFirewallRules {
+            scope: registry_model::FirewallScope::Node(node1.clone()),
+            rules: vec![registry_model::FirewallRule {
+                action: registry_model::FwAction::Deny,
+                protocol: registry_model::Protocol::Tcp,
+                ports: vec![8080],
+                sources: vec!["10.0.2.99/32".into()],
+                comment: "block one peer".into(),
+            }],
+        },
+    );
     // The host's HostOS package is never fetched here: the dev-machine agent answers the
     // request from its own registry view, which is what the orchestrator must record.
-    let r = state
-        .propose(
-            1,
-            &[2],
-            "elect HostOS 2.0.0",
-            Action::ElectHostos(Elected {
-                version: "2.0.0".into(),
-                sha256: "ab".repeat(32),
-                size: None,
-                urls: vec![state.mirror_url("hostos-2.0.0.tar")],
-            }),
-        )
-        .unwrap();
-    assert!(matches!(r.status, ProposalStatus::Adopted { .. }));
-    let r = state
-        .propose(
-            1,
-            &[2],
-            "deploy HostOS 2.0.0 to node1",
-            Action::DeployHostosToNodes {
-                nodes: vec![node1.clone()],
-                version: "2.0.0".into(),
-            },
-        )
-        .unwrap();
-    assert!(matches!(r.status, ProposalStatus::Adopted { .. }));
+    adopt(
+        &state,
+        "elect HostOS 2.0.0",
+        Action::ElectHostos(Elected {
+            version: "2.0.0".into(),
+            sha256: "ab".repeat(32),
+            size: None,
+            urls: vec![state.mirror_url("hostos-2.0.0.tar")],
+        }),
+    );
+    adopt(
+        &state,
+        "deploy HostOS 2.0.0 to node1",
+        Action::DeployHostosToNodes {
+            nodes: vec![node1.clone()],
+            version: "2.0.0".into(),
+        },
+    );
     wait_until(
         &dir,
         "node1 applying its new firewall and asking its host for HostOS 2.0.0",

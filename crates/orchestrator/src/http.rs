@@ -24,58 +24,48 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 pub fn render(s: &crate::Status) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "# HELP icos_orchestrator_info Node and versions (value 1)."
+    let mut o = upgrade_engine::metrics::Exposition::default();
+    o.single(
+        "icos_orchestrator_info",
+        "gauge",
+        "Node and versions (value 1).",
+        &[
+            ("node_id", &s.node_id),
+            ("guestos_version", &s.guestos_version),
+            ("slot", &s.slot),
+            ("target", s.target_guestos.as_deref().unwrap_or("")),
+        ],
+        1,
     );
-    let _ = writeln!(o, "# TYPE icos_orchestrator_info gauge");
-    let _ = writeln!(
-        o,
-        "icos_orchestrator_info{{node_id=\"{}\",guestos_version=\"{}\",slot=\"{}\",target=\"{}\"}} 1",
-        s.node_id,
-        s.guestos_version,
-        s.slot,
-        s.target_guestos.as_deref().unwrap_or("")
+    o.single(
+        "icos_orchestrator_registry_version",
+        "gauge",
+        "Registry version this node verified.",
+        &[],
+        s.registry_version,
     );
-    let _ = writeln!(
-        o,
-        "# HELP icos_orchestrator_registry_version Registry version this node verified."
+    o.single(
+        "icos_orchestrator_registry_ok",
+        "gauge",
+        "0 while the registry cannot be synced.",
+        &[],
+        u8::from(s.registry_error.is_none()),
     );
-    let _ = writeln!(o, "# TYPE icos_orchestrator_registry_version gauge");
-    let _ = writeln!(
-        o,
-        "icos_orchestrator_registry_version {}",
-        s.registry_version
+    o.single(
+        "icos_orchestrator_upgrade_attempts_total",
+        "counter",
+        "GuestOS upgrade attempts.",
+        &[],
+        s.upgrade.attempts,
     );
-    let _ = writeln!(
-        o,
-        "# HELP icos_orchestrator_registry_ok 0 while the registry cannot be synced."
+    o.single(
+        "icos_orchestrator_firewall_rules",
+        "gauge",
+        "Registry firewall rules applied.",
+        &[],
+        s.firewall_rules,
     );
-    let _ = writeln!(o, "# TYPE icos_orchestrator_registry_ok gauge");
-    let _ = writeln!(
-        o,
-        "icos_orchestrator_registry_ok {}",
-        u8::from(s.registry_error.is_none())
-    );
-    let _ = writeln!(
-        o,
-        "# HELP icos_orchestrator_upgrade_attempts_total GuestOS upgrade attempts."
-    );
-    let _ = writeln!(o, "# TYPE icos_orchestrator_upgrade_attempts_total counter");
-    let _ = writeln!(
-        o,
-        "icos_orchestrator_upgrade_attempts_total {}",
-        s.upgrade.attempts
-    );
-    let _ = writeln!(
-        o,
-        "# HELP icos_orchestrator_firewall_rules Registry firewall rules applied."
-    );
-    let _ = writeln!(o, "# TYPE icos_orchestrator_firewall_rules gauge");
-    let _ = writeln!(o, "icos_orchestrator_firewall_rules {}", s.firewall_rules);
-    o
+    o.finish()
 }
 
 pub fn spawn(

@@ -463,26 +463,16 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
         subnets: Vec::new(),
     };
     state.save()?;
-    wait_http(
+    wait_up(
+        "the registry",
         &format!("{}/v1/head.json", state.registry_url()),
-        Duration::from_secs(30),
-    )
-    .map_err(|e| {
-        msg(format!(
-            "the registry did not come up ({e}); see {}",
-            spec.dir.join("logs/registry.log").display()
-        ))
-    })?;
-    wait_http(
+        &spec.dir.join("logs/registry.log"),
+    )?;
+    wait_up(
+        "the package mirror",
         &format!("http://127.0.0.1:{package_port}/{MIRROR_PROBE}"),
-        Duration::from_secs(30),
-    )
-    .map_err(|e| {
-        msg(format!(
-            "the package mirror did not come up ({e}); see {}",
-            spec.dir.join("logs/nginx.log").display()
-        ))
-    })?;
+        &spec.dir.join("logs/nginx.log"),
+    )?;
 
     for i in 1..=spec.nodes {
         let name = format!("node{i}");
@@ -620,7 +610,9 @@ registry_urls = ["{reg}"]
     Ok(state)
 }
 
-fn wait_http(url: &str, timeout: Duration) -> Result<(), TestnetError> {
+/// Wait until `url` answers; else name `what` and the log that says why.
+fn wait_up(what: &str, url: &str, log: &Path) -> Result<(), TestnetError> {
+    let timeout = Duration::from_secs(30);
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if ureq::get(url)
@@ -632,7 +624,10 @@ fn wait_http(url: &str, timeout: Duration) -> Result<(), TestnetError> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(msg(format!("{url} did not answer within {timeout:?}")))
+    Err(msg(format!(
+        "{what} did not come up ({url} did not answer within {timeout:?}); see {}",
+        log.display()
+    )))
 }
 
 /// One node as the testnet sees it.
