@@ -32,6 +32,33 @@ extra_ports = ["{TEST_PORT}={sock}"]
     cfg
 }
 
+/// Poll the agent's status until `ok`; the last status on timeout.
+fn poll_status(
+    agent: &Agent,
+    timeout: Duration,
+    ok: impl Fn(&AgentStatus) -> bool,
+) -> Result<AgentStatus, Box<AgentStatus>> {
+    let end = Instant::now() + timeout;
+    loop {
+        let s = agent.status();
+        if ok(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > end {
+            return Err(Box::new(s));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn status_failure(what: &str, timeout: Duration, s: &AgentStatus) -> String {
+    format!(
+        "agent: {what} did not happen within {timeout:?}; status {}\n--- guest serial log ---\n{}",
+        serde_json::to_string_pretty(s).unwrap(),
+        vm_runner::serial_tail(Path::new(&s.guest.serial_log), 40)
+    )
+}
+
 /// Poll the agent's status until `ok`, or fail with the guest's serial log.
 fn wait_status(
     agent: &Agent,
@@ -39,21 +66,8 @@ fn wait_status(
     timeout: Duration,
     ok: impl Fn(&AgentStatus) -> bool,
 ) -> AgentStatus {
-    let end = Instant::now() + timeout;
-    loop {
-        let s = agent.status();
-        if ok(&s) {
-            return s;
-        }
-        if Instant::now() > end {
-            panic!(
-                "agent: {what} did not happen within {timeout:?}; status {}\n--- guest serial log ---\n{}",
-                serde_json::to_string_pretty(&s).unwrap(),
-                vm_runner::serial_tail(Path::new(&s.guest.serial_log), 40)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    poll_status(agent, timeout, ok)
+        .unwrap_or_else(|s| panic!("{}", status_failure(what, timeout, &s)))
 }
 
 fn alive(pid: u32) -> bool {
@@ -83,9 +97,22 @@ fn agent_runs_the_guest_serves_the_channel_and_restarts_a_killed_vm() {
         (Some("1.0.0"), Some("A"))
     );
     // The guest's boot greeting came over the channel, and the guest learned our version.
-    wait_status(&agent, "the guest's hello", Duration::from_secs(120), |s| {
+    let hello = Duration::from_secs(120);
+    if let Err(s) = poll_status(&agent, hello, |s| {
         s.last_notification.as_deref() == Some("GUESTOS 1.0.0 booted on slot A")
-    });
+    }) {
+        // What the guest itself saw: the unit, its journal and the channel device.
+        let mut sh = GuestShell::connect(&dir.join("test.sock"));
+        let (_, inside) = sh.run(
+            "systemctl status --no-pager icos-guest-hello.service; \
+             journalctl -b --no-pager -u icos-guest-hello.service; ls -l /dev/virtio-ports",
+            Duration::from_secs(60),
+        );
+        panic!(
+            "{}\n--- inside the guest ---\n{inside}",
+            status_failure("the guest's hello", hello, &s)
+        );
+    }
     let serial = std::fs::read_to_string(&s.guest.serial_log).unwrap();
     assert!(
         serial.contains("GUESTOS HOST hostos=0.9.0-dev"),
