@@ -21,7 +21,8 @@ STABLE_PKGS=(
   e2fsprogs          # mkfs.ext4
   zstd
   busybox-static     # one-line init for the boot-time baseline benchmark
-  cpio               # pack the baseline initramfs
+  cpio               # pack the baseline initramfs; reads ours back in a unit test
+  libc6-dev          # static glibc for the initramfs's icos-init
   nginx-light        # baseline static server for the registry benchmark
   wrk                # HTTP load generator for benchmarks
 )

@@ -115,6 +115,64 @@ fn tampered_root_filesystem_does_not_boot() {
     }
 }
 
+/// The ESP of a copy of a built image, opened for editing.
+fn open_esp(
+    out: &std::path::Path,
+    disk: &std::path::Path,
+) -> boot_slots::Esp<disk_layout::Window<std::fs::File>> {
+    let m = manifest(out);
+    let esp = m
+        .layout
+        .partitions
+        .iter()
+        .find(|p| p.spec.label == "esp")
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .unwrap();
+    boot_slots::Esp::open(disk_layout::Window::new(f, esp.start, esp.size())).unwrap()
+}
+
+/// The initramfs names what it cannot find, on the console, as a boot failure: here a boot
+/// entry whose root partition GUID is on no disk.
+#[test]
+fn initramfs_names_a_missing_root_partition() {
+    let out = image("guestos");
+    let disk = run_dir().join("no-root.img");
+    sparse_copy(&out.join("disk.img"), &disk);
+    let missing = "0badc0de-0000-4000-8000-000000000001";
+    {
+        let mut esp = open_esp(&out, &disk);
+        let mut a = esp.entry_for(disk_layout::Slot::A).unwrap();
+        let root = a
+            .options
+            .split_whitespace()
+            .find_map(|o| o.strip_prefix("icos.root=PARTUUID="))
+            .unwrap()
+            .to_string();
+        a.options = a.options.replace(&root, missing);
+        esp.write_entry(&a).unwrap();
+        esp.close().unwrap();
+    }
+    let log = run_dir().join("no-root.log");
+    let (i, line, _) = boot_until(
+        &disk,
+        &log,
+        &["GUESTOS BOOT FAILURE", "GUESTOS BOOT SUCCESS"],
+        true,
+    );
+    assert_eq!(i, 0, "booted without its root partition: {line}");
+    assert!(
+        line.contains(&format!(
+            "initramfs: root partition PARTUUID={missing} not found"
+        )) && line.contains("disks seen: vda"),
+        "{line}"
+    );
+    let _ = std::fs::remove_file(&disk);
+}
+
 /// Two builds of the same version from the same inputs are bit-identical, and
 /// `icos verify-build` says so; a manifest that records a different root image is
 /// reported with that part's name.
@@ -215,25 +273,11 @@ fn update_package_is_valid_and_small() {
 /// the SUCCESS line tells which entry was chosen.
 #[test]
 fn systemd_boot_follows_generations_and_counts_tries() {
-    use boot_slots::{BootEntry, EntryName, Esp};
-    use disk_layout::{Slot, Window};
+    use boot_slots::{BootEntry, EntryName};
+    use disk_layout::Slot;
     let out = image("guestos");
-    let m = manifest(&out);
-    let esp_part = m
-        .layout
-        .partitions
-        .iter()
-        .find(|p| p.spec.label == "esp")
-        .unwrap();
     let dir = run_dir();
-    let open_esp = |disk: &std::path::Path| {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(disk)
-            .unwrap();
-        Esp::open(Window::new(f, esp_part.start, esp_part.size())).unwrap()
-    };
+    let open_esp = |disk: &std::path::Path| open_esp(&out, disk);
 
     // (tries left for the B entry, slot expected to boot)
     for (case, tries, expect) in [("bad-b", Some(0u32), "A"), ("fresh-b", Some(2), "B")] {

@@ -1,6 +1,7 @@
-//! The `icos` binary that goes into every image (upgrade engine, and later the node agents),
-//! compiled from the same source tree as the builder, in release mode, stripped, with
-//! source paths remapped so the bytes do not depend on where the tree is checked out.
+//! The binaries that go into every image, compiled from the same source tree as the
+//! builder, in release mode, stripped, with source paths remapped so the bytes do not depend
+//! on where the tree is checked out: `icos` (upgrade engine, node agents) in the root, and
+//! the initramfs's `icos-init`, linked statically because the initramfs has no libraries.
 
 use crate::progress::Progress;
 use crate::BuildError;
@@ -16,8 +17,56 @@ pub fn default_source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Build `icos` for images; returns the path of the binary.
-pub fn build_icos(source: &Path, cache: &Path, progress: &Progress) -> Result<PathBuf, BuildError> {
+/// The binaries an image needs.
+pub struct Binaries {
+    pub icos: PathBuf,
+    pub init: PathBuf,
+}
+
+/// Build `icos` and `icos-init` for images; returns their paths.
+pub fn build_binaries(
+    source: &Path,
+    cache: &Path,
+    progress: &Progress,
+) -> Result<Binaries, BuildError> {
+    let icos = cargo_build(
+        source,
+        cache,
+        progress,
+        &["-p", "icos-cli", "--bin", "icos"],
+        None,
+    )?;
+    // An explicit --target keeps the static flag off build scripts and proc macros.
+    let init = cargo_build(
+        source,
+        cache,
+        progress,
+        &[
+            "-p",
+            "boot-init",
+            "--bin",
+            "icos-init",
+            "--target",
+            STATIC_TARGET,
+        ],
+        Some("-C target-feature=+crt-static"),
+    )?;
+    Ok(Binaries {
+        icos: icos.join("release/icos"),
+        init: init.join(STATIC_TARGET).join("release/icos-init"),
+    })
+}
+
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Run `cargo build --release --locked ARGS` into the image target dir; returns that dir.
+fn cargo_build(
+    source: &Path,
+    cache: &Path,
+    progress: &Progress,
+    args: &[&str],
+    extra_rustflags: Option<&str>,
+) -> Result<PathBuf, BuildError> {
     let source = source
         .canonicalize()
         .map_err(|e| BuildError::io("finding the icos source tree", source, e))?;
@@ -36,24 +85,19 @@ pub fn build_icos(source: &Path, cache: &Path, progress: &Progress) -> Result<Pa
         });
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&source)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "icos-cli",
-            "--bin",
-            "icos",
-        ])
+        .args(["build", "--release", "--locked"])
+        .args(args)
         .env("CARGO_TARGET_DIR", &target)
         .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
         .env(
             "RUSTFLAGS",
             format!(
-                "--remap-path-prefix={}=/icos/src --remap-path-prefix={}=/icos/cargo",
+                "--remap-path-prefix={}=/icos/src --remap-path-prefix={}=/icos/cargo {}",
                 source.display(),
-                cargo_home.display()
-            ),
+                cargo_home.display(),
+                extra_rustflags.unwrap_or_default()
+            )
+            .trim_end(),
         )
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
@@ -82,9 +126,10 @@ pub fn build_icos(source: &Path, cache: &Path, progress: &Progress) -> Result<Pa
         .map_err(|e| BuildError::io("waiting for cargo in", &source, e))?;
     if !status.success() {
         return Err(BuildError::Invalid(format!(
-            "building the icos binary failed: {}",
+            "building {} failed: {}",
+            args.join(" "),
             tail.join(" | ")
         )));
     }
-    Ok(target.join("release/icos"))
+    Ok(target)
 }

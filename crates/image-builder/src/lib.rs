@@ -453,13 +453,13 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
         if base.fresh { "debootstrap" } else { "cached" }
     ));
 
-    progress.step("icos binary and root tree");
-    let icos_bin = binary::build_icos(&req.source, &req.cache, &progress)?;
+    progress.step("icos binaries and root tree");
+    let bins = binary::build_binaries(&req.source, &req.cache, &progress)?;
     let root = rootfs::copy_base(&base.rootfs, &work)?;
-    rootfs::customize(&recipe, &root, &req.version, &base.packages, &icos_bin)?;
+    rootfs::customize(&recipe, &root, &req.version, &base.packages, &bins.icos)?;
 
     progress.step("initramfs");
-    let tree = rootfs::build_initramfs(&root, &work)?;
+    let tree = rootfs::build_initramfs(&recipe, &root, &bins.init, &work)?;
     rootfs::strip(&recipe, &root)?;
 
     progress.step("root filesystem (erofs + dm-verity)");
@@ -618,7 +618,8 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
     parts.insert("vmlinuz".to_string(), vmlinuz);
     parts.insert("initrd.img".to_string(), initrd);
     parts.insert("root.img".to_string(), rootd);
-    parts.insert("icos".to_string(), digest_file(&icos_bin)?);
+    parts.insert("icos".to_string(), digest_file(&bins.icos)?);
+    parts.insert("icos-init".to_string(), digest_file(&bins.init)?);
 
     let mut outputs = BTreeMap::new();
     if upgradable {

@@ -1,5 +1,5 @@
-//! Assemble the image's root tree from the cached base and the recipe, and build its
-//! initramfs inside it.
+//! Assemble the image's root tree from the cached base and the recipe, and pack its
+//! initramfs (the `icos-init` binary and the kernel modules the recipe names).
 
 use crate::{BuildError, Package};
 use host_tools::tools;
@@ -177,19 +177,6 @@ pub fn customize(
     let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
     normalize_shadow(root)?;
 
-    write(
-        &root.join("etc/initramfs-tools/conf.d/icos.conf"),
-        "MODULES=list\nCOMPRESS=zstd\nBUSYBOX=auto\n",
-    )?;
-    write(
-        &root.join("etc/initramfs-tools/modules"),
-        &recipe
-            .initramfs
-            .modules
-            .iter()
-            .map(|m| format!("{m}\n"))
-            .collect::<String>(),
-    )?;
     Ok(())
 }
 
@@ -218,8 +205,13 @@ fn normalize_shadow(root: &Path) -> Result<(), BuildError> {
         .map_err(|e| BuildError::io("chmod", &p, e))
 }
 
-/// Build the initramfs inside the tree and locate kernel, initrd and boot loader.
-pub fn build_initramfs(root: &Path, work: &Path) -> Result<Tree, BuildError> {
+/// Pack the initramfs and take kernel and boot loader from the tree.
+pub fn build_initramfs(
+    recipe: &Recipe,
+    root: &Path,
+    init: &Path,
+    work: &Path,
+) -> Result<Tree, BuildError> {
     let modules = root.join("usr/lib/modules");
     let mut kvers: Vec<String> = std::fs::read_dir(&modules)
         .map_err(|e| BuildError::io("listing kernels in", &modules, e))?
@@ -244,17 +236,14 @@ pub fn build_initramfs(root: &Path, work: &Path) -> Result<Tree, BuildError> {
     let vmlinuz = work.join("vmlinuz");
     std::fs::copy(&vmlinuz_src, &vmlinuz)
         .map_err(|e| BuildError::io("copying kernel", &vmlinuz_src, e))?;
-    chroot(
-        root,
-        &["mkinitramfs", "-o", "/tmp/icos-initrd.img", &kernel_version],
-        "build the initramfs",
-    )?;
     let initrd = work.join("initrd.img");
-    let built = root.join("tmp/icos-initrd.img");
-    std::fs::rename(&built, &initrd)
-        .or_else(|_| std::fs::copy(&built, &initrd).map(|_| ()))
-        .map_err(|e| BuildError::io("moving initramfs", &built, e))?;
-    let _ = std::fs::remove_file(&built);
+    boot_init::pack::Initramfs::new(
+        init.to_path_buf(),
+        &modules.join(&kernel_version),
+        &recipe.initramfs.modules,
+    )
+    .and_then(|i| i.write(&initrd))
+    .map_err(|e| BuildError::Invalid(format!("packing the initramfs: {e}")))?;
     let efi = root.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi");
     if !efi.is_file() {
         return Err(BuildError::Invalid(

@@ -287,7 +287,11 @@ impl Recipe {
                 d.join("usr/lib/systemd/system").join(unit).is_file()
                     || d.join("etc/systemd/system").join(unit).is_file()
             });
-            if !in_overlay && !unit.starts_with("systemd-") {
+            // systemd's own units, and instances of its getty templates.
+            let systemd_unit = ["systemd-", "serial-getty@", "getty@"]
+                .iter()
+                .any(|p| unit.starts_with(p));
+            if !in_overlay && !systemd_unit {
                 return Err(invalid(format!(
                     "unit `{unit}` to enable is in no overlay (and is not a systemd unit)"
                 )));
