@@ -173,6 +173,63 @@ fn initramfs_names_a_missing_root_partition() {
     let _ = std::fs::remove_file(&disk);
 }
 
+/// The slot's /var: wiped (as the upgrade engine leaves it for a new version) it is created
+/// on boot; with a superblock the kernel refuses it is recreated rather than keeping the node
+/// down; either way the node boots and says what it did.
+#[test]
+fn initramfs_creates_a_wiped_var_and_recreates_a_broken_one() {
+    use std::os::unix::fs::FileExt;
+    let out = image("guestos");
+    let m = manifest(&out);
+    let var = m
+        .layout
+        .partitions
+        .iter()
+        .find(|p| p.spec.label == "A_var")
+        .unwrap();
+    for (case, expect) in [
+        (
+            "wiped",
+            "icos: creating /var on /dev/vda4 (first boot of this slot)",
+        ),
+        ("broken", "icos: /var on /dev/vda4 could not be mounted"),
+    ] {
+        let disk = run_dir().join(format!("var-{case}.img"));
+        sparse_copy(&out.join("disk.img"), &disk);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        if case == "wiped" {
+            f.write_all_at(&vec![0u8; 1 << 20], var.start).unwrap();
+        } else {
+            // An incompatible-feature bit no kernel knows (s_feature_incompat, byte 0x60 of
+            // the superblock): the magic is intact, mounting fails.
+            let at = var.start + 1024 + 0x60 + 3;
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] | 0x80], at).unwrap();
+        }
+        f.sync_all().unwrap();
+        drop(f);
+        let log = run_dir().join(format!("var-{case}.log"));
+        let (i, line, _) = boot_until(
+            &disk,
+            &log,
+            &["GUESTOS BOOT SUCCESS", "GUESTOS BOOT FAILURE"],
+            true,
+        );
+        let serial = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(i, 0, "{case} /var: {line}\n{serial}");
+        assert!(
+            serial.contains(expect),
+            "{case} /var: no `{expect}` in\n{serial}"
+        );
+        let _ = std::fs::remove_file(&disk);
+    }
+}
+
 /// Two builds of the same version from the same inputs are bit-identical, and
 /// `icos verify-build` says so; a manifest that records a different root image is
 /// reported with that part's name.
