@@ -66,12 +66,7 @@ fn tampered_root_filesystem_does_not_boot() {
     use std::os::unix::fs::FileExt;
     let out = image("guestos");
     let m = manifest(&out);
-    let root = m
-        .layout
-        .partitions
-        .iter()
-        .find(|p| p.spec.label == "A_root")
-        .unwrap();
+    let root = m.layout.by_label("A_root").unwrap();
     let dir = run_dir();
     // Extract the erofs part of the root partition to locate the systemd binary in it.
     let disk = std::fs::File::open(out.join("disk.img")).unwrap();
@@ -121,12 +116,7 @@ fn open_esp(
     disk: &std::path::Path,
 ) -> boot_slots::Esp<disk_layout::Window<std::fs::File>> {
     let m = manifest(out);
-    let esp = m
-        .layout
-        .partitions
-        .iter()
-        .find(|p| p.spec.label == "esp")
-        .unwrap();
+    let esp = m.layout.by_label("esp").unwrap();
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -181,12 +171,7 @@ fn initramfs_creates_a_wiped_var_and_recreates_a_broken_one() {
     use std::os::unix::fs::FileExt;
     let out = image("guestos");
     let m = manifest(&out);
-    let var = m
-        .layout
-        .partitions
-        .iter()
-        .find(|p| p.spec.label == "A_var")
-        .unwrap();
+    let var = m.layout.by_label("A_var").unwrap();
     for (case, expect) in [
         (
             "wiped",
@@ -297,12 +282,7 @@ fn update_package_is_valid_and_small() {
     image_builder::verify_root_image(
         &{
             // root.img from the disk's A_root partition.
-            let root = bm
-                .layout
-                .partitions
-                .iter()
-                .find(|p| p.spec.label == "A_root")
-                .unwrap();
+            let root = bm.layout.by_label("A_root").unwrap();
             let p = run_dir().join("root-check.img");
             let disk = std::fs::File::open(out.join("disk.img")).unwrap();
             let mut buf = vec![0u8; bm.parts["root.img"].size as usize];
