@@ -107,12 +107,7 @@ pub fn node_of_guest(
     reg: &registry_model::Registry,
     addr: std::net::Ipv6Addr,
 ) -> Result<String, String> {
-    let found: Vec<&String> = reg
-        .nodes
-        .values()
-        .filter(|n| n.ipv6.parse::<std::net::Ipv6Addr>().ok() == Some(addr))
-        .map(|n| &n.id)
-        .collect();
+    let found: Vec<&String> = reg.nodes_with_ipv6(addr).map(|n| &n.id).collect();
     match found.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(format!(

@@ -462,11 +462,7 @@ fn registration_deferred(
         )));
     };
     // Hosts find their node by the address they gave their guest: it must stay unique.
-    if let Some(other) = reg
-        .nodes
-        .values()
-        .find(|n| n.ipv6.parse::<std::net::Ipv6Addr>().ok() == Some(addr))
-    {
+    if let Some(other) = reg.nodes_with_ipv6(addr).next() {
         return Err(ModelError::Invalid(format!(
             "IPv6 address {addr} is already registered for node `{}`",
             other.id

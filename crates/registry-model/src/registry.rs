@@ -703,6 +703,14 @@ impl Registry {
         self.hostos_versions.get(v)
     }
 
+    /// Nodes registered with `addr` (however its text was written). Registration keeps
+    /// addresses unique, which is how a host finds the node of the guest it runs.
+    pub fn nodes_with_ipv6(&self, addr: std::net::Ipv6Addr) -> impl Iterator<Item = &Node> {
+        self.nodes
+            .values()
+            .filter(move |n| n.ipv6.parse::<std::net::Ipv6Addr>().ok() == Some(addr))
+    }
+
     /// The subnet hosting a canister index, and its nodes.
     pub fn nodes_for_canister(&self, canister: u64) -> Option<(&Subnet, Vec<&Node>)> {
         let s = self.subnets.values().find(|s| {
