@@ -35,46 +35,66 @@ fn disks(sys_block: &Path) -> Vec<String> {
     out
 }
 
-/// Look once: the partition of any disk under `sys_block` whose GUID is `guid`; device
-/// nodes are taken to be under `dev`.
-pub fn find_once(sys_block: &Path, dev: &Path, guid: Uuid) -> Option<Found> {
+/// Look once: for each of `guids`, the partition of any disk under `sys_block` that has
+/// it (device nodes under `dev`). Each disk's GPT is read once per look.
+pub fn find_once(sys_block: &Path, dev: &Path, guids: &[Uuid]) -> Vec<Option<Found>> {
+    let mut found: Vec<Option<Found>> = vec![None; guids.len()];
     for disk in disks(sys_block) {
         let Ok(parts) = disk_layout::read_partitions(&dev.join(&disk)) else {
             continue;
         };
-        let Some(p) = parts.iter().find(|p| p.guid == guid) else {
-            continue;
-        };
-        // The partition's own sysfs entry: the child folder whose `partition` file holds its number.
-        let Ok(children) = std::fs::read_dir(sys_block.join(&disk)) else {
-            continue;
-        };
-        for c in children.filter_map(|e| e.ok()) {
-            let number = std::fs::read_to_string(c.path().join("partition")).unwrap_or_default();
-            if number.trim().parse::<u32>().ok() == Some(p.number) {
-                let devno = std::fs::read_to_string(c.path().join("dev")).unwrap_or_default();
-                let node = dev.join(c.file_name());
-                if !devno.trim().is_empty() && node.exists() {
-                    return Some(Found {
-                        node,
-                        devno: devno.trim().to_string(),
-                    });
-                }
+        for (slot, guid) in found.iter_mut().zip(guids) {
+            if slot.is_some() {
+                continue;
             }
+            if let Some(p) = parts.iter().find(|p| p.guid == *guid) {
+                *slot = partition_node(sys_block, dev, &disk, p.number);
+            }
+        }
+    }
+    found
+}
+
+/// The device node and number of partition `number` of `disk`: its sysfs entry is the
+/// child folder whose `partition` file holds that number.
+fn partition_node(sys_block: &Path, dev: &Path, disk: &str, number: u32) -> Option<Found> {
+    for c in std::fs::read_dir(sys_block.join(disk))
+        .ok()?
+        .filter_map(|e| e.ok())
+    {
+        let n = std::fs::read_to_string(c.path().join("partition")).unwrap_or_default();
+        if n.trim().parse::<u32>().ok() != Some(number) {
+            continue;
+        }
+        let devno = std::fs::read_to_string(c.path().join("dev")).unwrap_or_default();
+        let node = dev.join(c.file_name());
+        // devtmpfs can lag the sysfs entry: then not yet, look again.
+        if !devno.trim().is_empty() && node.exists() {
+            return Some(Found {
+                node,
+                devno: devno.trim().to_string(),
+            });
         }
     }
     None
 }
 
-/// Wait up to `timeout` for the partition to appear (drivers probe disks asynchronously;
-/// USB sticks take seconds).
-pub fn wait_for(guid: Uuid, what: &str, timeout: Duration) -> Result<Found, InitError> {
+/// Wait up to `timeout` for every `(guid, what)` partition to appear (drivers probe disks
+/// asynchronously; USB sticks take seconds); the error names the first one missing.
+pub fn wait_for(wanted: &[(Uuid, &str)], timeout: Duration) -> Result<Vec<Found>, InitError> {
+    let guids: Vec<Uuid> = wanted.iter().map(|(g, _)| *g).collect();
     let end = Instant::now() + timeout;
     loop {
-        if let Some(f) = find_once(Path::new("/sys/block"), Path::new("/dev"), guid) {
-            return Ok(f);
+        let found = find_once(Path::new("/sys/block"), Path::new("/dev"), &guids);
+        if found.iter().all(Option::is_some) {
+            return Ok(found.into_iter().flatten().collect());
         }
         if Instant::now() > end {
+            let (guid, what) = wanted
+                .iter()
+                .zip(&found)
+                .find_map(|(w, f)| f.is_none().then_some(*w))
+                .expect("one is missing");
             let seen = disks(Path::new("/sys/block"));
             return Err(InitError::Disk(format!(
                 "{what} partition PARTUUID={guid} not found within {} s (disks seen: {})",
@@ -121,12 +141,14 @@ mod tests {
         }
         std::fs::create_dir_all(sys.join("loop0")).unwrap();
 
-        let found = find_once(&sys, &dev, guid(2)).unwrap();
-        assert_eq!(found.node, dev.join("vda2"));
-        assert_eq!(found.devno, "254:2");
-        assert_eq!(find_once(&sys, &dev, guid(9)), None);
+        let found = find_once(&sys, &dev, &[guid(2), guid(9), guid(1)]);
+        let found2 = found[0].as_ref().unwrap();
+        assert_eq!(found2.node, dev.join("vda2"));
+        assert_eq!(found2.devno, "254:2");
+        assert_eq!(found[1], None);
+        assert_eq!(found[2].as_ref().unwrap().node, dev.join("vda1"));
         // The node not there yet (devtmpfs lags the sysfs entry): not found, try again later.
         std::fs::remove_file(dev.join("vda1")).unwrap();
-        assert_eq!(find_once(&sys, &dev, guid(1)), None);
+        assert_eq!(find_once(&sys, &dev, &[guid(1)]), vec![None]);
     }
 }

@@ -107,7 +107,12 @@ fn boot(args: &BootArgs) -> Result<(), InitError> {
     let n = modules::load_all(Path::new("/"))?;
     steps.done(&format!("{n} modules loaded"));
 
-    let root = disks::wait_for(args.root, "root", DISK_TIMEOUT)?;
+    // Root and /var in one search, while /sys and /dev are still where it looks.
+    let mut wanted = vec![(args.root, "root")];
+    wanted.extend(args.var.map(|guid| (guid, "var")));
+    let mut parts = disks::wait_for(&wanted, DISK_TIMEOUT)?.into_iter();
+    let root = parts.next().expect("one per wanted partition");
+    let var_part = parts.next();
     steps.done(&format!("root partition {}", root.node.display()));
     let table = dm::Target::parse(&args.verity.table(&root.devno))?;
     let (major, minor) = dm::create_readonly(Path::new("/dev/mapper/control"), "root", &table)?;
@@ -129,11 +134,6 @@ fn boot(args: &BootArgs) -> Result<(), InitError> {
     }
     mount("/dev/mapper/root", NEW_ROOT, "erofs", libc::MS_RDONLY, "")?;
     steps.done("verity root mounted");
-    // Found while /sys and /dev are still where the search looks.
-    let var_part = args
-        .var
-        .map(|guid| disks::wait_for(guid, "var", DISK_TIMEOUT))
-        .transpose()?;
 
     // The new root gets the kernel filesystems, then becomes `/`.
     for m in ["/dev", "/proc", "/sys"] {

@@ -29,18 +29,22 @@ pub fn build_binaries(
     cache: &Path,
     progress: &Progress,
 ) -> Result<Binaries, BuildError> {
-    let icos = cargo_build(
-        source,
-        cache,
-        progress,
-        &["-p", "icos-cli", "--bin", "icos"],
-        None,
-    )?;
+    let source = source
+        .canonicalize()
+        .map_err(|e| BuildError::io("finding the icos source tree", source, e))?;
+    if !source.join("Cargo.lock").is_file() || !source.join("crates/icos-cli").is_dir() {
+        return Err(BuildError::Invalid(format!(
+            "{} is not the icos source tree (set ICOS_SOURCE); it is needed to build the icos binary for the image",
+            source.display()
+        )));
+    }
+    let target = cache.join("cargo-target-image");
+    let build = |args: &[&str], extra_rustflags| {
+        cargo_build(&source, &target, progress, args, extra_rustflags)
+    };
+    build(&["-p", "icos-cli", "--bin", "icos"], None)?;
     // An explicit --target keeps the static flag off build scripts and proc macros.
-    let init = cargo_build(
-        source,
-        cache,
-        progress,
+    build(
         &[
             "-p",
             "boot-init",
@@ -52,31 +56,21 @@ pub fn build_binaries(
         Some("-C target-feature=+crt-static"),
     )?;
     Ok(Binaries {
-        icos: icos.join("release/icos"),
-        init: init.join(STATIC_TARGET).join("release/icos-init"),
+        icos: target.join("release/icos"),
+        init: target.join(STATIC_TARGET).join("release/icos-init"),
     })
 }
 
 const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Run `cargo build --release --locked ARGS` into the image target dir; returns that dir.
+/// Run `cargo build --release --locked ARGS` in `source` into the `target` dir.
 fn cargo_build(
     source: &Path,
-    cache: &Path,
+    target: &Path,
     progress: &Progress,
     args: &[&str],
     extra_rustflags: Option<&str>,
-) -> Result<PathBuf, BuildError> {
-    let source = source
-        .canonicalize()
-        .map_err(|e| BuildError::io("finding the icos source tree", source, e))?;
-    if !source.join("Cargo.lock").is_file() || !source.join("crates/icos-cli").is_dir() {
-        return Err(BuildError::Invalid(format!(
-            "{} is not the icos source tree (set ICOS_SOURCE); it is needed to build the icos binary for the image",
-            source.display()
-        )));
-    }
-    let target = cache.join("cargo-target-image");
+) -> Result<(), BuildError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -84,10 +78,10 @@ fn cargo_build(
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
         });
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&source)
+    cmd.current_dir(source)
         .args(["build", "--release", "--locked"])
         .args(args)
-        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TARGET_DIR", target)
         .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
         .env(
             "RUSTFLAGS",
@@ -106,7 +100,7 @@ fn cargo_build(
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .map_err(|e| BuildError::io("starting cargo to build the icos binary in", &source, e))?;
+        .map_err(|e| BuildError::io("starting cargo in", source, e))?;
     let mut tail = Vec::new();
     for line in BufReader::new(child.stderr.take().expect("piped"))
         .lines()
@@ -123,7 +117,7 @@ fn cargo_build(
     }
     let status = child
         .wait()
-        .map_err(|e| BuildError::io("waiting for cargo in", &source, e))?;
+        .map_err(|e| BuildError::io("waiting for cargo in", source, e))?;
     if !status.success() {
         return Err(BuildError::Invalid(format!(
             "building {} failed: {}",
@@ -131,5 +125,5 @@ fn cargo_build(
             tail.join(" | ")
         )));
     }
-    Ok(target)
+    Ok(())
 }
