@@ -49,15 +49,11 @@ fn adopt(
     gov: &LocalGovernance,
     title: String,
     action: Action,
-    nonce: u64,
 ) -> Result<(), BenchError> {
     let e = err("adopting a proposal");
-    let body = ProposalBody {
-        proposer: 1,
-        title,
-        action,
-        nonce,
-    };
+    let body = reg
+        .new_proposal(1, &title, action)
+        .map_err(|x| e(x.to_string()))?;
     let p = reg
         .submit_proposal(SignedProposal::sign(body, &gov.neurons[0]))
         .map_err(|x| e(x.to_string()))?;
@@ -88,15 +84,16 @@ fn populate(
                 size: None,
                 urls: vec!["http://mirror/x".into()],
             });
-            adopt(reg, gov, format!("elect {i}"), action, i)?;
+            adopt(reg, gov, format!("elect {i}"), action)?;
         } else {
-            let r = Registration {
-                operator: op.clone(),
-                node_public_key: keys::public_hex(&keys::generate()),
-                ipv6: format!("fd00::{:x}", i % 65535),
-                http_endpoint: "http://[fd00::1]:8080".into(),
-                nonce: i,
-            };
+            let r = reg
+                .new_registration(
+                    op,
+                    keys::public_hex(&keys::generate()),
+                    format!("fd00::{:x}", i % 65535),
+                    "http://[fd00::1]:8080".into(),
+                )
+                .map_err(|x| e(x.to_string()))?;
             reg.register(SignedRegistration::sign(r, opk))
                 .map_err(|x| e(x.to_string()))?;
         }
@@ -186,7 +183,7 @@ pub fn registry_benchmark(work: &Path, versions: u64) -> Result<RegistryBench, B
             size: None,
             urls: vec!["http://m/h".into()],
         });
-        adopt(&reg, &gov, "incremental".into(), action, 1_000_000 + i)?;
+        adopt(&reg, &gov, "incremental".into(), action)?;
         let t = Instant::now();
         let r = c.sync().map_err(|x| e(x.to_string()))?;
         incr.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -5,8 +5,8 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use registry_client::api::Api;
 use registry_model::{
-    keys, Action, CanisterRange, Elected, FirewallRule, FirewallScope, Genesis, ProposalBody,
-    Registration, SignedProposal, SignedRegistration, SignedVote, Vote,
+    keys, Action, CanisterRange, Elected, FirewallRule, FirewallScope, Genesis, Registration,
+    SignedRegistration, SignedVote, Vote,
 };
 use std::path::PathBuf;
 
@@ -178,7 +178,10 @@ pub enum RegistryCmd {
         data: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8180")]
         listen: std::net::SocketAddr,
-        /// The online key (signs freshness statements); default DATA/online.key.
+        /// The online key (signs freshness statements): a key file, or a folder of `*.key`
+        /// files from which the key the registry names is taken (read again after
+        /// governance rotates it, so the next key can be added without a restart); default
+        /// DATA/online.key.
         #[arg(long)]
         online_key: Option<PathBuf>,
         /// Also keep a static copy for mirrors in this folder, refreshed periodically.
@@ -231,19 +234,6 @@ pub enum RegistryCmd {
         #[arg(long, env = "ICOS_REGISTRY", default_value = DEFAULT_REGISTRY)]
         registry: String,
     },
-}
-
-fn nonce() -> u64 {
-    let mut b = [0u8; 8];
-    rand_bytes(&mut b);
-    u64::from_le_bytes(b)
-}
-
-fn rand_bytes(b: &mut [u8]) {
-    use std::io::Read;
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(b);
-    }
 }
 
 /// The neuron id a key belongs to, looked up in the registry.
@@ -371,24 +361,8 @@ pub fn gov(cmd: GovCmd) -> Result<i32> {
         } => {
             let key_path = key.context("--key NEURON_KEY is required")?;
             let key = keys::read_key(&key_path)?;
-            let api = Api::new(&registry);
-            let proposer = neuron_of(&api, &key)?;
             let action = action_of(action)?;
-            let title = if title.is_empty() {
-                action.kind().to_string()
-            } else {
-                title
-            };
-            let p = SignedProposal::sign(
-                ProposalBody {
-                    proposer,
-                    title,
-                    action,
-                    nonce: nonce(),
-                },
-                &key,
-            );
-            let r = api.submit_proposal(&p)?;
+            let r = Api::new(&registry).propose(&key, &title, action)?;
             print_record(&r);
         }
         GovCmd::Vote {
@@ -487,7 +461,11 @@ pub fn registry(cmd: RegistryCmd) -> Result<i32> {
                     std::thread::sleep(std::time::Duration::from_secs(every));
                 });
             }
-            rt.block_on(registry_server::http::serve(reg, listen))?;
+            rt.block_on(registry_server::http::serve(
+                reg,
+                listen,
+                registry_server::http::Limits::default(),
+            ))?;
         }
         RegistryCmd::Export {
             data,
@@ -569,17 +547,13 @@ pub fn registry(cmd: RegistryCmd) -> Result<i32> {
                 (None, Some(p)) => keys::public_hex(&keys::read_key(&p)?),
                 _ => bail!("give exactly one of --node-public-key and --node-key"),
             };
-            let req = SignedRegistration::sign(
-                Registration {
-                    operator,
-                    node_public_key: node_pk,
-                    ipv6,
-                    http_endpoint: http,
-                    nonce: nonce(),
-                },
-                &op,
-            );
-            let r = Api::new(&registry).register(&req)?;
+            let api = Api::new(&registry);
+            let snap = api.snapshot(None)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let reg = Registration::new(&snap.registry, operator, node_pk, ipv6, http, now)?;
+            let r = api.register(&SignedRegistration::sign(reg, &op))?;
             println!("registered {} at registry version {}", r.node_id, r.version);
         }
     }

@@ -2,6 +2,7 @@
 
 mod gov;
 mod node;
+mod report;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -330,7 +331,7 @@ fn main() {
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report::report(&e));
             std::process::exit(1);
         }
     }

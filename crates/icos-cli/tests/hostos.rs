@@ -301,17 +301,17 @@ fn hostos_image_runs_its_agent_and_upgrades_itself() {
     let node_key = keys::generate();
     let (node_id, _) = reg
         .register(SignedRegistration::sign(
-            Registration {
-                operator: "op1".into(),
-                node_public_key: keys::public_hex(&node_key),
-                ipv6: "fd00::7".into(),
-                http_endpoint: "http://[fd00::7]:8080".into(),
-                nonce: 1,
-            },
+            reg.new_registration(
+                "op1",
+                keys::public_hex(&node_key),
+                "fd00::7".into(),
+                "http://[fd00::7]:8080".into(),
+            )
+            .unwrap(),
             &gov.operators[0].1,
         ))
         .unwrap();
-    for (i, action) in [
+    for action in [
         Action::ElectHostos(Elected {
             version: "1.1.0".into(),
             sha256: sha256_of(&pkg),
@@ -322,18 +322,10 @@ fn hostos_image_runs_its_agent_and_upgrades_itself() {
             nodes: vec![node_id.clone()],
             version: "1.1.0".into(),
         },
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ] {
         let p = reg
             .submit_proposal(SignedProposal::sign(
-                ProposalBody {
-                    proposer: 1,
-                    title: "t".into(),
-                    action,
-                    nonce: i as u64,
-                },
+                reg.new_proposal(1, "t", action).unwrap(),
                 &gov.neurons[0],
             ))
             .unwrap();

@@ -92,18 +92,13 @@ fn kill_9_during_votes_loses_no_adopted_change() {
             while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let version = format!("{}.0.0", i);
-                let body = ProposalBody {
-                    proposer: 4,
-                    title: version.clone(),
-                    action: Action::ElectGuestos(Elected {
-                        version: version.clone(),
-                        sha256: "ab".repeat(32),
-                        size: None,
-                        urls: vec!["http://m/x".into()],
-                    }),
-                    nonce: i,
-                };
-                let Ok(p) = api.submit_proposal(&SignedProposal::sign(body, &neurons2[3])) else {
+                let action = Action::ElectGuestos(Elected {
+                    version: version.clone(),
+                    sha256: "ab".repeat(32),
+                    size: None,
+                    urls: vec!["http://m/x".into()],
+                });
+                let Ok(p) = api.propose(&neurons2[3], &version, action) else {
                     break;
                 };
                 let h = p.proposal.body.hash();

@@ -437,8 +437,11 @@ impl Orchestrator {
             .http_endpoint
             .clone()
             .unwrap_or_else(|| format!("http://[{ipv6}]:8080"));
+        // The pinned genesis names the network: a registration cannot be carried elsewhere.
         let req = SignedRegistration::sign(
             Registration {
+                network: cfg.genesis_hash.clone().unwrap_or_default(),
+                expires_at: now() + registry_model::change::REGISTRATION_VALID_SECS,
                 operator: op,
                 node_public_key: keys::public_hex(&self.key),
                 ipv6,

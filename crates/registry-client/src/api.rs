@@ -3,7 +3,9 @@
 
 use crate::ClientError;
 use registry_model::api::{ProposalRecord, ProposalSummary};
-use registry_model::{Registry, SignedProposal, SignedRegistration, SignedVote};
+use registry_model::{
+    keys, Action, ProposalBody, Registry, SignedProposal, SignedRegistration, SignedVote,
+};
 use serde::de::DeserializeOwned;
 use std::io::Read;
 use std::time::Duration;
@@ -115,6 +117,41 @@ impl Api {
 
     pub fn proposal(&self, id: u64) -> Result<ProposalRecord, ClientError> {
         self.get(&format!("/v1/proposals/{id}"))
+    }
+
+    /// Make, sign and submit a proposal on top of the server's current head, as the neuron
+    /// whose key `key` is. The server's word on the head only places the proposal (network,
+    /// base version, expiry): a wrong word makes a proposal the chain refuses, nothing worse.
+    pub fn propose(
+        &self,
+        key: &keys::SecretKey,
+        title: &str,
+        action: Action,
+    ) -> Result<ProposalRecord, ClientError> {
+        let snap = self.snapshot(None)?;
+        let pk = keys::public_hex(key);
+        let neuron = snap
+            .registry
+            .neurons
+            .values()
+            .find(|n| n.public_key == pk)
+            .map(|n| n.id)
+            .ok_or(ClientError::NotANeuron { public_key: pk })?;
+        let title = if title.is_empty() {
+            action.kind()
+        } else {
+            title
+        };
+        let body = ProposalBody::new(
+            &snap.registry,
+            snap.version,
+            neuron,
+            title.to_string(),
+            action,
+            crate::now(),
+        )
+        .map_err(ClientError::Model)?;
+        self.submit_proposal(&SignedProposal::sign(body, key))
     }
 
     /// The registry at a version (the server's word: use [`crate::Client`] to verify).

@@ -14,6 +14,9 @@
 //! | a freshness statement naming a head hash the served changes do not produce, a first change that is not the pinned genesis | mix-and-match, wrong network |
 //! | answers larger than the limits | endless data |
 //! | a head the mirror cannot back with changes | fast-forward |
+//! | a decision already executed, made for another network, placed before its base version or after its window (`registry_model::change::apply_change`) | replay by the online-key holder |
+//! | a freshness statement valid longer than the registry's `freshness_secs`, or issued in the future | freeze extended by the online-key holder |
+//! | a new change dated before the head this client last verified, or after its clock | a decision held back and released later |
 //!
 //! A failing mirror is skipped and the next one tried (malicious mirrors). Nothing is
 //! applied unless the whole sync verifies; the verified state is cached on disk (written to
@@ -56,12 +59,13 @@ pub enum ClientError {
     TooLarge { url: String, limit: u64 },
     #[error("{url}: {message}")]
     Malformed { url: String, message: String },
-    #[error("{url}: change {version} does not verify: {source}")]
+    // The model error is part of the message, not a `source`: a report printing the
+    // chain would say it twice.
+    #[error("{url}: change {version} does not verify: {error}")]
     Invalid {
         url: String,
         version: u64,
-        #[source]
-        source: ModelError,
+        error: ModelError,
     },
     #[error("{url}: the first change is not the pinned genesis (hash {actual}, pinned {pinned})")]
     WrongGenesis {
@@ -86,14 +90,21 @@ pub enum ClientError {
         claimed: u64,
         served: u64,
     },
-    #[error("{url}: {source}")]
-    Freshness {
+    #[error("{url}: {error}")]
+    Freshness { url: String, error: ModelError },
+    #[error("{url}: change {version} is dated {timestamp}, {problem}")]
+    Time {
         url: String,
-        #[source]
-        source: ModelError,
+        version: u64,
+        timestamp: u64,
+        problem: String,
     },
     #[error("no registry mirror could be used: {0}")]
     AllFailed(String),
+    #[error("no neuron in the registry has the public key {public_key}")]
+    NotANeuron { public_key: String },
+    #[error(transparent)]
+    Model(ModelError),
     #[error("registry cache {path}: {message}")]
     Cache { path: String, message: String },
 }
@@ -147,11 +158,29 @@ pub struct Client {
     tail_len: usize,
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A change new to a client must be dated between the client's floor (see
+/// `Client::time_floor`) and its clock (plus skew).
+fn check_time(url: &str, c: &Change, floor: u64, ceiling: u64) -> Result<(), ClientError> {
+    let problem = if c.timestamp < floor {
+        format!("before this client last saw the head ({floor}): back-dated")
+    } else if c.timestamp > ceiling {
+        format!("after this client's clock ({ceiling}): from the future")
+    } else {
+        return Ok(());
+    };
+    Err(ClientError::Time {
+        url: url.to_string(),
+        version: c.version,
+        timestamp: c.timestamp,
+        problem,
+    })
 }
 
 impl Client {
@@ -216,7 +245,12 @@ impl Client {
             v.version = c.version;
             self.tail_len += 1;
         }
-        verify_parallel(&sigs).map_err(|e| self.cache_err(format!("{TAIL_FILE}: {e}")))?;
+        verify_parallel(&sigs).map_err(|e| {
+            self.cache_err(format!(
+                "{TAIL_FILE}: change {} does not verify: {}",
+                e.version, e.error
+            ))
+        })?;
         Ok(Some(v))
     }
 
@@ -348,16 +382,17 @@ impl Client {
     ) -> Result<Vec<Change>, ClientError> {
         let mut sigs: Vec<SigCheck> = Vec::new();
         let mut new_changes = Vec::new();
-        let flush =
-            |sigs: &mut Vec<SigCheck>, url: &str, version: u64| -> Result<(), ClientError> {
-                verify_parallel(sigs).map_err(|source| ClientError::Invalid {
-                    url: url.to_string(),
-                    version,
-                    source,
-                })?;
-                sigs.clear();
-                Ok(())
-            };
+        let flush = |sigs: &mut Vec<SigCheck>, url: &str| -> Result<(), ClientError> {
+            verify_parallel(sigs).map_err(|e| ClientError::Invalid {
+                url: url.to_string(),
+                version: e.version,
+                error: e.error,
+            })?;
+            sigs.clear();
+            Ok(())
+        };
+        let time_floor = self.time_floor();
+        let time_ceiling = now().saturating_add(self.cfg.skew.as_secs());
         while self.version() < claimed {
             let k = self.version() / SEGMENT;
             let url = format!("{base}/v1/segments/{k}.json");
@@ -389,11 +424,12 @@ impl Client {
                     break;
                 }
                 let hash = c.hash();
-                let invalid = |source| ClientError::Invalid {
+                let invalid = |error| ClientError::Invalid {
                     url: url.clone(),
                     version: c.version,
-                    source,
+                    error,
                 };
+                check_time(&url, &c, time_floor, time_ceiling)?;
                 match self.state.as_mut() {
                     None => {
                         if hash != self.cfg.genesis_hash {
@@ -423,7 +459,7 @@ impl Client {
                 new_changes.push(c);
                 progressed = true;
                 if sigs.len() >= VERIFY_EVERY {
-                    flush(&mut sigs, &url, self.version())?;
+                    flush(&mut sigs, &url)?;
                 }
             }
             if !progressed {
@@ -434,7 +470,7 @@ impl Client {
                 });
             }
         }
-        flush(&mut sigs, head_url, self.version())?;
+        flush(&mut sigs, head_url)?;
         let st = self.state.as_ref().ok_or_else(|| ClientError::Incomplete {
             url: head_url.to_string(),
             claimed,
@@ -448,12 +484,27 @@ impl Client {
                 have: st.hash.clone(),
             });
         }
-        head.verify(&st.registry, now().saturating_sub(self.cfg.skew.as_secs()))
-            .map_err(|source| ClientError::Freshness {
+        head.verify(&st.registry, now(), self.cfg.skew.as_secs())
+            .map_err(|error| ClientError::Freshness {
                 url: head_url.to_string(),
-                source,
+                error,
             })?;
         Ok(new_changes)
+    }
+
+    /// The earliest time a change new to this client may carry: it was appended after the
+    /// freshness statement this client verified last was issued (less the clock skew), so
+    /// a decision held back by the server and dated in the past is noticed.
+    fn time_floor(&self) -> u64 {
+        self.state
+            .as_ref()
+            .and_then(|s| s.freshness.as_ref())
+            .map(|f| {
+                f.freshness
+                    .issued_at
+                    .saturating_sub(self.cfg.skew.as_secs())
+            })
+            .unwrap_or(0)
     }
 
     /// Append the new changes to the tail (durably); rewrite the snapshot now and then.

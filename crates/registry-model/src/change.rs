@@ -61,8 +61,14 @@ impl Genesis {
                 )));
             }
         }
-        if r.total_voting_power() == 0 {
-            return Err(ModelError::Invalid("genesis: no voting power".into()));
+        match r.total_voting_power() {
+            Ok(0) => return Err(ModelError::Invalid("genesis: no voting power".into())),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(ModelError::Invalid(
+                    "genesis: the total voting power does not fit in 64 bits".into(),
+                ))
+            }
         }
         for o in &self.operators {
             r.apply(&Action::AddOperator {
@@ -79,9 +85,22 @@ impl Genesis {
 }
 
 /// What a neuron proposes. Signed by the proposer; its hash is what votes sign.
+///
+/// Besides the action, the body binds the decision to one place in one network's history,
+/// so that whoever relays it (the server, holding only the online key) cannot use it
+/// anywhere else: `network` names the genesis, `base_version` the registry version the
+/// proposer saw (it cannot be executed at or before it), `expires_at` the chain time after
+/// which it cannot be executed at all. While it can be executed, its hash is remembered in
+/// [`Registry::executed`], so it executes at most once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProposalBody {
+    /// Hash of the genesis change of the network this proposal is for.
+    pub network: String,
+    /// The registry version the proposal was made on top of.
+    pub base_version: u64,
+    /// Seconds since the epoch after which the proposal cannot be executed.
+    pub expires_at: u64,
     pub proposer: NeuronId,
     pub title: String,
     pub action: Action,
@@ -90,6 +109,27 @@ pub struct ProposalBody {
 }
 
 impl ProposalBody {
+    /// A proposal on top of `reg` at `version`, open for the registry's proposal deadline
+    /// from `now`, with a random nonce.
+    pub fn new(
+        reg: &Registry,
+        version: u64,
+        proposer: NeuronId,
+        title: String,
+        action: Action,
+        now: u64,
+    ) -> Result<ProposalBody, ModelError> {
+        Ok(ProposalBody {
+            network: reg.genesis_hash.clone(),
+            base_version: version,
+            expires_at: now.saturating_add(reg.proposal_deadline_secs()),
+            proposer,
+            title,
+            action,
+            nonce: keys::random_u64()?,
+        })
+    }
+
     pub fn hash(&self) -> [u8; 32] {
         domain_hash(b"icos-proposal", &canonical(self))
     }
@@ -153,10 +193,15 @@ impl SignedVote {
     }
 }
 
-/// A node operator's request to add a node (no vote needed within the allowance).
+/// A node operator's request to add a node (no vote needed within the allowance). Bound
+/// to a network and a time window like a proposal, and executed at most once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
+    /// Hash of the genesis change of the network this registration is for.
+    pub network: String,
+    /// Seconds since the epoch after which the registration cannot be executed.
+    pub expires_at: u64,
     pub operator: OperatorId,
     pub node_public_key: String,
     pub ipv6: String,
@@ -164,7 +209,34 @@ pub struct Registration {
     pub nonce: u64,
 }
 
+/// How long a registration request stays valid after it is signed.
+pub const REGISTRATION_VALID_SECS: u64 = 3600;
+/// How far a proposer's or operator's clock may be ahead of the chain's when it sets a
+/// decision's expiry.
+pub const CLOCK_SKEW_SECS: u64 = 300;
+
 impl Registration {
+    /// A registration for the network of `reg`, valid for [`REGISTRATION_VALID_SECS`] from
+    /// `now`, with a random nonce.
+    pub fn new(
+        reg: &Registry,
+        operator: OperatorId,
+        node_public_key: String,
+        ipv6: String,
+        http_endpoint: String,
+        now: u64,
+    ) -> Result<Registration, ModelError> {
+        Ok(Registration {
+            network: reg.genesis_hash.clone(),
+            expires_at: now.saturating_add(REGISTRATION_VALID_SECS),
+            operator,
+            node_public_key,
+            ipv6,
+            http_endpoint,
+            nonce: keys::random_u64()?,
+        })
+    }
+
     pub fn hash(&self) -> [u8; 32] {
         domain_hash(b"icos-registration", &canonical(self))
     }
@@ -255,13 +327,14 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Adopted when yes-votes exceed half of all voting power.
+    /// Adopted when yes-votes exceed half of all voting power (in 128 bits: `2 * yes`
+    /// cannot overflow).
     pub fn adopted(&self) -> bool {
-        self.yes * 2 > self.total
+        2 * u128::from(self.yes) > u128::from(self.total)
     }
     /// Rejected when no-votes reach half.
     pub fn rejected(&self) -> bool {
-        self.no * 2 >= self.total
+        2 * u128::from(self.no) >= u128::from(self.total)
     }
 }
 
@@ -275,16 +348,18 @@ pub fn tally(
     votes: &[SignedVote],
 ) -> Result<Tally, ModelError> {
     let mut sigs = Vec::new();
-    let t = tally_deferred(reg, proposal, votes, &mut sigs)?;
+    let t = tally_deferred(reg, proposal, votes, 0, &mut sigs)?;
     keys::verify_all(&sigs)?;
     Ok(t)
 }
 
-/// [`tally`] with the signature checks appended to `sigs` instead of done.
+/// [`tally`] with the signature checks appended to `sigs` (tagged with `version`, the
+/// change they belong to) instead of done.
 pub fn tally_deferred(
     reg: &Registry,
     proposal: &SignedProposal,
     votes: &[SignedVote],
+    version: u64,
     sigs: &mut Vec<SigCheck>,
 ) -> Result<Tally, ModelError> {
     let hash = proposal.body.hash();
@@ -297,13 +372,15 @@ pub fn tally_deferred(
         message: hash.to_vec(),
         signature: proposal.signature.clone(),
         what: format!("proposal signature of neuron {}", proposer.id),
+        version,
     });
     let mut seen = std::collections::BTreeSet::from([proposer.id]);
     let mut t = Tally {
         yes: proposer.voting_power,
         no: 0,
-        total: reg.total_voting_power(),
+        total: reg.total_voting_power()?,
     };
+    let overflow = || ModelError::Invalid("voting power does not fit in 64 bits".into());
     for v in votes {
         let n = reg
             .neurons
@@ -317,11 +394,13 @@ pub fn tally_deferred(
             message: vote_message(&hash, v.vote),
             signature: v.signature.clone(),
             what: format!("vote of neuron {}", v.neuron),
+            version,
         });
-        match v.vote {
-            Vote::Yes => t.yes += n.voting_power,
-            Vote::No => t.no += n.voting_power,
-        }
+        let side = match v.vote {
+            Vote::Yes => &mut t.yes,
+            Vote::No => &mut t.no,
+        };
+        *side = side.checked_add(n.voting_power).ok_or_else(overflow)?;
     }
     Ok(t)
 }
@@ -357,6 +436,8 @@ pub fn apply_change(
                 ));
             }
             *reg = genesis.registry()?;
+            reg.genesis_hash = change.hash();
+            reg.time = change.timestamp;
             Ok(())
         }
         (None, _) => Err(ModelError::Chain(
@@ -379,21 +460,46 @@ pub fn apply_change(
                     change.version, change.prev_hash
                 )));
             }
+            if change.timestamp < reg.time {
+                return Err(ModelError::Chain(format!(
+                    "version {} is dated {}, before the change it follows ({})",
+                    change.version, change.timestamp, reg.time
+                )));
+            }
+            reg.time = change.timestamp;
+            // Decisions whose window closed can no longer be executed anyway (the window is
+            // checked below), so they need not be remembered.
+            reg.executed
+                .retain(|_, expires| *expires >= change.timestamp);
             match evidence {
                 Evidence::Proposal {
                     proposal, votes, ..
                 } => {
-                    let t = tally_deferred(reg, proposal, votes, sigs)?;
+                    let body = &proposal.body;
+                    let hash = body.hash_hex();
+                    check_binding(reg, change, &hash, &body.network, body.expires_at)?;
+                    if body.base_version >= change.version {
+                        return Err(ModelError::Replay(format!(
+                            "proposal {hash} was made on top of version {}, so it cannot be version {}",
+                            body.base_version, change.version
+                        )));
+                    }
+                    let t = tally_deferred(reg, proposal, votes, change.version, sigs)?;
                     if !t.adopted() {
                         return Err(ModelError::NotAdopted {
                             yes: t.yes,
                             total: t.total,
                         });
                     }
-                    reg.apply(&proposal.body.action)?;
+                    reg.apply(&body.action)?;
+                    reg.executed.insert(hash, body.expires_at);
                 }
                 Evidence::Registration { request } => {
-                    registration_deferred(reg, request, sigs)?;
+                    let r = &request.registration;
+                    let hash = hex::encode(r.hash());
+                    check_binding(reg, change, &hash, &r.network, r.expires_at)?;
+                    registration_deferred(reg, request, change.version, sigs)?;
+                    reg.executed.insert(hash, r.expires_at);
                 }
                 Evidence::Genesis { .. } => unreachable!("matched above"),
             }
@@ -402,33 +508,51 @@ pub fn apply_change(
     }
 }
 
-/// Check a node registration (operator signature, allowance) and add the node.
-pub fn apply_registration(
-    reg: &mut Registry,
-    req: &SignedRegistration,
-) -> Result<Node, ModelError> {
-    let op = reg
-        .operators
-        .get(&req.registration.operator)
-        .ok_or_else(|| {
-            ModelError::Invalid(format!(
-                "unknown node operator `{}`",
-                req.registration.operator
-            ))
-        })?;
-    keys::verify(
-        &op.public_key,
-        &req.registration.hash(),
-        &req.signature,
-        &format!("registration signature of operator {}", op.id),
-    )?;
-    let mut ignored = Vec::new();
-    registration_deferred(reg, req, &mut ignored)
+/// The replay rules shared by proposals and registrations: made for this network, executed
+/// within its window, not executed before, and not claiming a window longer than the
+/// registry allows (which bounds how long [`Registry::executed`] must remember it).
+fn check_binding(
+    reg: &Registry,
+    change: &Change,
+    hash: &str,
+    network: &str,
+    expires_at: u64,
+) -> Result<(), ModelError> {
+    if network != reg.genesis_hash {
+        return Err(ModelError::Replay(format!(
+            "decision {hash} is for network {network}, not this one ({})",
+            reg.genesis_hash
+        )));
+    }
+    if reg.executed.contains_key(hash) {
+        return Err(ModelError::Replay(format!(
+            "decision {hash} was already executed"
+        )));
+    }
+    if change.timestamp > expires_at {
+        return Err(ModelError::Replay(format!(
+            "decision {hash} expired at {expires_at}, before version {} ({})",
+            change.version, change.timestamp
+        )));
+    }
+    let longest = change
+        .timestamp
+        .saturating_add(reg.proposal_deadline_secs().max(REGISTRATION_VALID_SECS))
+        .saturating_add(CLOCK_SKEW_SECS);
+    if expires_at > longest {
+        return Err(ModelError::Invalid(format!(
+            "decision {hash} claims to stay valid until {expires_at}, beyond the longest allowed window (until {longest})"
+        )));
+    }
+    Ok(())
 }
 
+/// Check a node registration (allowance, key, address, endpoint) and add the node; the
+/// operator's signature is appended to `sigs`.
 fn registration_deferred(
     reg: &mut Registry,
     req: &SignedRegistration,
+    version: u64,
     sigs: &mut Vec<SigCheck>,
 ) -> Result<Node, ModelError> {
     let r = &req.registration;
@@ -441,6 +565,7 @@ fn registration_deferred(
         message: r.hash().to_vec(),
         signature: req.signature.clone(),
         what: format!("registration signature of operator {}", r.operator),
+        version,
     });
     keys::parse_public(&r.node_public_key)?;
     if op.nodes_added >= op.node_allowance {
@@ -526,23 +651,43 @@ impl SignedFreshness {
         }
     }
 
-    /// Check the signature with the online key of the registry at `head_version`.
-    pub fn verify(&self, reg_at_head: &Registry, now: u64) -> Result<(), ModelError> {
-        let key = reg_at_head
+    /// Check the statement against the registry at its head: signed with that registry's
+    /// online key, valid for no longer than its `freshness_secs`, not issued in the future and
+    /// not expired at `now`, with `skew` seconds of clock difference tolerated either way.
+    pub fn verify(&self, reg_at_head: &Registry, now: u64, skew: u64) -> Result<(), ModelError> {
+        let settings = reg_at_head
             .settings
             .as_ref()
-            .map(|s| s.online_key.clone())
             .ok_or_else(|| ModelError::Invalid("registry has no settings".into()))?;
         keys::verify(
-            &key,
+            &settings.online_key,
             &self.freshness.message(),
             &self.signature,
             "freshness statement",
         )?;
-        if now > self.freshness.expires_at {
+        let f = &self.freshness;
+        let span = f.expires_at.checked_sub(f.issued_at).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "freshness statement expires ({}) before it is issued ({})",
+                f.expires_at, f.issued_at
+            ))
+        })?;
+        if span > settings.freshness_secs {
+            return Err(ModelError::Invalid(format!(
+                "freshness statement is valid for {span} s; the registry allows {} s",
+                settings.freshness_secs
+            )));
+        }
+        if f.issued_at > now.saturating_add(skew) {
+            return Err(ModelError::Invalid(format!(
+                "freshness statement is issued {} s in the future",
+                f.issued_at - now
+            )));
+        }
+        if now > f.expires_at.saturating_add(skew) {
             return Err(ModelError::Stale {
-                head: self.freshness.head_version,
-                expired_secs_ago: now - self.freshness.expires_at,
+                head: f.head_version,
+                expired_secs_ago: now - f.expires_at,
             });
         }
         Ok(())

@@ -86,40 +86,81 @@ pub fn verify(public_hex: &str, msg: &[u8], sig_hex: &str, what: &str) -> Result
         .map_err(|_| ModelError::BadSignature(what.to_string()))
 }
 
-/// One signature to check: public key (hex), message, signature (hex), and what it is (for
-/// the error message).
+/// One signature to check: public key (hex), message, signature (hex), what it is and the
+/// registry version it belongs to (for the error message).
 #[derive(Debug, Clone)]
 pub struct SigCheck {
     pub public_key: String,
     pub message: Vec<u8>,
     pub signature: String,
     pub what: String,
+    pub version: u64,
+}
+
+/// A signature that did not verify, with the registry version it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version {version}: {error}")]
+pub struct BadSignatureAt {
+    pub version: u64,
+    pub error: ModelError,
+}
+
+impl From<BadSignatureAt> for ModelError {
+    fn from(b: BadSignatureAt) -> ModelError {
+        b.error
+    }
+}
+
+fn check_one(c: &SigCheck) -> Result<(), BadSignatureAt> {
+    verify(&c.public_key, &c.message, &c.signature, &c.what).map_err(|error| BadSignatureAt {
+        version: c.version,
+        error,
+    })
 }
 
 /// Verify many signatures at once (batch verification is faster than one by one); on
-/// failure, name the first bad one.
-pub fn verify_all(items: &[SigCheck]) -> Result<(), ModelError> {
+/// failure, name the first bad one and the version it belongs to.
+pub fn verify_all(items: &[SigCheck]) -> Result<(), BadSignatureAt> {
     if items.is_empty() {
         return Ok(());
     }
     let mut keys = Vec::with_capacity(items.len());
     let mut sigs = Vec::with_capacity(items.len());
     for c in items {
-        keys.push(parse_public(&c.public_key)?);
-        sigs.push(parse_signature(&c.signature)?);
+        let parsed =
+            parse_public(&c.public_key).and_then(|k| Ok((k, parse_signature(&c.signature)?)));
+        let (k, s) = parsed.map_err(|error| BadSignatureAt {
+            version: c.version,
+            error,
+        })?;
+        keys.push(k);
+        sigs.push(s);
     }
     let msgs: Vec<&[u8]> = items.iter().map(|c| c.message.as_slice()).collect();
     if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
         return Ok(());
     }
-    for c in items {
-        verify(&c.public_key, &c.message, &c.signature, &c.what)?;
-    }
-    Err(ModelError::BadSignature("batch verification failed".into()))
+    items.iter().try_for_each(check_one)?;
+    // The batch failed but each one verifies: cannot happen with valid inputs.
+    Err(BadSignatureAt {
+        version: items[0].version,
+        error: ModelError::BadSignature("batch verification failed".into()),
+    })
+}
+
+/// A random 64-bit number from the operating system; an error (never zeros) when the
+/// system's random source fails.
+pub fn random_u64() -> Result<u64, ModelError> {
+    use rand_core::RngCore;
+    let mut b = [0u8; 8];
+    rand_core::OsRng
+        .try_fill_bytes(&mut b)
+        .map_err(|e| ModelError::Key(format!("the system's random source failed: {e}")))?;
+    Ok(u64::from_le_bytes(b))
 }
 
 /// [`verify_all`] spread over the machine's cores, in chunks.
-pub fn verify_parallel(items: &[SigCheck]) -> Result<(), ModelError> {
+pub fn verify_parallel(items: &[SigCheck]) -> Result<(), BadSignatureAt> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -135,9 +176,12 @@ pub fn verify_parallel(items: &[SigCheck]) -> Result<(), ModelError> {
             .collect();
         let mut result = Ok(());
         for h in handles {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| Err(ModelError::BadSignature("verifier thread failed".into())));
+            let r = h.join().unwrap_or_else(|_| {
+                Err(BadSignatureAt {
+                    version: 0,
+                    error: ModelError::BadSignature("verifier thread failed".into()),
+                })
+            });
             if result.is_ok() {
                 result = r;
             }
@@ -182,6 +226,7 @@ mod tests {
             message: m.to_vec(),
             signature: sign(&k, signed),
             what: what.into(),
+            version: m.len() as u64,
         };
         let items = vec![check(b"a", b"a", "first"), check(b"b", b"x", "second")];
         assert!(verify_all(&items)
@@ -194,9 +239,9 @@ mod tests {
         verify_parallel(&many).unwrap();
         let mut bad = many.clone();
         bad[450] = check(b"y", b"z", "number 450");
-        assert!(verify_parallel(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("number 450"));
+        bad[450].version = 451;
+        let e = verify_parallel(&bad).unwrap_err();
+        assert_eq!(e.version, 451, "{e}");
+        assert!(e.to_string().contains("number 450"), "{e}");
     }
 }

@@ -26,14 +26,20 @@
 //! };
 //! let g = Change::genesis(genesis, 0);
 //! let reg = change::verify_and_apply(None, &g).unwrap();
-//! let body = ProposalBody { proposer: 1, title: "elect".into(), nonce: 7, action: Action::ElectGuestos(Elected {
-//!     version: "1.1.0".into(), sha256: "ab".repeat(32), size: None, urls: vec!["http://mirror/1.1.0.tar".into()] }) };
+//! // A proposal names the network (its genesis hash), the version it was made on and when
+//! // it expires; `ProposalBody::new` fills them in from the registry it is made on.
+//! let action = Action::ElectGuestos(Elected {
+//!     version: "1.1.0".into(), sha256: "ab".repeat(32), size: None, urls: vec!["http://mirror/1.1.0.tar".into()] });
+//! let body = ProposalBody::new(&reg, 1, 1, "elect".into(), action, 0).unwrap();
 //! // The proposer's signature is its yes vote: with all the voting power, that is a majority.
 //! let p = SignedProposal::sign(body, &neuron_key);
 //! let c = Change { version: 2, prev_hash: g.hash(), timestamp: 0,
 //!     evidence: Evidence::Proposal { id: 1, proposal: p, votes: vec![] } };
 //! let next = change::verify_and_apply(Some((&reg, &g.hash(), 1)), &c).unwrap();
 //! assert!(next.guestos_versions.contains_key("1.1.0"));
+//! // The same decision a second time is a replay, whoever signs the head it comes with.
+//! let again = Change { version: 3, prev_hash: c.hash(), ..c.clone() };
+//! assert!(matches!(change::verify_and_apply(Some((&next, &c.hash(), 2)), &again), Err(ModelError::Replay(_))));
 //! ```
 
 pub mod api;
@@ -63,6 +69,8 @@ pub enum ModelError {
     NotAdopted { yes: u64, total: u64 },
     #[error("change log: {0}")]
     Chain(String),
+    #[error("replay refused: {0}")]
+    Replay(String),
     #[error("the registry feed is stale: its freshness statement for version {head} expired {expired_secs_ago} s ago")]
     Stale { head: u64, expired_secs_ago: u64 },
 }
@@ -126,6 +134,9 @@ mod tests {
 
         fn proposal_change(&self, action: Action, voters: &[(u64, Vote)]) -> Change {
             let body = ProposalBody {
+                network: self.reg.genesis_hash.clone(),
+                base_version: self.chain.len() as u64,
+                expires_at: 60,
                 proposer: voters[0].0,
                 title: "t".into(),
                 action,
@@ -270,6 +281,8 @@ mod tests {
         let mut n = Net::new();
         let reg_change = |n: &Net, key: &keys::SecretKey, nonce: u64| {
             let r = Registration {
+                network: n.reg.genesis_hash.clone(),
+                expires_at: 60,
                 operator: "op1".into(),
                 node_public_key: keys::public_hex(&keys::generate()),
                 ipv6: format!("fd00::{}", nonce + 1),
@@ -349,7 +362,7 @@ mod tests {
             settings: Some(Settings {
                 online_key: keys::public_hex(&online),
                 proposal_deadline_secs: 1,
-                freshness_secs: 1,
+                freshness_secs: 60,
             }),
             ..Registry::default()
         };
@@ -361,13 +374,301 @@ mod tests {
             expires_at: 160,
         };
         let s = SignedFreshness::sign(f.clone(), &online);
-        s.verify(&reg, 150).unwrap();
-        assert!(matches!(s.verify(&reg, 161), Err(ModelError::Stale { .. })));
-        let forged = SignedFreshness::sign(f, &keys::generate());
+        s.verify(&reg, 150, 0).unwrap();
+        // Expired: the message says by how much, not by how much beyond the skew allowance.
+        match s.verify(&reg, 200, 30) {
+            Err(ModelError::Stale {
+                head: 3,
+                expired_secs_ago: 40,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Within the skew allowance on either side.
+        s.verify(&reg, 185, 30).unwrap();
+        s.verify(&reg, 80, 30).unwrap();
+        let e = s.verify(&reg, 60, 30).unwrap_err().to_string();
+        assert!(e.contains("40 s in the future"), "{e}");
+        let forged = SignedFreshness::sign(f.clone(), &keys::generate());
         assert!(matches!(
-            forged.verify(&reg, 150),
+            forged.verify(&reg, 150, 0),
             Err(ModelError::BadSignature(_))
         ));
+        // Signed by the right key but valid for longer than the registry allows.
+        let long = SignedFreshness::sign(
+            Freshness {
+                expires_at: 100 + 3600,
+                ..f.clone()
+            },
+            &online,
+        );
+        let e = long.verify(&reg, 150, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("valid for 3600 s; the registry allows 60 s"),
+            "{e}"
+        );
+        let backwards = SignedFreshness::sign(
+            Freshness {
+                expires_at: 99,
+                ..f
+            },
+            &online,
+        );
+        assert!(backwards.verify(&reg, 99, 0).is_err());
+    }
+
+    impl Net {
+        /// The change that executes `p` (already signed) with `votes` at the head.
+        fn execute(&self, p: &SignedProposal, votes: &[(u64, Vote)], timestamp: u64) -> Change {
+            let h = p.body.hash();
+            let (_, hash, version) = self.head();
+            Change {
+                version: version + 1,
+                prev_hash: hash,
+                timestamp,
+                evidence: Evidence::Proposal {
+                    id: 1,
+                    proposal: p.clone(),
+                    votes: votes
+                        .iter()
+                        .map(|(n, v)| SignedVote::sign(&h, *n, *v, &self.keys[*n as usize - 1]))
+                        .collect(),
+                },
+            }
+        }
+    }
+
+    /// The attacks of someone who holds the server's online key and its storage: every
+    /// signature they replay is genuine, so only the binding of each decision to one place
+    /// in one network's history can stop them.
+    #[test]
+    fn replayed_decisions_are_refused() {
+        let mut n = Net::new();
+        let c = n.proposal_change(elect("1.1.0"), &[(1, Vote::Yes), (2, Vote::Yes)]);
+        n.push(c.clone()).unwrap();
+        let retire = n.proposal_change(
+            Action::RetireGuestos {
+                version: "1.1.0".into(),
+            },
+            &[(1, Vote::Yes), (2, Vote::Yes)],
+        );
+        n.push(retire).unwrap();
+        // The same adopted election appended again (it would apply: 1.1.0 is retired).
+        let (_, hash, version) = n.head();
+        let again = Change {
+            version: version + 1,
+            prev_hash: hash,
+            ..c.clone()
+        };
+        let e = n.push(again).unwrap_err();
+        assert!(
+            matches!(e, ModelError::Replay(ref m) if m.contains("already executed")),
+            "{e}"
+        );
+
+        // The same decision altered and signed again by its proposer: for another network,
+        // executed after its window, placed at or before its base version, or claiming a
+        // window longer than governance allows (3600 s for registrations plus 300 s of clock
+        // skew is the longest here; the executed set must stay bounded).
+        let Evidence::Proposal { proposal, .. } = &c.evidence else {
+            unreachable!()
+        };
+        type Alter = fn(&mut ProposalBody, u64);
+        let cases: [(&str, Alter, u64, &str); 4] = [
+            (
+                "other network",
+                |b, v| {
+                    b.network = "ee".repeat(32);
+                    b.base_version = v
+                },
+                0,
+                "for network",
+            ),
+            ("late", |b, v| b.base_version = v, 61, "expired at 60"),
+            (
+                "early",
+                |b, v| b.base_version = v + 1,
+                0,
+                "made on top of version",
+            ),
+            (
+                "long",
+                |b, v| {
+                    b.base_version = v;
+                    b.expires_at = 10_000
+                },
+                0,
+                "beyond the longest allowed window",
+            ),
+        ];
+        for (i, (what, alter, timestamp, expected)) in cases.into_iter().enumerate() {
+            let mut body = proposal.body.clone();
+            body.nonce = 100 + i as u64;
+            alter(&mut body, version);
+            let p = SignedProposal::sign(body, &n.keys[0]);
+            let e = n
+                .push(n.execute(&p, &[(2, Vote::Yes)], timestamp))
+                .unwrap_err();
+            assert!(e.to_string().contains(expected), "{what}: {e}");
+        }
+        // Back-dated: a change older than the one it follows.
+        let c = n.proposal_change(elect("1.2.0"), &[(1, Vote::Yes), (2, Vote::Yes)]);
+        let c = Change { timestamp: 30, ..c };
+        n.push(c).unwrap();
+        let c = n.proposal_change(elect("1.3.0"), &[(1, Vote::Yes), (2, Vote::Yes)]);
+        let c = Change { timestamp: 29, ..c };
+        let e = n.push(c).unwrap_err();
+        assert!(
+            matches!(e, ModelError::Chain(ref m) if m.contains("before the change it follows")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_executed_set_forgets_only_what_its_window_refuses() {
+        let mut n = Net::new();
+        let c = n.proposal_change(elect("1.1.0"), &[(1, Vote::Yes), (2, Vote::Yes)]);
+        n.push(c.clone()).unwrap();
+        assert_eq!(n.reg.executed.len(), 1);
+        let retire = n.proposal_change(
+            Action::RetireGuestos {
+                version: "1.1.0".into(),
+            },
+            &[(1, Vote::Yes), (2, Vote::Yes)],
+        );
+        let retire = Change {
+            timestamp: 61,
+            ..retire
+        };
+        // Its own window (60) is over at 61: refused, and nothing changed.
+        let e = n.push(retire.clone()).unwrap_err();
+        assert!(matches!(e, ModelError::Replay(_)), "{e}");
+        let mut body = match &retire.evidence {
+            Evidence::Proposal { proposal, .. } => proposal.body.clone(),
+            _ => unreachable!(),
+        };
+        body.expires_at = 200;
+        let p = SignedProposal::sign(body, &n.keys[0]);
+        n.push(n.execute(&p, &[(2, Vote::Yes)], 61)).unwrap();
+        // The election's window closed at 60: forgotten, yet a replay is still refused.
+        assert_eq!(n.reg.executed.len(), 1);
+        let (_, hash, version) = n.head();
+        let again = Change {
+            version: version + 1,
+            prev_hash: hash,
+            timestamp: 61,
+            ..c
+        };
+        let e = n.push(again).unwrap_err();
+        assert!(
+            matches!(e, ModelError::Replay(ref m) if m.contains("expired")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_registration_is_executed_once_and_only_on_its_network() {
+        let mut n = Net::new();
+        let r = Registration {
+            network: n.reg.genesis_hash.clone(),
+            expires_at: 60,
+            operator: "op1".into(),
+            node_public_key: keys::public_hex(&keys::generate()),
+            ipv6: "fd00::1".into(),
+            http_endpoint: "http://[fd00::1]:8080".into(),
+            nonce: 1,
+        };
+        let change = |n: &Net, r: &Registration| {
+            let (_, hash, version) = n.head();
+            Change {
+                version: version + 1,
+                prev_hash: hash,
+                timestamp: 0,
+                evidence: Evidence::Registration {
+                    request: SignedRegistration::sign(r.clone(), &n.op),
+                },
+            }
+        };
+        n.push(change(&n, &r)).unwrap();
+        let e = n.push(change(&n, &r)).unwrap_err();
+        assert!(matches!(e, ModelError::Replay(_)), "{e}");
+        let elsewhere = Registration {
+            network: "00".repeat(32),
+            nonce: 2,
+            ..r
+        };
+        let e = n.push(change(&n, &elsewhere)).unwrap_err();
+        assert!(
+            matches!(e, ModelError::Replay(ref m) if m.contains("for network")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn voting_power_arithmetic_never_wraps() {
+        // A genesis whose total does not fit is refused.
+        let k = keys::generate();
+        let neuron = |id, p| Neuron {
+            id,
+            public_key: keys::public_hex(&k),
+            voting_power: p,
+        };
+        let g = Genesis {
+            network: "t".into(),
+            settings: Settings {
+                online_key: keys::public_hex(&k),
+                proposal_deadline_secs: 60,
+                freshness_secs: 60,
+            },
+            neurons: vec![
+                neuron(1, u64::MAX - 1),
+                neuron(2, u64::MAX - 1),
+                neuron(3, 3),
+            ],
+            operators: vec![],
+            actions: vec![],
+        };
+        let e = verify_and_apply(None, &Change::genesis(g.clone(), 0)).unwrap_err();
+        assert!(e.to_string().contains("does not fit in 64 bits"), "{e}");
+        // Large but fitting powers: the majority rule holds at the edge.
+        let t = Tally {
+            yes: u64::MAX / 2 + 1,
+            no: 0,
+            total: u64::MAX,
+        };
+        assert!(t.adopted());
+        let t = Tally {
+            yes: 3,
+            no: u64::MAX / 2,
+            total: u64::MAX,
+        };
+        assert!(!t.adopted() && !t.rejected());
+        // A registry that holds an overflowing set anyway (built by hand) makes the tally
+        // fail instead of letting a neuron with power 3 adopt alone.
+        let mut reg = Genesis {
+            neurons: vec![neuron(3, 3)],
+            ..g.clone()
+        }
+        .registry()
+        .unwrap();
+        reg.neurons.insert(1, neuron(1, u64::MAX - 1));
+        reg.neurons.insert(2, neuron(2, u64::MAX - 1));
+        let body = ProposalBody::new(&reg, 1, 3, "t".into(), elect("1.0.0"), 0).unwrap();
+        let p = SignedProposal::sign(body, &k);
+        assert!(change::tally(&reg, &p, &[]).is_err());
+        // Governance cannot add power that overflows.
+        let mut n = Net::new();
+        let c = n.proposal_change(
+            Action::ChangeGovernance {
+                upsert_neurons: vec![neuron(9, u64::MAX - 50)],
+                remove_neurons: vec![],
+                online_key: None,
+                proposal_deadline_secs: None,
+                freshness_secs: None,
+            },
+            &[(1, Vote::Yes), (2, Vote::Yes)],
+        );
+        let e = n.push(c).unwrap_err();
+        assert!(e.to_string().contains("does not fit in 64 bits"), "{e}");
     }
 
     #[test]

@@ -156,6 +156,16 @@ pub struct Registry {
     /// Rules by scope key (`global`, `subnet:<id>`, `node:<id>`).
     pub firewall: BTreeMap<String, Vec<FirewallRule>>,
     pub settings: Option<Settings>,
+    /// Hash of the genesis change: every proposal and registration names it.
+    #[serde(default)]
+    pub genesis_hash: String,
+    /// Chain time: the timestamp of the newest change (changes never go back in time).
+    #[serde(default)]
+    pub time: u64,
+    /// Proposals and registrations executed whose window is still open: hash → expiry.
+    /// A second execution of one is refused; after its expiry it is refused by its window.
+    #[serde(default)]
+    pub executed: BTreeMap<String, u64>,
 }
 
 /// A typed governance proposal action.
@@ -222,6 +232,8 @@ pub enum Action {
         online_key: Option<String>,
         #[serde(default)]
         proposal_deadline_secs: Option<u64>,
+        #[serde(default)]
+        freshness_secs: Option<u64>,
     },
 }
 
@@ -315,9 +327,29 @@ fn check_prefix(p: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// The sum of the neurons' voting power, or an error when it does not fit in 64 bits.
+pub fn sum_voting_power<'a>(
+    neurons: impl IntoIterator<Item = &'a Neuron>,
+) -> Result<u64, ModelError> {
+    neurons
+        .into_iter()
+        .try_fold(0u64, |sum, n| sum.checked_add(n.voting_power))
+        .ok_or_else(|| invalid("the total voting power does not fit in 64 bits"))
+}
+
 impl Registry {
-    pub fn total_voting_power(&self) -> u64 {
-        self.neurons.values().map(|n| n.voting_power).sum()
+    /// All voting power; the registry never holds neurons whose total overflows (the genesis
+    /// and governance changes refuse it), but callers still get an error rather than a wrap.
+    pub fn total_voting_power(&self) -> Result<u64, ModelError> {
+        sum_voting_power(self.neurons.values())
+    }
+
+    /// How long proposals stay open (a day when the registry has no settings yet).
+    pub fn proposal_deadline_secs(&self) -> u64 {
+        self.settings
+            .as_ref()
+            .map(|s| s.proposal_deadline_secs)
+            .unwrap_or(86_400)
     }
 
     fn node_subnet(&self, node: &str) -> Option<&Subnet> {
@@ -544,6 +576,7 @@ impl Registry {
                 remove_neurons,
                 online_key,
                 proposal_deadline_secs,
+                freshness_secs,
             } => {
                 let mut after = self.neurons.clone();
                 for n in upsert_neurons {
@@ -555,14 +588,14 @@ impl Registry {
                         return Err(invalid(format!("unknown neuron {id}")));
                     }
                 }
-                if after.values().map(|n| n.voting_power).sum::<u64>() == 0 {
+                if sum_voting_power(after.values())? == 0 {
                     return Err(invalid("governance would have no voting power left"));
                 }
                 if let Some(k) = online_key {
                     crate::keys::parse_public(k)?;
                 }
-                if proposal_deadline_secs == &Some(0) {
-                    return Err(invalid("proposal deadline must be above 0"));
+                if proposal_deadline_secs == &Some(0) || freshness_secs == &Some(0) {
+                    return Err(invalid("deadlines must be above 0"));
                 }
             }
         }
@@ -666,6 +699,7 @@ impl Registry {
                 remove_neurons,
                 online_key,
                 proposal_deadline_secs,
+                freshness_secs,
             } => {
                 for n in upsert_neurons {
                     self.neurons.insert(n.id, n);
@@ -679,6 +713,9 @@ impl Registry {
                     }
                     if let Some(d) = proposal_deadline_secs {
                         s.proposal_deadline_secs = d;
+                    }
+                    if let Some(f) = freshness_secs {
+                        s.freshness_secs = f;
                     }
                 }
             }

@@ -1,6 +1,10 @@
 //! The HTTP API. Read paths under `/v1/` are the same ones a static mirror serves
 //! (`head.json`, `segments/<k>.json`); write paths take signed JSON bodies of at most
 //! 64 KiB and answer 4xx with `{"error": "..."}` naming what was wrong, storing nothing.
+//! Every error, including unknown paths, wrong methods and malformed parameters, is
+//! answered the same way. Connections are served by `http-guard` (connection caps,
+//! header/idle/lifetime timeouts); each request must finish within [`REQUEST_TIMEOUT`]
+//! (body included); at most [`crate::MAX_REPLAYS`] historical snapshots are computed at once.
 //!
 //! | method | path | body / answer |
 //! |---|---|---|
@@ -26,7 +30,12 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use http_guard::Limits;
+
 type Shared = Arc<Registry>;
+
+/// How long one request may take, from its head to its answer (a trickled body included).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
@@ -35,12 +44,69 @@ impl IntoResponse for ServerError {
         if status.is_server_error() {
             tracing::error!("{self}");
         }
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({ "error": self.to_string() }).to_string(),
-        )
-            .into_response()
+        let mut r = error_json(status, &self.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        r
+    }
+}
+
+fn error_json(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+/// Errors produced outside our handlers (axum's rejections of a path or query it cannot
+/// parse, a wrong method) come as plain text: answer them as JSON like every other error.
+async fn errors_as_json(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    let mut r = error_json(status, &message);
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            r.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    r
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    error_json(
+        StatusCode::NOT_FOUND,
+        &format!("no such path: {}", uri.path()),
+    )
+}
+
+async fn with_timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error_json(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "the request did not complete within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
     }
 }
 
@@ -66,8 +132,11 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ServerError::Storage(format!("worker failed: {e}")))?
 }
 
-async fn head(State(r): State<Shared>) -> Response {
-    json(StatusCode::OK, &r.freshness())
+async fn head(State(r): State<Shared>) -> Result<Response, ServerError> {
+    Ok(json(
+        StatusCode::OK,
+        &blocking(move || r.freshness()).await?,
+    ))
 }
 
 async fn segment(
@@ -123,7 +192,16 @@ async fn proposals(State(r): State<Shared>) -> Result<Response, ServerError> {
     ))
 }
 
-async fn proposal(State(r): State<Shared>, Path(id): Path<u64>) -> Result<Response, ServerError> {
+fn proposal_id(id: &str) -> Result<u64, ServerError> {
+    id.parse()
+        .map_err(|_| ServerError::BadRequest(format!("proposal id `{id}` is not a number")))
+}
+
+async fn proposal(
+    State(r): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ServerError> {
+    let id = proposal_id(&id)?;
     Ok(json(
         StatusCode::OK,
         &blocking(move || r.proposal(id)).await?,
@@ -140,9 +218,10 @@ async fn submit(State(r): State<Shared>, body: Bytes) -> Result<Response, Server
 
 async fn vote(
     State(r): State<Shared>,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ServerError> {
+    let id = proposal_id(&id)?;
     let v = parse(&body, "vote")?;
     Ok(json(
         StatusCode::OK,
@@ -202,36 +281,45 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/proposals/{id}", get(proposal))
         .route("/v1/proposals/{id}/votes", post(vote))
         .route("/v1/registrations", post(register))
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn(with_timeout))
+        .layer(axum::middleware::map_response(errors_as_json))
         .with_state(registry)
 }
 
-/// Serve until the process is stopped.
-pub async fn serve(registry: Arc<Registry>, listen: std::net::SocketAddr) -> std::io::Result<()> {
+/// Serve until the process is stopped, under `limits`.
+pub async fn serve(
+    registry: Arc<Registry>,
+    listen: std::net::SocketAddr,
+    limits: http_guard::Limits,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "registry listening");
-    axum::serve(listener, router(registry)).await
+    http_guard::serve(
+        listener,
+        router(registry),
+        limits,
+        Arc::new(http_guard::Stats::default()),
+    )
+    .await
 }
 
-/// Serve on a background thread with its own runtime (tests, benchmarks, embedding).
-/// Returns the bound address; the server runs until the process ends.
+/// Serve on a background thread with its own runtime (tests, benchmarks, embedding), with
+/// the default limits. Returns the bound address; the server runs until the process ends.
 pub fn spawn(
     registry: Arc<Registry>,
     listen: std::net::SocketAddr,
 ) -> std::io::Result<std::net::SocketAddr> {
-    let std_listener = std::net::TcpListener::bind(listen)?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-            let _ = axum::serve(listener, router(registry)).await;
-        });
-    });
-    Ok(addr)
+    spawn_with(registry, listen, http_guard::Limits::default()).map(|(a, _)| a)
+}
+
+/// [`spawn`] with chosen limits; also returns the connection counters.
+pub fn spawn_with(
+    registry: Arc<Registry>,
+    listen: std::net::SocketAddr,
+    limits: http_guard::Limits,
+) -> std::io::Result<(std::net::SocketAddr, Arc<http_guard::Stats>)> {
+    http_guard::spawn(listen, router(registry), limits)
 }

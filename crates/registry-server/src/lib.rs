@@ -19,15 +19,18 @@
 
 pub mod http;
 pub mod localnet;
+pub mod online_keys;
 pub mod store;
 
+use online_keys::OnlineKeys;
 use registry_model::api::ProposalSummary;
 use registry_model::change::{self, canonical, verify_and_apply};
 use registry_model::{
-    keys, Change, Evidence, Freshness, Genesis, ModelError, SignedFreshness, SignedProposal,
+    Change, Evidence, Freshness, Genesis, ModelError, SignedFreshness, SignedProposal,
     SignedRegistration, SignedVote,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use store::{ProposalRecord, ProposalStatus, Store};
 
@@ -37,8 +40,12 @@ pub const DB_FILE: &str = "registry.redb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("online key: {0}")]
+    OnlineKey(String),
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("storage: {0}")]
     Storage(String),
     #[error("unknown proposal {0}")]
@@ -64,6 +71,7 @@ impl ServerError {
             ServerError::UnknownProposal(_) | ServerError::NotFound(_) => 404,
             ServerError::BadRequest(_) => 400,
             ServerError::Storage(_) => 500,
+            ServerError::OnlineKey(_) | ServerError::Busy(_) => 503,
         }
     }
 }
@@ -82,11 +90,25 @@ struct Head {
     network: String,
 }
 
+/// Open proposals one neuron may have at a time (a neuron key cannot fill the store).
+pub const MAX_OPEN_PER_NEURON: usize = 16;
+/// Historical snapshots computed at the same time, at most.
+pub const MAX_REPLAYS: usize = 2;
+
 /// A registry served from a data folder.
 pub struct Registry {
     store: Store,
     head: Mutex<Head>,
-    online_key: keys::SecretKey,
+    online_keys: OnlineKeys,
+    replays: AtomicUsize,
+}
+
+struct ReplayGuard<'a>(&'a AtomicUsize);
+
+impl Drop for ReplayGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Registry {
@@ -100,33 +122,27 @@ impl Registry {
         Ok(g)
     }
 
-    /// Open a registry; the whole log is verified again from the genesis.
-    pub fn open(data: &Path, online_key: &Path) -> Result<Registry, ServerError> {
+    /// Open a registry; the whole log is verified again from the genesis. `online_keys` is
+    /// a key file or a folder of key files ([`OnlineKeys`]); it must hold the key the
+    /// registry names now.
+    pub fn open(data: &Path, online_keys: &Path) -> Result<Registry, ServerError> {
         let store = Store::open(&data.join(DB_FILE))?;
-        let online_key = keys::read_key(online_key)?;
+        let online_keys = OnlineKeys::load(online_keys)?;
         let head_version = store.head_version()?;
         let (registry, hash, network) = replay(&store, head_version)?;
-        let version = head_version;
-        let expected = registry
-            .settings
-            .as_ref()
-            .map(|s| s.online_key.clone())
-            .unwrap_or_default();
-        if keys::public_hex(&online_key) != expected {
-            return Err(ServerError::BadRequest(format!(
-                "the online key file does not match the registry's online key {expected}"
-            )));
-        }
-        Ok(Registry {
+        let r = Registry {
             store,
             head: Mutex::new(Head {
                 registry,
-                version,
+                version: head_version,
                 hash,
                 network,
             }),
-            online_key,
-        })
+            online_keys,
+            replays: AtomicUsize::new(0),
+        };
+        r.freshness()?;
+        Ok(r)
     }
 
     /// Head version and hash.
@@ -139,26 +155,63 @@ impl Registry {
         self.head.lock().expect("head lock").registry.clone()
     }
 
-    /// A fresh freshness statement, signed with the online key.
-    pub fn freshness(&self) -> SignedFreshness {
+    /// A fresh freshness statement, signed with the online key the registry names now.
+    pub fn freshness(&self) -> Result<SignedFreshness, ServerError> {
         let h = self.head.lock().expect("head lock");
-        let t = now();
-        let secs = h
+        let settings = h
             .registry
             .settings
             .as_ref()
-            .map(|s| s.freshness_secs)
-            .unwrap_or(300);
-        SignedFreshness::sign(
+            .ok_or_else(|| ServerError::Storage("the registry has no settings".into()))?;
+        let key = self.online_keys.get(&settings.online_key)?;
+        let t = now();
+        Ok(SignedFreshness::sign(
             Freshness {
                 network: h.network.clone(),
                 head_version: h.version,
                 head_hash: h.hash.clone(),
                 issued_at: t,
-                expires_at: t + secs,
+                expires_at: t + settings.freshness_secs,
             },
-            &self.online_key,
-        )
+            &key,
+        ))
+    }
+
+    /// A proposal body on top of the current head (for local proposers: tests, benchmarks).
+    pub fn new_proposal(
+        &self,
+        proposer: u64,
+        title: &str,
+        action: registry_model::Action,
+    ) -> Result<registry_model::ProposalBody, ServerError> {
+        let h = self.head.lock().expect("head lock");
+        Ok(registry_model::ProposalBody::new(
+            &h.registry,
+            h.version,
+            proposer,
+            title.to_string(),
+            action,
+            chain_time(&h),
+        )?)
+    }
+
+    /// A registration request for this registry's network, valid from now.
+    pub fn new_registration(
+        &self,
+        operator: &str,
+        node_public_key: String,
+        ipv6: String,
+        http_endpoint: String,
+    ) -> Result<registry_model::Registration, ServerError> {
+        let h = self.head.lock().expect("head lock");
+        Ok(registry_model::Registration::new(
+            &h.registry,
+            operator.to_string(),
+            node_public_key,
+            ipv6,
+            http_endpoint,
+            chain_time(&h),
+        )?)
     }
 
     /// Canonical changes of segment `k` as a JSON array.
@@ -174,10 +227,11 @@ impl Registry {
         Ok(join_array(&changes))
     }
 
-    /// Canonical changes after `since` (at most `limit`) as a JSON array.
+    /// Canonical changes after `since` (at most `limit`, and at most a segment's worth) as a
+    /// JSON array.
     pub fn changes_json(&self, since: u64, limit: u64) -> Result<Vec<u8>, ServerError> {
         let head = self.head().0;
-        let to = since.saturating_add(limit.clamp(1, 4096)).min(head);
+        let to = since.saturating_add(limit.clamp(1, SEGMENT)).min(head);
         if since >= to {
             return Ok(b"[]".to_vec());
         }
@@ -194,6 +248,15 @@ impl Registry {
         }
         if at == head {
             return Ok(self.registry());
+        }
+        // Replaying from the genesis costs the whole log's signature checks: a client asking
+        // for many old versions at once must not take every core.
+        let running = self.replays.fetch_add(1, Ordering::SeqCst);
+        let _done = ReplayGuard(&self.replays);
+        if running >= MAX_REPLAYS {
+            return Err(ServerError::Busy(format!(
+                "{MAX_REPLAYS} historical snapshots are being computed; try again shortly"
+            )));
         }
         Ok(replay(&self.store, at)?.0)
     }
@@ -238,6 +301,19 @@ impl Registry {
                 "title longer than 256 characters".into(),
             ));
         }
+        check_window(
+            &h,
+            "proposal",
+            &p.body.network,
+            p.body.expires_at,
+            h.registry.proposal_deadline_secs(),
+        )?;
+        if p.body.base_version > h.version {
+            return Err(ServerError::BadRequest(format!(
+                "the proposal is made on top of version {}, but the head is version {}",
+                p.body.base_version, h.version
+            )));
+        }
         let tally = change::tally(&h.registry, &p, &[])?;
         h.registry.validate(&p.body.action)?;
         let hash = p.body.hash_hex();
@@ -247,13 +323,24 @@ impl Registry {
                 "an identical proposal (same hash) was already submitted".into(),
             ));
         }
+        let t = now();
+        let open = existing
+            .iter()
+            .filter(|r| {
+                r.proposal.body.proposer == p.body.proposer
+                    && r.status == ProposalStatus::Open
+                    && r.deadline >= t
+            })
+            .count();
+        if open >= MAX_OPEN_PER_NEURON {
+            return Err(ServerError::Conflict(format!(
+                "neuron {} already has {open} open proposals (at most {MAX_OPEN_PER_NEURON}); wait for them to be decided",
+                p.body.proposer
+            )));
+        }
         let id = self.store.next_proposal_id()?;
-        let deadline = now()
-            + h.registry
-                .settings
-                .as_ref()
-                .map(|s| s.proposal_deadline_secs)
-                .unwrap_or(86400);
+        // The proposal's own window is its deadline: the chain refuses it after that.
+        let deadline = p.body.expires_at;
         let mut r = ProposalRecord {
             id,
             proposal: p,
@@ -297,7 +384,7 @@ impl Registry {
             let c = Change {
                 version: h.version + 1,
                 prev_hash: h.hash.clone(),
-                timestamp: now(),
+                timestamp: chain_time(h),
                 evidence: Evidence::Proposal {
                     id: r.id,
                     proposal: r.proposal.clone(),
@@ -331,10 +418,18 @@ impl Registry {
     /// Add a node on its operator's signature (within the operator's allowance).
     pub fn register(&self, req: SignedRegistration) -> Result<(String, u64), ServerError> {
         let mut h = self.head.lock().expect("head lock");
+        let r = &req.registration;
+        check_window(
+            &h,
+            "registration",
+            &r.network,
+            r.expires_at,
+            registry_model::change::REGISTRATION_VALID_SECS,
+        )?;
         let c = Change {
             version: h.version + 1,
             prev_hash: h.hash.clone(),
-            timestamp: now(),
+            timestamp: chain_time(&h),
             evidence: Evidence::Registration {
                 request: req.clone(),
             },
@@ -367,11 +462,47 @@ impl Registry {
         let p = out.join("v1/head.json");
         write_atomic(
             &p,
-            &serde_json::to_vec(&self.freshness()).expect("serializes"),
+            &serde_json::to_vec(&self.freshness()?).expect("serializes"),
         )?;
         written.push(p);
         Ok(written)
     }
+}
+
+/// The timestamp of the next change: the server's clock, but never before the change it
+/// follows (the chain refuses changes that go back in time; a clock stepped back must not
+/// stop the registry).
+fn chain_time(h: &Head) -> u64 {
+    now().max(h.registry.time)
+}
+
+/// Refuse, with a message the sender can act on, a decision for another network or with a
+/// window that is closed or longer than `longest` allows (the chain would refuse it later).
+fn check_window(
+    h: &Head,
+    what: &str,
+    network: &str,
+    expires_at: u64,
+    longest: u64,
+) -> Result<(), ServerError> {
+    if network != h.registry.genesis_hash {
+        return Err(ServerError::BadRequest(format!(
+            "the {what} is for network {network}; this registry's genesis is {}",
+            h.registry.genesis_hash
+        )));
+    }
+    let t = chain_time(h);
+    if expires_at < t {
+        return Err(ServerError::BadRequest(format!(
+            "the {what} expired at {expires_at}; it is now {t}"
+        )));
+    }
+    if expires_at > t + longest + registry_model::change::CLOCK_SKEW_SECS {
+        return Err(ServerError::BadRequest(format!(
+            "the {what} stays valid until {expires_at}, more than {longest} s from now ({t}); is the signer's clock ahead?"
+        )));
+    }
+    Ok(())
 }
 
 /// Replay and verify the stored log up to `to`: in place, signatures checked in parallel
@@ -401,8 +532,11 @@ fn replay(
             hash = c.hash();
             version = c.version;
         }
-        keys::verify_parallel(&sigs).map_err(|e| {
-            ServerError::Storage(format!("stored changes up to {version} do not verify: {e}"))
+        registry_model::keys::verify_parallel(&sigs).map_err(|e| {
+            ServerError::Storage(format!(
+                "stored change {} does not verify: {}",
+                e.version, e.error
+            ))
         })?;
         sigs.clear();
         from = end + 1;

@@ -50,17 +50,13 @@ fn net(freshness_secs: u64) -> Net {
 impl Net {
     /// Adopt an election (neurons 1 and 2: 70%).
     fn elect(&self, v: &str) {
-        let body = ProposalBody {
-            proposer: 1,
-            title: v.into(),
-            action: Action::ElectGuestos(Elected {
-                version: v.into(),
-                sha256: "ab".repeat(32),
-                size: None,
-                urls: vec!["http://m/x".into()],
-            }),
-            nonce: 0,
-        };
+        let action = Action::ElectGuestos(Elected {
+            version: v.into(),
+            sha256: "ab".repeat(32),
+            size: None,
+            urls: vec!["http://m/x".into()],
+        });
+        let body = self.server.new_proposal(1, v, action).unwrap();
         let p = self
             .server
             .submit_proposal(SignedProposal::sign(body, &self.gov.neurons[0]))
@@ -169,7 +165,7 @@ fn forged_change_is_refused() {
             e,
             ClientError::Invalid {
                 version: 2,
-                source: ModelError::BadSignature(_),
+                error: ModelError::BadSignature(_),
                 ..
             }
         ),
@@ -185,21 +181,17 @@ fn change_below_majority_is_refused_even_with_the_online_key() {
     n.elect("1.0.0");
     let m = n.mirror("m");
     let mut seg = read_segment(&m, 0);
-    let body = ProposalBody {
-        proposer: 4,
-        title: "evil".into(),
-        action: Action::ElectGuestos(Elected {
-            version: "6.6.6".into(),
-            sha256: "ee".repeat(32),
-            size: None,
-            urls: vec!["http://evil/x".into()],
-        }),
-        nonce: 1,
-    };
+    let action = Action::ElectGuestos(Elected {
+        version: "6.6.6".into(),
+        sha256: "ee".repeat(32),
+        size: None,
+        urls: vec!["http://evil/x".into()],
+    });
+    let body = n.server.new_proposal(4, "evil", action).unwrap();
     let evil = Change {
         version: 3,
         prev_hash: seg[1].hash(),
-        timestamp: 0,
+        timestamp: now(),
         evidence: Evidence::Proposal {
             id: 9,
             proposal: SignedProposal::sign(body, &n.gov.neurons[3]),
@@ -227,7 +219,7 @@ fn change_below_majority_is_refused_even_with_the_online_key() {
             e,
             ClientError::Invalid {
                 version: 3,
-                source: ModelError::NotAdopted {
+                error: ModelError::NotAdopted {
                     yes: 10,
                     total: 100
                 },
@@ -277,7 +269,7 @@ fn frozen_feed_is_refused() {
         matches!(
             e,
             ClientError::Freshness {
-                source: ModelError::Stale { head: 2, .. },
+                error: ModelError::Stale { head: 2, .. },
                 ..
             }
         ),
@@ -302,17 +294,13 @@ fn mix_and_match_of_two_histories_is_refused() {
     n.elect("1.1.0");
     let head_a = n.mirror("a");
     let other = registry_server::Registry::open(&copy, &n.gov.dir.join("online.key")).unwrap();
-    let body = ProposalBody {
-        proposer: 1,
-        title: "b".into(),
-        action: Action::ElectGuestos(Elected {
-            version: "2.0.0".into(),
-            sha256: "cd".repeat(32),
-            size: None,
-            urls: vec!["http://m/y".into()],
-        }),
-        nonce: 5,
-    };
+    let action = Action::ElectGuestos(Elected {
+        version: "2.0.0".into(),
+        sha256: "cd".repeat(32),
+        size: None,
+        urls: vec!["http://m/y".into()],
+    });
+    let body = other.new_proposal(1, "b", action).unwrap();
     let p = other
         .submit_proposal(SignedProposal::sign(body, &n.gov.neurons[0]))
         .unwrap();

@@ -61,12 +61,7 @@ impl Net {
         neuron: u64,
         action: Action,
     ) -> Result<registry_model::api::ProposalRecord, registry_client::ClientError> {
-        let body = ProposalBody {
-            proposer: neuron,
-            title: "test".into(),
-            action,
-            nonce: rand_nonce(),
-        };
+        let body = self.server.new_proposal(neuron, "test", action).unwrap();
         self.api.submit_proposal(&SignedProposal::sign(
             body,
             &self.gov.neurons[neuron as usize - 1],
@@ -92,13 +87,6 @@ impl Net {
     fn head(&self) -> u64 {
         self.server.head().0
     }
-}
-
-fn rand_nonce() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }
 
 fn err(r: Result<impl std::fmt::Debug, registry_client::ClientError>) -> String {
@@ -171,23 +159,13 @@ fn bad_requests_are_refused_and_nothing_is_stored() {
     ));
     assert!(e.contains("400") && e.contains("unknown node"), "{e}");
     // A proposal signed by a key that is not the proposer's.
-    let body = ProposalBody {
-        proposer: 2,
-        title: "forged".into(),
-        action: elect("2.0.0"),
-        nonce: 1,
-    };
+    let body = n.server.new_proposal(2, "forged", elect("2.0.0")).unwrap();
     let e = err(n
         .api
         .submit_proposal(&SignedProposal::sign(body, &n.gov.neurons[0])));
     assert!(e.contains("403") && e.contains("signature"), "{e}");
     // Unknown neuron.
-    let body = ProposalBody {
-        proposer: 77,
-        title: "x".into(),
-        action: elect("2.0.0"),
-        nonce: 1,
-    };
+    let body = n.server.new_proposal(77, "x", elect("2.0.0")).unwrap();
     let e = err(n
         .api
         .submit_proposal(&SignedProposal::sign(body, &n.gov.neurons[0])));
@@ -257,16 +235,16 @@ fn registrations_within_the_allowance_need_no_vote() {
     let n = net(3600);
     let (op_id, op_key) = &n.gov.operators[0];
     let reg = |key: &keys::SecretKey, nonce: u64| {
-        SignedRegistration::sign(
-            Registration {
-                operator: op_id.clone(),
-                node_public_key: keys::public_hex(&keys::generate()),
-                ipv6: format!("fd00::{nonce}"),
-                http_endpoint: "http://[fd00::10]:8080".into(),
-                nonce,
-            },
-            key,
-        )
+        let r = n
+            .server
+            .new_registration(
+                op_id,
+                keys::public_hex(&keys::generate()),
+                format!("fd00::{nonce}"),
+                "http://[fd00::10]:8080".into(),
+            )
+            .unwrap();
+        SignedRegistration::sign(r, key)
     };
     let e = err(n.api.register(&reg(&n.gov.neurons[0], 1)));
     assert!(e.contains("403"), "signed by the wrong key: {e}");
@@ -304,4 +282,131 @@ fn every_past_version_stays_readable() {
         .unwrap_err()
         .to_string()
         .contains("404"));
+}
+
+/// Decisions the server can tell are unusable are refused when they arrive, with a
+/// message the signer can act on (the chain would refuse them later anyway).
+#[test]
+fn proposals_and_registrations_for_elsewhere_or_outside_their_window_are_refused() {
+    let n = net(3600);
+    let submit = |f: &dyn Fn(&mut ProposalBody)| {
+        let mut body = n.server.new_proposal(1, "t", elect("3.0.0")).unwrap();
+        f(&mut body);
+        err(n
+            .api
+            .submit_proposal(&SignedProposal::sign(body, &n.gov.neurons[0])))
+    };
+    let e = submit(&|b| b.network = "ab".repeat(32));
+    assert!(e.contains("400") && e.contains("for network"), "{e}");
+    let e = submit(&|b| b.expires_at = 1000);
+    assert!(e.contains("400") && e.contains("expired at 1000"), "{e}");
+    let e = submit(&|b| b.expires_at += 86_400 * 365);
+    assert!(e.contains("400") && e.contains("clock ahead"), "{e}");
+    let e = submit(&|b| b.base_version = 50);
+    assert!(e.contains("400") && e.contains("head is version 1"), "{e}");
+    let (op_id, op_key) = &n.gov.operators[0];
+    let mut r = n
+        .server
+        .new_registration(
+            op_id,
+            keys::public_hex(&keys::generate()),
+            "fd00::5".into(),
+            "http://[fd00::5]:8080".into(),
+        )
+        .unwrap();
+    r.expires_at = 5;
+    let e = err(n.api.register(&SignedRegistration::sign(r, op_key)));
+    assert!(e.contains("400") && e.contains("expired at 5"), "{e}");
+    assert_eq!(n.head(), 1);
+    assert!(n.api.proposals().unwrap().is_empty());
+}
+
+/// Whatever goes wrong, the answer is JSON with an `error` naming it — also for what axum
+/// itself refuses (unknown paths, wrong methods, unparsable ids and queries).
+#[test]
+fn every_error_is_answered_as_json() {
+    let n = net(3600);
+    let call = |method: &str, path: &str| {
+        let r = ureq::request(method, &format!("{}{path}", n.base)).call();
+        let (code, resp) = match r {
+            Ok(r) => (r.status(), r),
+            Err(ureq::Error::Status(c, r)) => (c, r),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(resp.content_type(), "application/json", "{method} {path}");
+        let v: serde_json::Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+        (code, v["error"].as_str().unwrap_or_default().to_string())
+    };
+    let (c, e) = call("GET", "/v2/nothing");
+    assert_eq!(c, 404);
+    assert!(e.contains("/v2/nothing"), "{e}");
+    let (c, e) = call("GET", "/v1/proposals/abc");
+    assert_eq!(c, 400);
+    assert!(e.contains("`abc` is not a number"), "{e}");
+    let (c, e) = call("DELETE", "/v1/proposals");
+    assert_eq!(c, 405, "{e}");
+    assert!(!e.is_empty());
+    let (c, e) = call("GET", "/v1/changes?since=x");
+    assert_eq!(c, 400);
+    assert!(e.contains("`since` must be a number"), "{e}");
+    let (c, e) = call("GET", "/v1/segments/7.json");
+    assert_eq!(c, 404);
+    assert!(e.contains("segment 7"), "{e}");
+}
+
+#[test]
+fn one_neuron_cannot_flood_the_store_with_proposals() {
+    let n = net(3600);
+    for i in 0..registry_server::MAX_OPEN_PER_NEURON {
+        n.propose(4, elect(&format!("5.{i}.0"))).unwrap();
+    }
+    let e = err(n.propose(4, elect("5.99.0")));
+    assert!(e.contains("409") && e.contains("16 open proposals"), "{e}");
+    // Others are not affected.
+    n.propose(3, elect("5.99.0")).unwrap();
+}
+
+/// Historical snapshots replay the log from the genesis: a client asking for many at once
+/// gets at most two computed, the rest a 503 to retry, and the server keeps answering.
+#[test]
+fn historical_snapshots_are_computed_two_at_a_time() {
+    let n = net(3600);
+    for i in 0..300 {
+        n.propose(1, elect(&format!("7.{i}.0")))
+            .and_then(|p| n.vote(p.id, 2, Vote::Yes))
+            .unwrap();
+    }
+    let at = n.head() - 1;
+    let t = std::time::Instant::now();
+    n.server.snapshot(at).unwrap();
+    eprintln!("one replay of {at} versions: {:?}", t.elapsed());
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let results: Vec<_> = (0..8)
+        .map(|_| {
+            let (server, barrier) = (n.server.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                server.snapshot(at).map(|r| r.guestos_versions.len())
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(registry_server::ServerError::Busy(_))))
+        .count();
+    let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert!(
+        busy >= 1 && !ok.is_empty() && busy + ok.len() == 8,
+        "{results:?}"
+    );
+    assert!(ok.iter().all(|v| **v == 299));
+    let e = match ureq::get(&format!("{}/v1/snapshot?at=2", n.base)).call() {
+        Ok(r) => r.status().to_string(),
+        Err(ureq::Error::Status(c, r)) => format!("{c} {:?}", r.header("retry-after")),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(e == "200" || e == "503 Some(\"5\")", "{e}");
 }

@@ -160,15 +160,9 @@ impl State {
         title: &str,
         action: Action,
     ) -> Result<ProposalRecord, TestnetError> {
-        let body = ProposalBody {
-            proposer,
-            title: title.into(),
-            action,
-            nonce: nonce(),
-        };
         let mut r = self
             .api()
-            .submit_proposal(&SignedProposal::sign(body, &self.neuron_key(proposer)?))
+            .propose(&self.neuron_key(proposer)?, title, action)
             .map_err(|e| msg(e.to_string()))?;
         for v in voters {
             if r.status != ProposalStatus::Open {
@@ -232,13 +226,6 @@ impl State {
             .map_err(io("hashing the package"))?
             .0)
     }
-}
-
-fn nonce() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn free_port() -> Result<u16, TestnetError> {
