@@ -14,8 +14,6 @@ STABLE_PKGS=(
   debootstrap        # base root filesystem from Debian packages
   erofs-utils        # mkfs.erofs for read-only roots
   cryptsetup-bin     # veritysetup
-  dosfstools         # mkfs.vfat for the ESP and config partitions
-  mtools             # write files into FAT images without mounting
   gdisk              # sgdisk for GPT layouts
   systemd-boot-efi   # the systemd-boot EFI binary
   e2fsprogs          # mkfs.ext4

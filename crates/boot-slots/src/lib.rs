@@ -65,6 +65,29 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> EspError {
     move |source| EspError::Io { what, source }
 }
 
+/// A FAT file system filling a file or a block device (config partitions and disks), opened
+/// for reading and writing. One way to open them, whatever their size is or where it is known.
+pub fn open_fat(
+    path: &std::path::Path,
+) -> Result<Esp<disk_layout::Window<std::fs::File>>, EspError> {
+    let what = || format!("{}", path.display());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(what()))?;
+    Esp::open(disk_layout::Window::whole(f).map_err(io_err(what()))?)
+}
+
+/// [`open_fat`] without write access (nothing can be changed through it).
+pub fn open_fat_read_only(
+    path: &std::path::Path,
+) -> Result<Esp<disk_layout::Window<disk_layout::ReadOnly<std::fs::File>>>, EspError> {
+    let what = || format!("{}", path.display());
+    let f = std::fs::File::open(path).map_err(io_err(what()))?;
+    Esp::open(disk_layout::Window::whole(disk_layout::ReadOnly(f)).map_err(io_err(what()))?)
+}
+
 /// Every file gets the same valid timestamp, 1980-01-01 00:00:00, so an ESP made from the same
 /// files is byte-identical. (fatfs's own fallback without a clock is "month 0, day 0", which
 /// the UEFI FAT driver rejects when systemd-boot renames an entry to count a boot try.)

@@ -13,6 +13,13 @@ pub struct Window<F> {
 }
 
 impl<F: Seek> Window<F> {
+    /// All of `inner` (a file or a block device: its length is found by seeking to its end,
+    /// which works for both).
+    pub fn whole(mut inner: F) -> io::Result<Self> {
+        let len = inner.seek(SeekFrom::End(0))?;
+        Ok(Window::new(inner, 0, len))
+    }
+
     pub fn new(inner: F, start: u64, len: u64) -> Self {
         Window {
             inner,

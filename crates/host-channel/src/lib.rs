@@ -14,12 +14,12 @@
 //! [`Client`] is the guest side.
 //!
 //! ```
-//! use host_channel::{Client, Host, Limits, Reply, Request, Server, UpgradeAnswer};
+//! use host_channel::{Client, Host, Limits, Refusal, Reply, Request, Server, UpgradeAnswer};
 //! struct H;
 //! impl Host for H {
 //!     fn hostos_version(&self) -> String { "1.0.0".into() }
 //!     fn notify(&self, _m: &str) {}
-//!     fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, String> { Ok(UpgradeAnswer::UpToDate { version: "1.0.0".into() }) }
+//!     fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, Refusal> { Ok(UpgradeAnswer::UpToDate { version: "1.0.0".into() }) }
 //! }
 //! let mut server = Server::new(H, Limits::default());
 //! let input = b"{\"v\":1,\"id\":1,\"req\":{\"type\":\"hostos-version\"}}\n".to_vec();
@@ -106,11 +106,16 @@ struct AnswerLine {
     err: Option<String>,
 }
 
+/// Why the host did not do what the guest asked; its text is what the guest is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
 /// What the host does for each request.
 pub trait Host {
     fn hostos_version(&self) -> String;
     fn notify(&self, message: &str);
-    fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, String>;
+    fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, Refusal>;
     /// Called after every answer with the server's counters (for status and metrics).
     fn answered(&self, _stats: &Stats) {}
 }
@@ -143,7 +148,8 @@ struct Bucket {
 }
 
 /// Counters of what the server did (for status and metrics).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     pub answered: u64,
     pub errors: u64,
@@ -279,9 +285,11 @@ impl<H: Host> Server<H> {
                     Ok(Reply::Notified)
                 }
             }
-            Request::RequestHostosUpgrade {} => {
-                self.host.request_hostos_upgrade().map(Reply::HostosUpgrade)
-            }
+            Request::RequestHostosUpgrade {} => self
+                .host
+                .request_hostos_upgrade()
+                .map(Reply::HostosUpgrade)
+                .map_err(|r| r.0),
         };
         (id, result)
     }
@@ -457,7 +465,7 @@ mod tests {
         fn notify(&self, m: &str) {
             self.notes.borrow_mut().push(m.to_string());
         }
-        fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, String> {
+        fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, Refusal> {
             Ok(UpgradeAnswer::Started {
                 version: "1.1.0".into(),
             })

@@ -4,7 +4,7 @@
 use crate::config::HostosConfig;
 use crate::upgrader::Upgrader;
 use crate::Shared;
-use host_channel::{Host, Limits, Server, UpgradeAnswer};
+use host_channel::{Host, Limits, Refusal, Server, UpgradeAnswer};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,14 +39,17 @@ impl Host for HostHandle {
 
     fn notify(&self, message: &str) {
         tracing::info!("guest notify: {message}");
-        crate::console(&self.0.cfg, &format!("GUESTOS NOTIFY: {message}"));
+        crate::console(&self.0.cfg).line(&format!("GUESTOS NOTIFY: {message}"));
         let mut s = self.0.shared.lock().expect("status lock");
         s.notifications += 1;
         s.last_notification = Some(message.to_string());
     }
 
-    fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, String> {
-        self.0.upgrader.request()
+    fn request_hostos_upgrade(&self) -> Result<UpgradeAnswer, Refusal> {
+        self.0
+            .upgrader
+            .request()
+            .map_err(|e| Refusal(e.to_string()))
     }
 
     fn answered(&self, stats: &host_channel::Stats) {

@@ -9,6 +9,26 @@ use std::path::{Path, PathBuf};
 
 pub const CONFIG_FILE: &str = "hostos.toml";
 
+/// The disk HostOS runs from, for its self-upgrades.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostosDisk {
+    /// The booted system (`hostos_disk = "running"`): install, activate, reboot.
+    Running,
+    /// A disk image (tests, offline servicing): install and activate only.
+    Image(PathBuf),
+}
+
+impl HostosDisk {
+    fn parse(s: &str) -> HostosDisk {
+        if s == "running" {
+            HostosDisk::Running
+        } else {
+            HostosDisk::Image(PathBuf::from(s))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RegistryConfig {
     pub urls: Vec<String>,
@@ -31,8 +51,8 @@ pub struct HostosConfig {
     /// Development: host TCP ports forwarded to the guest (`HOST:GUEST`).
     pub forwards: Vec<(u16, u16)>,
     pub registry: Option<RegistryConfig>,
-    /// The disk HostOS runs from, for self-upgrades; `running` = the booted system.
-    pub hostos_disk: Option<String>,
+    /// The disk HostOS runs from, for self-upgrades (absent: no self-upgrade).
+    pub hostos_disk: Option<HostosDisk>,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     /// Print guest notifications and status lines on /dev/console.
@@ -236,7 +256,9 @@ impl HostosConfig {
             max_restarts: r.number("guest.max_restarts", 10, 1, 1000) as u32,
             forwards,
             registry,
-            hostos_disk: r.string("upgrade.hostos_disk"),
+            hostos_disk: r
+                .string("upgrade.hostos_disk")
+                .map(|d| HostosDisk::parse(&d)),
             state_dir: r
                 .string("agent.state_dir")
                 .map(PathBuf::from)
@@ -272,8 +294,7 @@ impl HostosConfig {
     /// HostOS image the GuestOS disk is its `guestos` partition), with the error recorded so
     /// the agent still brings up what it can and says what was wrong.
     pub fn fallback(error: &ConfigError) -> HostosConfig {
-        let on_hostos = std::fs::read_to_string("/usr/lib/icos/release")
-            .is_ok_and(|t| t.contains("IMAGE=hostos"));
+        let on_hostos = daemon_support::release::Release::running_version_of("hostos").is_some();
         let text = if on_hostos {
             "[guest]\ndisk = \"/dev/disk/by-partlabel/guestos\"\n[agent]\nconsole = true\n"
         } else {
@@ -295,24 +316,14 @@ impl HostosConfig {
 
     /// Read `hostos.toml` from a FAT config partition (a block device or an image file).
     pub fn load_from_fat(device: &Path) -> Result<HostosConfig, ConfigError> {
+        let origin = format!("{}:{CONFIG_FILE}", device.display());
         let err = |message: String| ConfigError::Read {
-            path: format!("{}:{CONFIG_FILE}", device.display()),
+            path: origin.clone(),
             message,
         };
-        let f = std::fs::File::open(device).map_err(|e| err(e.to_string()))?;
-        let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
-        let len = if len == 0 {
-            block_device_size(device).unwrap_or(0)
-        } else {
-            len
-        };
-        let fat = boot_slots::Esp::open(disk_layout::Window::new(disk_layout::ReadOnly(f), 0, len))
-            .map_err(|e| err(e.to_string()))?;
+        let fat = boot_slots::open_fat_read_only(device).map_err(|e| err(e.to_string()))?;
         let bytes = fat.read_file(CONFIG_FILE).map_err(|e| err(e.to_string()))?;
-        Self::parse(
-            &String::from_utf8_lossy(&bytes),
-            &format!("{}:{CONFIG_FILE}", device.display()),
-        )
+        Self::parse(&String::from_utf8_lossy(&bytes), &origin)
     }
 
     /// The GuestOS VM's MAC address.
@@ -337,20 +348,6 @@ impl HostosConfig {
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| node_identity::local_ipv6(&self.guest_mac()))
     }
-}
-
-fn block_device_size(dev: &Path) -> Option<u64> {
-    let name = std::fs::canonicalize(dev)
-        .ok()?
-        .file_name()?
-        .to_string_lossy()
-        .into_owned();
-    let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(sectors * 512)
 }
 
 #[cfg(test)]

@@ -26,68 +26,27 @@ pub mod supervisor;
 pub mod upgrader;
 
 use config::HostosConfig;
-use serde::Serialize;
+pub use node_status::hostos::{AgentStatus, GuestState, GuestStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct GuestStatus {
-    /// not-configured, booting, running, restarting, stopping, stopped, gave-up
-    pub state: String,
-    pub version: Option<String>,
-    pub slot: Option<String>,
-    pub pid: Option<u32>,
-    pub accel: String,
-    pub restarts: u64,
-    pub consecutive_failures: u32,
-    pub last_error: Option<String>,
-    pub started_at_unix: Option<u64>,
-    pub booted_at_unix: Option<u64>,
-    pub boot_secs: Option<f64>,
-    pub serial_log: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct AgentStatus {
-    pub hostos_version: String,
-    pub guest: GuestStatus,
-    pub config_problems: Vec<String>,
-    pub channel: host_channel::Stats,
-    pub notifications: u64,
-    pub last_notification: Option<String>,
-    pub upgrade: upgrader::UpgradeStatus,
-}
-
+/// The status the agent publishes; written by its parts, read by the HTTP endpoint. No
+/// decision is taken from it.
 pub type Shared = Arc<Mutex<AgentStatus>>;
-
-#[allow(non_snake_case)]
-pub(crate) fn UNIX_NOW() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// The running HostOS version: the image's release file, else the config (development).
 pub fn hostos_version(cfg: &HostosConfig) -> String {
-    if let Ok(text) = std::fs::read_to_string("/usr/lib/icos/release") {
-        if text.contains("IMAGE=hostos") {
-            if let Some(v) = text.lines().find_map(|l| l.strip_prefix("VERSION=")) {
-                return v.trim().to_string();
-            }
-        }
-    }
-    cfg.hostos_version.clone().unwrap_or_else(|| "dev".into())
+    daemon_support::release::Release::running_version_of("hostos")
+        .or_else(|| cfg.hostos_version.clone())
+        .unwrap_or_else(|| "dev".into())
 }
 
-/// A line on the host console (when configured) and in the log.
-pub(crate) fn console(cfg: &HostosConfig, line: &str) {
-    tracing::info!("{line}");
+/// Where the agent's status lines go: the log, and the console when configured.
+pub(crate) fn console(cfg: &HostosConfig) -> daemon_support::Console {
     if cfg.console {
-        use std::io::Write;
-        if let Ok(mut c) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
-            let _ = writeln!(c, "{line}");
-        }
+        daemon_support::Console::system()
+    } else {
+        daemon_support::Console::log_only()
     }
 }
 
@@ -104,16 +63,12 @@ impl Agent {
     pub fn start(cfg: HostosConfig) -> std::io::Result<Agent> {
         for p in &cfg.problems {
             tracing::warn!("HostOS config: {p}");
-            console(&cfg, &format!("HOSTOS CONFIG PROBLEM {p}"));
+            console(&cfg).line(&format!("HOSTOS CONFIG PROBLEM {p}"));
         }
         std::fs::create_dir_all(&cfg.state_dir)?;
         let shared: Shared = Arc::new(Mutex::new(AgentStatus {
             hostos_version: hostos_version(&cfg),
             config_problems: cfg.problems.clone(),
-            guest: GuestStatus {
-                state: "starting".into(),
-                ..Default::default()
-            },
             ..Default::default()
         }));
         let upgrader = Arc::new(upgrader::Upgrader::new(cfg.clone(), shared.clone()));
@@ -160,14 +115,14 @@ impl Drop for Agent {
 
 /// Prometheus text for an agent status.
 pub fn metrics(s: &AgentStatus) -> String {
-    let mut o = upgrade_engine::metrics::Exposition::default();
+    let mut o = daemon_support::metrics::Exposition::default();
     let g = &s.guest;
     o.single(
         "icos_hostos_guest_running",
         "gauge",
         "1 while the GuestOS VM has reported a successful boot.",
         &[],
-        u8::from(g.state == "running"),
+        u8::from(g.state == GuestState::Running),
     );
     o.single(
         "icos_hostos_guest_restarts_total",
@@ -184,7 +139,7 @@ pub fn metrics(s: &AgentStatus) -> String {
         &[
             ("hostos_version", &s.hostos_version),
             ("guestos_version", g.version.as_deref().unwrap_or("")),
-            ("guestos_slot", g.slot.as_deref().unwrap_or("")),
+            ("guestos_slot", g.slot.map(|s| s.as_str()).unwrap_or("")),
         ],
         1,
     );

@@ -2,24 +2,60 @@
 //! the HostOS version governance assigned to this node, its elected SHA-256 and URLs. A
 //! request (from the guest over the channel, or from the operator) can only start that.
 
-use crate::config::HostosConfig;
+use crate::config::{HostosConfig, HostosDisk};
 use crate::Shared;
 use host_channel::UpgradeAnswer;
+use node_status::hostos::HostosUpgradeResult;
 use registry_model::Elected;
-use serde::Serialize;
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct UpgradeStatus {
-    pub in_progress: Option<String>,
-    pub last_result: Option<String>,
-    pub requests: u64,
+/// Why a HostOS upgrade request did not start an upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeRefused {
+    #[error(
+        "this host has no registry configured (fields `registry.urls` and `registry.genesis_hash`)"
+    )]
+    NoRegistry,
+    #[error("cannot open the registry cache: {0}")]
+    Cache(registry_client::ClientError),
+    #[error("cannot sync the registry: {0}")]
+    Sync(registry_client::ClientError),
+    #[error(transparent)]
+    Node(#[from] NodeLookupError),
+    #[error("the registry assigns no HostOS version to node {0}")]
+    NotAssigned(String),
+    #[error("this host cannot upgrade itself (field `upgrade.hostos_disk` is not set; development mode)")]
+    NoDisk,
+}
+
+/// This host's node could not be told from the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeLookupError {
+    #[error("no registered node has this host's GuestOS address {0} (field `node.node_id` not set; has the guest registered?)")]
+    NotFound(std::net::Ipv6Addr),
+    #[error(
+        "several nodes claim this host's GuestOS address {addr}: {nodes:?}; set `node.node_id`"
+    )]
+    Ambiguous {
+        addr: std::net::Ipv6Addr,
+        nodes: Vec<String>,
+    },
+}
+
+/// Why an upgrade that started did not finish.
+#[derive(Debug, thiserror::Error)]
+enum InstallFailed {
+    #[error(transparent)]
+    Open(#[from] upgrade_engine::EngineError),
+    #[error(transparent)]
+    Install(#[from] upgrade_engine::elected::ElectedError),
 }
 
 pub struct Upgrader {
     cfg: HostosConfig,
     shared: Shared,
-    /// The version being installed, while an install runs.
+    /// The version being installed, while an install runs (the agent's own state; the
+    /// status only shows it).
     busy: Arc<Mutex<Option<String>>>,
 }
 
@@ -33,25 +69,44 @@ impl Upgrader {
     }
 
     /// Look up the assigned HostOS version; start installing it if this host runs another.
-    pub fn request(&self) -> Result<UpgradeAnswer, String> {
+    pub fn request(&self) -> Result<UpgradeAnswer, UpgradeRefused> {
         self.shared.lock().expect("status lock").upgrade.requests += 1;
         if let Some(v) = self.busy.lock().expect("busy lock").clone() {
             return Ok(UpgradeAnswer::InProgress { version: v });
         }
+        let (node, target) = self.assigned()?;
+        let current = crate::hostos_version(&self.cfg);
+        if target.version == current {
+            return Ok(UpgradeAnswer::UpToDate { version: current });
+        }
+        let disk = self.cfg.hostos_disk.clone().ok_or(UpgradeRefused::NoDisk)?;
+        let version = target.version.clone();
+        *self.busy.lock().expect("busy lock") = Some(version.clone());
+        self.shared.lock().expect("status lock").upgrade.in_progress = Some(version.clone());
+        let (shared, cfg, busy) = (self.shared.clone(), self.cfg.clone(), self.busy.clone());
+        std::thread::spawn(move || {
+            let result = install(&disk, &target, &node);
+            finish(&cfg, &shared, &target.version, &disk, result);
+            *busy.lock().expect("busy lock") = None;
+        });
+        Ok(UpgradeAnswer::Started { version })
+    }
+
+    /// This node and the HostOS version governance assigned it, from a fresh sync of this
+    /// host's own verified registry view.
+    fn assigned(&self) -> Result<(String, Elected), UpgradeRefused> {
         let reg = self
             .cfg
             .registry
             .as_ref()
-            .ok_or("this host has no registry configured (fields `registry.urls` and `registry.genesis_hash`)")?;
+            .ok_or(UpgradeRefused::NoRegistry)?;
         let mut client = registry_client::Client::open(registry_client::ClientConfig::new(
             reg.urls.clone(),
             &reg.genesis_hash,
             self.cfg.state_dir.join("registry"),
         ))
-        .map_err(|e| e.to_string())?;
-        client
-            .sync()
-            .map_err(|e| format!("cannot sync the registry: {e}"))?;
+        .map_err(UpgradeRefused::Cache)?;
+        client.sync().map_err(UpgradeRefused::Sync)?;
         let node = match &self.cfg.node_id {
             Some(id) => id.clone(),
             None => node_of_guest(client.registry(), self.cfg.guest_registered_ipv6())?,
@@ -60,42 +115,40 @@ impl Upgrader {
             .registry()
             .hostos_for_node(&node)
             .cloned()
-            .ok_or_else(|| format!("the registry assigns no HostOS version to node {node}"))?;
-        let current = crate::hostos_version(&self.cfg);
-        if target.version == current {
-            return Ok(UpgradeAnswer::UpToDate { version: current });
-        }
-        let disk = self
-            .cfg
-            .hostos_disk
-            .clone()
-            .ok_or("this host cannot upgrade itself (field `upgrade.hostos_disk` is not set; development mode)")?;
-        *self.busy.lock().expect("busy lock") = Some(target.version.clone());
-        self.shared.lock().expect("status lock").upgrade.in_progress = Some(target.version.clone());
-        let version = target.version.clone();
-        let (shared, cfg, busy) = (self.shared.clone(), self.cfg.clone(), self.busy.clone());
-        std::thread::spawn(move || {
-            let result = install(&disk, &target, &node);
-            let msg = match &result {
-                Ok(()) => format!("HostOS {} installed and activated", target.version),
-                Err(e) => format!("HostOS upgrade to {} failed: {e}", target.version),
-            };
-            tracing::info!("{msg}");
-            crate::console(&cfg, &format!("HOSTOS UPGRADE {msg}"));
-            {
-                let mut s = shared.lock().expect("status lock");
-                s.upgrade.in_progress = None;
-                s.upgrade.last_result = Some(msg);
-            }
-            *busy.lock().expect("busy lock") = None;
-            if result.is_ok() && disk == "running" {
-                crate::console(&cfg, "HOSTOS UPGRADE rebooting into the new version");
-                let _ = std::process::Command::new("systemctl")
-                    .arg("reboot")
-                    .status();
-            }
+            .ok_or_else(|| UpgradeRefused::NotAssigned(node.clone()))?;
+        Ok((node, target))
+    }
+}
+
+/// Say how it went, and reboot into a new HostOS on the running system.
+fn finish(
+    cfg: &HostosConfig,
+    shared: &Shared,
+    version: &str,
+    disk: &HostosDisk,
+    result: Result<(), InstallFailed>,
+) {
+    let (ok, message) = match &result {
+        Ok(()) => (true, format!("HostOS {version} installed and activated")),
+        Err(e) => (false, format!("HostOS upgrade to {version} failed: {e}")),
+    };
+    tracing::info!("{message}");
+    let console = crate::console(cfg);
+    console.line(&format!("HOSTOS UPGRADE {message}"));
+    {
+        let mut s = shared.lock().expect("status lock");
+        s.upgrade.in_progress = None;
+        s.upgrade.last_result = Some(HostosUpgradeResult {
+            version: version.to_string(),
+            ok,
+            message,
         });
-        Ok(UpgradeAnswer::Started { version })
+    }
+    if ok && *disk == HostosDisk::Running {
+        console.line("HOSTOS UPGRADE rebooting into the new version");
+        if let Err(e) = daemon_support::reboot() {
+            console.line(&format!("HOSTOS UPGRADE cannot reboot: {e}"));
+        }
     }
 }
 
@@ -106,58 +159,33 @@ impl Upgrader {
 pub fn node_of_guest(
     reg: &registry_model::Registry,
     addr: std::net::Ipv6Addr,
-) -> Result<String, String> {
-    let found: Vec<&String> = reg.nodes_with_ipv6(addr).map(|n| &n.id).collect();
+) -> Result<String, NodeLookupError> {
+    let found: Vec<String> = reg.nodes_with_ipv6(addr).map(|n| n.id.clone()).collect();
     match found.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(format!(
-            "no registered node has this host's GuestOS address {addr} (field `node.node_id` not set; has the guest registered?)"
-        )),
-        many => Err(format!(
-            "several nodes claim this host's GuestOS address {addr}: {many:?}; set `node.node_id`"
-        )),
+        [one] => Ok(one.clone()),
+        [] => Err(NodeLookupError::NotFound(addr)),
+        _ => Err(NodeLookupError::Ambiguous { addr, nodes: found }),
     }
 }
 
-fn install(disk: &str, target: &Elected, node: &str) -> Result<(), String> {
-    let mut engine = if disk == "running" {
-        upgrade_engine::Engine::open_running()
-    } else {
-        upgrade_engine::Engine::open_disk(std::path::Path::new(disk))
-    }
-    .map_err(|e| e.to_string())?;
-    install_elected(&mut engine, target, node)
-}
-
-/// Install an elected package into the inactive slot and give it 3 tries: URLs in this
-/// node's mirror order, the next one on any error (unreachable, truncated, wrong SHA-256).
-/// The error lists what every URL answered.
-pub fn install_elected(
-    engine: &mut upgrade_engine::Engine,
-    target: &Elected,
-    node: &str,
-) -> Result<(), String> {
-    if target.urls.is_empty() {
-        return Err(format!("elected version {} has no URLs", target.version));
-    }
-    let mut errors = Vec::new();
-    for url in target.urls_for(node) {
-        let result = upgrade_engine::source::open(url)
-            .map_err(|e| e.to_string())
-            .and_then(|mut src| {
-                engine
-                    .install(&mut src.reader, &target.sha256)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(_) => return engine.activate(3).map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => {
-                tracing::warn!("{url}: {e}");
-                errors.push(format!("{url}: {e}"));
-            }
-        }
-    }
-    Err(errors.join("; "))
+fn install(disk: &HostosDisk, target: &Elected, node: &str) -> Result<(), InstallFailed> {
+    let mut engine = match disk {
+        HostosDisk::Running => upgrade_engine::Engine::open_running()?,
+        HostosDisk::Image(path) => upgrade_engine::Engine::open_disk(path)?,
+    };
+    let urls: Vec<&str> = target
+        .urls_for(node)
+        .into_iter()
+        .map(String::as_str)
+        .collect();
+    upgrade_engine::elected::install_elected(
+        &mut engine,
+        &target.version,
+        &urls,
+        &target.sha256,
+        3,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -179,7 +207,7 @@ mod tests {
     fn a_host_finds_its_node_by_its_guest_address_only() {
         let mut reg = registry_model::Registry::default();
         let mine: std::net::Ipv6Addr = "fd00::6801:2ff:fe03:405".parse().unwrap();
-        let e = node_of_guest(&reg, mine).unwrap_err();
+        let e = node_of_guest(&reg, mine).unwrap_err().to_string();
         assert!(e.contains("has the guest registered"), "{e}");
         reg.nodes.insert("node-a".into(), node("node-a", "fd00::1"));
         // Written differently, same address: still found.
@@ -190,7 +218,7 @@ mod tests {
         assert_eq!(node_of_guest(&reg, mine).unwrap(), "node-b");
         reg.nodes
             .insert("node-c".into(), node("node-c", "fd00::6801:2ff:fe03:405"));
-        let e = node_of_guest(&reg, mine).unwrap_err();
+        let e = node_of_guest(&reg, mine).unwrap_err().to_string();
         assert!(e.contains("several nodes") && e.contains("node-c"), "{e}");
     }
 }

@@ -23,7 +23,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, BenchError> {
 }
 
 /// Make a package of about `root_mib` MiB and a disk to install it into.
-pub fn make_fixture(work: &Path, root_mib: u64) -> Result<(PathBuf, String, PathBuf), BenchError> {
+pub fn make_fixture(
+    work: &Path,
+    root_mib: u64,
+) -> Result<(PathBuf, update_package::Sha256Hex, PathBuf), BenchError> {
     std::fs::create_dir_all(work).map_err(io("creating", work))?;
     let root = work.join("root.img");
     let data_len = root_mib << 20;
@@ -64,8 +67,15 @@ pub fn make_fixture(work: &Path, root_mib: u64) -> Result<(PathBuf, String, Path
     )?;
     let root_hash = text
         .lines()
-        .find_map(|l| l.strip_prefix("Root hash:").map(|h| h.trim().to_string()))
-        .unwrap_or_default();
+        .find_map(|l| {
+            l.strip_prefix("Root hash:")
+                .and_then(|h| h.trim().parse().ok())
+        })
+        .ok_or_else(|| BenchError::Io {
+            what: "reading the root hash veritysetup printed for",
+            path: root.clone(),
+            source: std::io::Error::other(text.clone()),
+        })?;
     let kernel = work.join("vmlinuz");
     let initrd = work.join("initrd.img");
     std::fs::write(&kernel, vec![0x4bu8; 8 << 20]).map_err(io("writing", &kernel))?;
@@ -259,7 +269,7 @@ pub fn install_benchmark(
                 .arg("install")
                 .arg(&pkg)
                 .arg("--sha256")
-                .arg(&sha),
+                .arg(sha.as_str()),
         )
         .map_err(io("running", icos))?;
         let ours = t.elapsed().as_secs_f64();

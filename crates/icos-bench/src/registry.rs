@@ -80,7 +80,7 @@ fn populate(
         if i.is_multiple_of(2) {
             let action = Action::ElectGuestos(Elected {
                 version: format!("{i}.0.0"),
-                sha256: "ab".repeat(32),
+                sha256: "ab".repeat(32).parse().unwrap(),
                 size: None,
                 urls: vec!["http://mirror/x".into()],
             });
@@ -179,7 +179,7 @@ pub fn registry_benchmark(work: &Path, versions: u64) -> Result<RegistryBench, B
     for i in 0..20u64 {
         let action = Action::ElectHostos(Elected {
             version: format!("h{i}"),
-            sha256: "cd".repeat(32),
+            sha256: "cd".repeat(32).parse().unwrap(),
             size: None,
             urls: vec!["http://m/h".into()],
         });

@@ -61,14 +61,11 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()
 }
 
 fn settled(rows: &[NodeRow], version: &str) -> bool {
-    rows.iter()
-        .all(|r| r.guestos == version && r.confirmed && r.vm == "running")
+    rows.iter().all(|r| r.runs_confirmed(version))
 }
 
 fn boot_id(r: &NodeRow) -> Option<String> {
-    r.orchestrator
-        .as_ref()
-        .and_then(|o| o["boot_id"].as_str().map(str::to_string))
+    r.orchestrator.as_ref().map(|o| o.boot_id.clone())
 }
 
 /// One plain reboot (reset) of node 1's VM, in seconds.
@@ -86,7 +83,9 @@ fn reboot(state: &State) -> Result<f64, BenchError> {
         Duration::from_secs(900),
         || {
             testnet::status(state).first().is_some_and(|r| {
-                boot_id(r).is_some_and(|b| b != before) && r.confirmed && r.vm == "running"
+                boot_id(r).is_some_and(|b| b != before)
+                    && r.running()
+                    && r.orchestrator.as_ref().is_some_and(|o| o.confirmed)
             })
         },
     )?;
@@ -146,7 +145,10 @@ pub fn rollout_benchmark(
         return Err(fail(format!("deploy proposal not adopted: {}", r.status)));
     }
     let results = testnet::follow(&state, "subnet-1", &p.to, Duration::from_secs(1800), report)?;
-    if let Some(bad) = results.iter().find(|r| r.outcome != "confirmed") {
+    if let Some(bad) = results
+        .iter()
+        .find(|r| r.outcome != testnet::RolloutOutcome::Confirmed)
+    {
         return Err(fail(format!("{}: {}", bad.node, bad.outcome)));
     }
     let rollout_secs = results.iter().map(|r| r.seconds).fold(0.0, f64::max);

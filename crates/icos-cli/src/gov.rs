@@ -59,8 +59,9 @@ pub enum GovCmd {
 pub struct ElectArgs {
     #[arg(long)]
     version: String,
+    /// SHA-256 of the update package (64 hex digits).
     #[arg(long)]
-    sha256: String,
+    sha256: update_package::Sha256Hex,
     /// Download URL (repeatable).
     #[arg(long = "url", required = true)]
     urls: Vec<String>,

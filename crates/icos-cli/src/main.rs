@@ -1,8 +1,6 @@
 //! `icos`: the command-line entry point. Thin: parses arguments and calls the libraries.
 
 mod gov;
-mod node;
-mod report;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -25,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// What runs on a node (the same commands as the node binary).
+    #[command(flatten)]
+    Node(node_cli::NodeCmd),
     /// Build a disk image (and update package) from its recipe.
     Build(BuildArgs),
     /// Run images in QEMU.
@@ -42,11 +43,6 @@ enum Cmd {
         #[command(subcommand)]
         cmd: gov::RegistryCmd,
     },
-    /// The HostOS agent: run it, ask it for status.
-    Hostos {
-        #[command(subcommand)]
-        cmd: node::HostosCmd,
-    },
     /// A whole network on this machine.
     Testnet {
         #[command(subcommand)]
@@ -54,31 +50,6 @@ enum Cmd {
         /// The testnet's folder.
         #[arg(long, global = true, default_value = "out/testnet")]
         dir: PathBuf,
-    },
-    /// The GuestOS orchestrator.
-    Orchestrator {
-        #[command(subcommand)]
-        cmd: node::OrchestratorCmd,
-    },
-    /// Guest side of the host-guest channel.
-    Channel {
-        #[command(subcommand)]
-        cmd: node::ChannelCmd,
-        /// The channel device (virtio-serial port).
-        #[arg(
-            long,
-            global = true,
-            default_value = "/dev/virtio-ports/org.icos.host.0"
-        )]
-        device: PathBuf,
-    },
-    /// The A/B upgrade engine (on the running system, or on a disk image with --disk).
-    Upgrade {
-        #[command(subcommand)]
-        cmd: UpgradeCmd,
-        /// Act on this disk image instead of the running system.
-        #[arg(long, global = true)]
-        disk: Option<PathBuf>,
     },
     /// Benchmarks (each runs a baseline in the same run and prints the ratio).
     Bench {
@@ -135,58 +106,6 @@ enum TestnetCmd {
     },
     /// Stop everything the testnet started.
     Down,
-}
-
-#[derive(Subcommand)]
-enum UpgradeCmd {
-    /// Stream an update package (file or http(s) URL) into the inactive slot.
-    Install {
-        package: String,
-        /// SHA-256 the package must have (as elected).
-        #[arg(long)]
-        sha256: String,
-    },
-    /// Running slot, version in each slot, tries left, pending state, last results.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make the installed slot boot next (on trial).
-    Activate {
-        /// Boot attempts before systemd-boot falls back to the current slot.
-        #[arg(long, default_value_t = 3)]
-        tries: u32,
-        /// Reboot right away (running system only).
-        #[arg(long)]
-        reboot: bool,
-    },
-    /// Confirm the running slot once healthy; roll back (and reboot) if it is not.
-    Confirm {
-        /// Health config (default: /usr/lib/icos/health.json on a running system).
-        #[arg(long)]
-        health_config: Option<PathBuf>,
-        /// Extra health command that must exit 0.
-        #[arg(long)]
-        health_cmd: Option<String>,
-        /// Extra URL that must answer 2xx.
-        #[arg(long)]
-        health_url: Option<String>,
-        /// Seconds to become healthy before rolling back.
-        #[arg(long)]
-        deadline: Option<u64>,
-        /// Do not reboot after a rollback.
-        #[arg(long)]
-        no_reboot: bool,
-    },
-    /// Switch to the other slot now (reboots a running system unless --no-reboot).
-    Rollback {
-        #[arg(long, default_value = "rollback requested by the operator")]
-        reason: String,
-        #[arg(long)]
-        no_reboot: bool,
-    },
-    /// Prometheus metrics (text format).
-    Metrics,
 }
 
 #[derive(Subcommand)]
@@ -324,17 +243,8 @@ fn parse_sizes(list: &[String]) -> Result<BTreeMap<String, u64>> {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(cli) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("error: {}", report::report(&e));
-            std::process::exit(1);
-        }
-    }
+    node_cli::init_logging(&cli.log);
+    node_cli::exit(run(cli));
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -359,12 +269,9 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Vm { cmd: VmCmd::Run(a) } => vm_run(a),
-        Cmd::Upgrade { cmd, disk } => upgrade(cmd, disk),
+        Cmd::Node(cmd) => node_cli::run(cmd),
         Cmd::Gov { cmd } => gov::gov(cmd),
-        Cmd::Hostos { cmd } => node::hostos(cmd),
-        Cmd::Orchestrator { cmd } => node::orchestrator(cmd),
         Cmd::Testnet { cmd, dir } => testnet_cmd(cmd, dir),
-        Cmd::Channel { cmd, device } => node::channel(cmd, device),
         Cmd::Registry { cmd } => gov::registry(cmd),
         Cmd::Bench {
             cmd: BenchCmd::Registry { versions, work },
@@ -576,186 +483,6 @@ fn vm_run(a: VmRunArgs) -> Result<i32> {
     Ok(code)
 }
 
-fn open_engine(disk: &Option<PathBuf>) -> Result<upgrade_engine::Engine> {
-    Ok(match disk {
-        Some(d) => upgrade_engine::Engine::open_disk(d)
-            .with_context(|| format!("opening {}", d.display()))?,
-        None => {
-            upgrade_engine::Engine::open_running().context("opening the running system's disk")?
-        }
-    })
-}
-
-fn reboot() -> Result<()> {
-    eprintln!("icos upgrade: rebooting");
-    let st = std::process::Command::new("systemctl")
-        .arg("reboot")
-        .status()
-        .context("running systemctl reboot")?;
-    if !st.success() {
-        bail!("systemctl reboot failed: {st}");
-    }
-    Ok(())
-}
-
-fn upgrade(cmd: UpgradeCmd, disk: Option<PathBuf>) -> Result<i32> {
-    let running = disk.is_none();
-    let mut engine = open_engine(&disk)?;
-    let result = match cmd {
-        UpgradeCmd::Install { package, sha256 } => {
-            let mut src = upgrade_engine::source::open(&package)?;
-            let r = engine
-                .install(&mut src.reader, &sha256)
-                .with_context(|| format!("installing {}", src.description))?;
-            println!(
-                "installed {} {} into slot {} ({} bytes, sha256 {})",
-                engine.kind(),
-                r.version,
-                r.slot,
-                r.package_bytes,
-                r.package_sha256
-            );
-            Ok(0)
-        }
-        UpgradeCmd::Status { json } => {
-            let s = engine.status()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print_status(&s);
-            }
-            Ok(0)
-        }
-        UpgradeCmd::Activate { tries, reboot: now } => {
-            let e = engine.activate(tries)?;
-            println!(
-                "slot {} ({}) boots next, {} tries ({})",
-                e.slot,
-                e.version,
-                tries,
-                e.file_name()
-            );
-            if now && running {
-                reboot()?;
-            }
-            Ok(0)
-        }
-        UpgradeCmd::Confirm {
-            health_config,
-            health_cmd,
-            health_url,
-            deadline,
-            no_reboot,
-        } => {
-            let health = if running
-                || health_config.is_some()
-                || health_cmd.is_some()
-                || health_url.is_some()
-            {
-                let path = health_config
-                    .unwrap_or_else(|| PathBuf::from(upgrade_engine::health::HEALTH_CONFIG));
-                let mut h = if path.exists() {
-                    upgrade_engine::health::HealthCheck::load(&path).map_err(anyhow::Error::msg)?
-                } else {
-                    upgrade_engine::health::HealthCheck::default()
-                };
-                if health_cmd.is_some() {
-                    h.command = health_cmd;
-                }
-                if health_url.is_some() {
-                    h.url = health_url;
-                }
-                if let Some(d) = deadline {
-                    h.deadline_secs = d;
-                }
-                Some(h)
-            } else {
-                None
-            };
-            match engine.confirm(health.as_ref())? {
-                upgrade_engine::ConfirmOutcome::AlreadyConfirmed => {
-                    println!("slot {} is confirmed", engine.current_slot()?)
-                }
-                upgrade_engine::ConfirmOutcome::Confirmed { version } => {
-                    println!("confirmed {version}")
-                }
-                upgrade_engine::ConfirmOutcome::RolledBack { reason } => {
-                    println!("rolled back: {reason}");
-                    if running && !no_reboot {
-                        reboot()?;
-                    }
-                }
-            }
-            Ok(0)
-        }
-        UpgradeCmd::Rollback { reason, no_reboot } => {
-            let r = engine.rollback(&reason)?;
-            println!("slot {} ({}) boots next", r.to_slot, r.to_version);
-            if running && !no_reboot {
-                reboot()?;
-            }
-            Ok(0)
-        }
-        UpgradeCmd::Metrics => {
-            print!("{}", upgrade_engine::metrics::render(&engine.status()?));
-            Ok(0)
-        }
-    };
-    if std::env::var_os("ICOS_UPGRADE_COUNT_STEPS").is_some() {
-        eprintln!("steps={}", engine.steps());
-    }
-    result
-}
-
-fn print_status(s: &upgrade_engine::Status) {
-    println!("{} on {} ({})", s.kind, s.disk, s.mode);
-    println!(
-        "{} slot {} ({}), next boot {}",
-        if s.mode == "running" {
-            "running"
-        } else {
-            "current (offline: the slot that boots next)"
-        },
-        s.current_slot,
-        s.current_version.as_deref().unwrap_or("-"),
-        s.next_boot
-            .map(|x| x.to_string())
-            .unwrap_or_else(|| "none".into())
-    );
-    for sl in &s.slots {
-        let state = match &sl.state {
-            upgrade_engine::SlotState::Confirmed => "confirmed".to_string(),
-            upgrade_engine::SlotState::Trial { tries_left } => {
-                format!("on trial, {tries_left} tries left")
-            }
-            upgrade_engine::SlotState::Bad => "bad (tries used up)".to_string(),
-            upgrade_engine::SlotState::Empty => "empty".to_string(),
-        };
-        println!(
-            "  slot {}: {:<10} {}",
-            sl.slot,
-            sl.version.as_deref().unwrap_or("-"),
-            state
-        );
-    }
-    if let Some(li) = &s.state.last_install {
-        println!(
-            "last install: {} into slot {}: {}",
-            li.version.as_deref().unwrap_or("?"),
-            li.slot,
-            if li.ok {
-                format!("ok ({})", li.message)
-            } else {
-                format!("FAILED: {}", li.message)
-            }
-        );
-    }
-    println!("rollbacks: {}", s.state.rollback_count);
-    for n in &s.notes {
-        println!("note: {n}");
-    }
-}
-
 fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
     let report = testnet::Stderr;
     match cmd {
@@ -839,11 +566,16 @@ fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
                 "rollout of {to} to {subnet} finished in {:.0} s",
                 t.elapsed().as_secs_f64()
             );
-            Ok(if results.iter().all(|r| r.outcome == "confirmed") {
-                0
-            } else {
-                1
-            })
+            Ok(
+                if results
+                    .iter()
+                    .all(|r| r.outcome == testnet::RolloutOutcome::Confirmed)
+                {
+                    0
+                } else {
+                    1
+                },
+            )
         }
         TestnetCmd::Down => {
             testnet::down(&dir, &report)?;

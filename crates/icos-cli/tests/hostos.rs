@@ -4,6 +4,7 @@ mod common;
 use common::*;
 use hostos_agent::config::HostosConfig;
 use hostos_agent::{Agent, AgentStatus};
+use node_status::hostos::{Accel, GuestState};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -90,11 +91,11 @@ fn agent_runs_the_guest_serves_the_channel_and_restarts_a_killed_vm() {
     .unwrap();
 
     let s = wait_status(&agent, "a running guest", BOOT_TIMEOUT, |s| {
-        s.guest.state == "running"
+        s.guest.state == GuestState::Running
     });
     assert_eq!(
-        (s.guest.version.as_deref(), s.guest.slot.as_deref()),
-        (Some("1.0.0"), Some("A"))
+        (s.guest.version.as_deref(), s.guest.slot),
+        (Some("1.0.0"), Some(disk_layout::Slot::A))
     );
     // The guest's boot greeting came over the channel, and the guest learned our version.
     let hello = Duration::from_secs(120);
@@ -184,7 +185,7 @@ fn agent_runs_the_guest_serves_the_channel_and_restarts_a_killed_vm() {
         &agent,
         "a restart after QEMU was killed",
         BOOT_TIMEOUT,
-        |s| s.guest.restarts >= 1 && s.guest.state == "running",
+        |s| s.guest.restarts >= 1 && s.guest.state == GuestState::Running,
     );
     assert!(
         s.guest
@@ -245,7 +246,7 @@ fn agent_restarts_a_guest_that_fails_or_hangs_and_gives_up_after_its_limit() {
             &agent,
             "giving up",
             Duration::from_secs(2 * BOOT_TIMEOUT.as_secs()),
-            |s| s.guest.state == "gave-up",
+            |s| s.guest.state == GuestState::GaveUp,
         );
         assert_eq!(s.guest.restarts, 2, "{name}");
         let err = s.guest.last_error.clone().unwrap_or_default();
@@ -314,7 +315,7 @@ fn hostos_image_runs_its_agent_and_upgrades_itself() {
     for action in [
         Action::ElectHostos(Elected {
             version: "1.1.0".into(),
-            sha256: sha256_of(&pkg),
+            sha256: sha256_of(&pkg).parse().unwrap(),
             size: None,
             urls: vec![files.guest_url("/hostos-1.1.0.tar")],
         }),
@@ -387,10 +388,10 @@ console = true
     // The agent is up inside the HostOS VM and started the (nested) GuestOS VM.
     let status_url = format!("http://127.0.0.1:{agent_port}/v1/status");
     let end = Instant::now() + Duration::from_secs(120);
-    let status: serde_json::Value = loop {
-        if let Ok(r) = ureq::get(&status_url).call() {
-            let v: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
-            if v["guest"]["pid"].is_u64() {
+    let fetch = || node_status::fetch::<AgentStatus>(&status_url, Duration::from_secs(5));
+    let status = loop {
+        if let Ok(v) = fetch() {
+            if v.guest.pid.is_some() {
                 break v;
             }
         }
@@ -401,9 +402,9 @@ console = true
         );
         std::thread::sleep(Duration::from_secs(2));
     };
-    assert_eq!(status["hostos_version"], "1.0.0");
-    assert_eq!(status["guest"]["accel"], "tcg");
-    eprintln!("HostOS agent runs the nested GuestOS VM (state {}); it is not expected to finish booting under TCG-in-TCG", status["guest"]["state"]);
+    assert_eq!(status.hostos_version, "1.0.0");
+    assert_eq!(status.guest.accel, Some(Accel::Tcg));
+    eprintln!("HostOS agent runs the nested GuestOS VM (state {:?}); it is not expected to finish booting under TCG-in-TCG", status.guest.state);
 
     // The upgrade request: the agent looks up 1.1.0 for this node in its verified registry.
     let r = ureq::post(&format!(
@@ -428,9 +429,8 @@ console = true
     );
     let end = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(r) = ureq::get(&status_url).call() {
-            let v: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
-            if v["hostos_version"] == "1.1.0" && v["guest"]["pid"].is_u64() {
+        if let Ok(v) = fetch() {
+            if v.hostos_version == "1.1.0" && v.guest.pid.is_some() {
                 break;
             }
         }

@@ -261,7 +261,7 @@ fn builds_are_reproducible_and_verifiable() {
 
     // A manifest claiming another root image: the comparison names the part.
     let mut forged = first.clone();
-    forged.parts.get_mut("root.img").unwrap().sha256 = "00".repeat(32);
+    forged.parts.get_mut("root.img").unwrap().sha256 = "00".repeat(32).parse().unwrap();
     let report = image_builder::compare(&forged, &second);
     assert_eq!(report.differences.len(), 1, "{:?}", report.differences);
     assert!(report.differences[0].part.contains("root.img"));
@@ -273,7 +273,7 @@ fn builds_are_reproducible_and_verifiable() {
 fn update_package_is_valid_and_small() {
     let out = image("guestos");
     let pkg = out.join("update.tar");
-    let m = update_package::verify_package(&pkg).unwrap();
+    let m = update_package::verify_package(&pkg).unwrap().manifest;
     assert_eq!(m.version, VERSION);
     assert_eq!(m.kind, update_package::ImageKind::Guestos);
     let size = std::fs::metadata(&pkg).unwrap().len();
@@ -303,6 +303,91 @@ fn update_package_is_valid_and_small() {
         .packages
         .iter()
         .any(|p| p.name.starts_with("linux-image-") && !p.version.is_empty()));
+}
+
+/// What an image ships as `/usr/bin/icos` is the node binary: the node's commands and
+/// nothing to build, run a network, benchmark or serve a registry with; and the power-cut
+/// hook is not compiled in.
+#[test]
+fn the_image_carries_the_node_binary_only() {
+    let out = image("guestos");
+    let bm = manifest(&out);
+    let dir = run_dir().join("node-binary");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The erofs data of slot A (without the verity tree), then its files.
+    let root = bm.layout.by_label("A_root").unwrap();
+    let erofs = dir.join("root.erofs");
+    let disk = std::fs::File::open(out.join("disk.img")).unwrap();
+    let mut buf = vec![0u8; bm.verity.hash_offset as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&disk, &mut buf, root.start).unwrap();
+    std::fs::write(&erofs, buf).unwrap();
+    let tree = dir.join("tree");
+    let x = std::process::Command::new("fsck.erofs")
+        .arg(format!("--extract={}", tree.display()))
+        .arg("--no-preserve")
+        .arg(&erofs)
+        .output()
+        .unwrap();
+    assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+    let icos = tree.join("usr/bin/icos");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(&icos)
+            .args(args)
+            .env("ICOS_UPGRADE_COUNT_STEPS", "1")
+            .env("ICOS_UPGRADE_CRASH_AT", "1")
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, help) = run(&["--help"]);
+    assert!(ok, "{help}");
+    for cmd in ["upgrade", "hostos", "orchestrator", "channel"] {
+        assert!(help.contains(cmd), "`{cmd}` missing from:\n{help}");
+    }
+    for cmd in [
+        "build",
+        "testnet",
+        "bench",
+        "registry",
+        "gov",
+        "verify-build",
+        "vm",
+    ] {
+        let (ok, text) = run(&[cmd, "--help"]);
+        assert!(
+            !ok && text.contains("unrecognized subcommand"),
+            "{cmd}: {text}"
+        );
+    }
+    // The crash harness is not there: with its variables set, an install into a copy of
+    // the disk runs to the end (it would die after its first step) and counts nothing.
+    let copy = dir.join("disk.img");
+    sparse_copy(&out.join("disk.img"), &copy);
+    let pkg = out.join("update.tar");
+    let (ok, text) = run(&[
+        "upgrade",
+        "install",
+        pkg.to_str().unwrap(),
+        "--sha256",
+        &sha256_of(&pkg),
+        "--disk",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains("into slot B"), "{text}");
+    assert!(
+        !text.contains("steps=") && !text.contains("simulated power cut"),
+        "{text}"
+    );
+    let node_size = std::fs::metadata(&icos).unwrap().len();
+    eprintln!("node binary in the image: {} KiB", node_size / 1024);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Which entry systemd-boot picks, and that it counts tries down, on the real boot loader:

@@ -94,7 +94,7 @@ fn kill_9_during_votes_loses_no_adopted_change() {
                 let version = format!("{}.0.0", i);
                 let action = Action::ElectGuestos(Elected {
                     version: version.clone(),
-                    sha256: "ab".repeat(32),
+                    sha256: "ab".repeat(32).parse().unwrap(),
                     size: None,
                     urls: vec!["http://m/x".into()],
                 });

@@ -7,11 +7,13 @@
 
 mod common;
 use common::*;
+use node_status::hostos::AgentStatus;
+use node_status::orchestrator::{HostosRequest, OrchestratorStatus, UpgradeState};
 use registry_model::api::ProposalStatus;
 use registry_model::{Action, Elected, Vote};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use testnet::{NodeRow, State};
+use testnet::{Health, NodeRow, RolloutOutcome, State};
 
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -93,11 +95,9 @@ fn rows(state: &State) -> Vec<NodeRow> {
     testnet::status(state)
 }
 
-fn orch(r: &NodeRow, key: &str) -> serde_json::Value {
-    r.orchestrator
-        .as_ref()
-        .map(|o| o[key].clone())
-        .unwrap_or_default()
+/// The node's orchestrator status (a default one while it does not answer).
+fn orch(r: &NodeRow) -> OrchestratorStatus {
+    r.orchestrator.clone().unwrap_or_default()
 }
 
 /// How often a node asked the mirror for `file` (nginx access log).
@@ -112,7 +112,7 @@ fn served(dir: &Path, file: &str) -> usize {
 /// Every node runs `version` confirmed, its VM is up, and it says it wants `version`.
 fn settled_on(rows: &[NodeRow], version: &str) -> bool {
     rows.iter()
-        .all(|r| r.guestos == version && r.confirmed && r.vm == "running" && r.target == version)
+        .all(|r| r.runs_confirmed(version) && orch(r).target_guestos.as_deref() == Some(version))
 }
 
 fn wait_until(dir: &Path, what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -167,10 +167,10 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         || settled_on(&rows(&state), "1.0.0"),
     );
     for r in rows(&state) {
-        assert_eq!(r.subnet, "subnet-1");
-        assert_eq!(orch(&r, "node_id"), r.node_id.as_str());
-        assert_eq!(orch(&r, "registered"), true);
-        assert!(orch(&r, "firewall_rules").as_u64().unwrap() >= 1, "{r:?}");
+        assert_eq!(r.subnet.as_deref(), Some("subnet-1"));
+        assert_eq!(orch(&r).node_id, r.node_id);
+        assert!(orch(&r).registered);
+        assert!(orch(&r).firewall_rules >= 1, "{r:?}");
     }
     let json = icos()
         .args(["testnet", "status", "--json", "--dir"])
@@ -184,7 +184,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
             .as_array()
             .unwrap()
             .iter()
-            .all(|r| r["health"] == "healthy"),
+            .all(|r| r["health"]["health"] == "healthy"),
         "{listed}"
     );
 
@@ -242,7 +242,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         &dir,
         "nodes synced the registry",
         Duration::from_secs(120),
-        || rows(&state).iter().all(|r| r.registry_version >= v),
+        || rows(&state).iter().all(|r| orch(r).registry_version >= v),
     );
     std::thread::sleep(Duration::from_secs(25));
     let rejected = state.vote(&minority, 1, Vote::No).unwrap();
@@ -254,7 +254,11 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         settled_on(&now, "1.0.0"),
         "a minority proposal moved a node",
     );
-    assert!(now.iter().all(|r| r.upgrade == "idle"), "{now:?}");
+    assert!(
+        now.iter()
+            .all(|r| orch(r).upgrade.state == UpgradeState::Idle),
+        "{now:?}"
+    );
     assert_eq!(
         served(&dir, "guestos-1.1.0.tar") + served(&dir, "garbage.tar"),
         0
@@ -291,15 +295,14 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     for r in &res {
         check(
             &dir,
-            r.outcome.starts_with("refused") && r.outcome.contains("SHA-256"),
+            matches!(&r.outcome, RolloutOutcome::Refused { reason } if reason.contains("SHA-256")),
             &format!("forged package: {r:?}"),
         );
     }
     let now = rows(&state);
     check(
         &dir,
-        now.iter()
-            .all(|r| r.guestos == "1.0.0" && r.confirmed && r.vm == "running"),
+        now.iter().all(|r| r.runs_confirmed("1.0.0")),
         "a node stopped running 1.0.0 after refusing a forged package",
     );
 
@@ -315,7 +318,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(&dir)));
     check(
         &dir,
-        res.iter().all(|r| r.outcome == "confirmed"),
+        res.iter().all(|r| r.outcome == RolloutOutcome::Confirmed),
         &format!("1.1.0 rollout: {res:?}"),
     );
     let reg = state.api().snapshot(None).unwrap().registry;
@@ -342,7 +345,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     for r in &res {
         check(
             &dir,
-            r.outcome.starts_with("rolled back to 1.1.0"),
+            matches!(&r.outcome, RolloutOutcome::RolledBack { to, .. } if to == "1.1.0"),
             &format!("broken 1.2.0: {r:?}"),
         );
     }
@@ -353,30 +356,30 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         "both nodes holding on 1.1.0",
         Duration::from_secs(120),
         || {
-            rows(&state)
-                .iter()
-                .all(|r| r.upgrade == "holding" && r.guestos == "1.1.0" && r.confirmed)
+            rows(&state).iter().all(|r| {
+                let o = orch(r);
+                o.upgrade.state == UpgradeState::Holding
+                    && o.guestos_version == "1.1.0"
+                    && o.confirmed
+            })
         },
     );
     // A few more loop rounds: nobody tries 1.2.0 again.
     std::thread::sleep(Duration::from_secs(40));
     for r in rows(&state) {
-        let failed = orch(&r, "upgrade")["failed_versions"].clone();
+        let o = orch(&r);
         assert!(
-            failed.as_array().unwrap().iter().any(|v| v == "1.2.0"),
+            o.upgrade.failed_versions.iter().any(|v| v == "1.2.0"),
             "{r:?}"
         );
-        let last = orch(&r, "upgrade")["last_result"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let last = o.upgrade.last_result.clone().unwrap_or_default();
         assert!(
             last.contains("1.2.0") && last.contains("not retrying"),
             "{last}"
         );
         check(
             &dir,
-            r.guestos == "1.1.0" && r.vm == "running",
+            o.guestos_version == "1.1.0" && r.running(),
             &format!("after the hold: {r:?}"),
         );
     }
@@ -387,9 +390,9 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     );
 
     // --- Governance tightens node1's firewall and assigns it a HostOS version. -----------
-    let ruleset_before: Vec<serde_json::Value> = rows(&state)
+    let ruleset_before: Vec<Option<String>> = rows(&state)
         .iter()
-        .map(|r| orch(r, "firewall_ruleset"))
+        .map(|r| orch(r).firewall_ruleset)
         .collect();
     let node1 = node_ids[0].clone();
     adopt(
@@ -413,7 +416,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         "elect HostOS 2.0.0",
         Action::ElectHostos(Elected {
             version: "2.0.0".into(),
-            sha256: "ab".repeat(32),
+            sha256: "ab".repeat(32).parse().unwrap(),
             size: None,
             urls: vec![state.mirror_url("hostos-2.0.0.tar")],
         }),
@@ -431,16 +434,16 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         "node1 applying its new firewall and asking its host for HostOS 2.0.0",
         Duration::from_secs(120),
         || {
-            let now = rows(&state);
-            orch(&now[0], "firewall_ruleset") != ruleset_before[0]
-                && orch(&now[0], "firewall_rules") == 2
-                && orch(&now[0], "hostos_assigned") == "2.0.0"
-                && orch(&now[0], "hostos_request").is_string()
+            let o = orch(&rows(&state)[0]);
+            o.firewall_ruleset != ruleset_before[0]
+                && o.firewall_rules == 2
+                && o.hostos_assigned.as_deref() == Some("2.0.0")
+                && o.hostos_request.is_some()
         },
     );
     let now = rows(&state);
     let (n1, n2) = (&now[0], &now[1]);
-    assert!(orch(n1, "firewall_error").is_null(), "{n1:?}");
+    assert!(orch(n1).firewall_error.is_none(), "{n1:?}");
     let serial = std::fs::read_to_string(state.nodes[0].dir.join("state/guest-serial.log"))
         .unwrap_or_default();
     assert!(
@@ -451,21 +454,25 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     // The host took nothing from the guest but the request: it found its node by the address
     // it gave its guest, read the assignment from its own registry view, and — a development
     // host without a HostOS disk — declined to install.
-    let asked = orch(n1, "hostos_request").as_str().unwrap().to_string();
-    assert!(asked.contains("upgrade.hostos_disk"), "{asked}");
-    let agent = |i: usize| -> serde_json::Value {
+    match &orch(n1).hostos_request {
+        Some(HostosRequest::Refused { error }) => {
+            assert!(error.contains("upgrade.hostos_disk"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let agent = |i: usize| -> AgentStatus {
         let url = format!("http://127.0.0.1:{}/v1/status", state.nodes[i].agent_port);
-        serde_json::from_str(&ureq::get(&url).call().unwrap().into_string().unwrap()).unwrap()
+        node_status::fetch(&url, Duration::from_secs(5)).unwrap()
     };
-    assert_eq!(agent(0)["upgrade"]["requests"], 1, "{}", agent(0));
+    assert_eq!(agent(0).upgrade.requests, 1, "{:?}", agent(0));
     // node2: same firewall as before, nothing assigned, its host never asked.
-    assert_eq!(orch(n2, "firewall_ruleset"), ruleset_before[1], "{n2:?}");
-    assert!(orch(n2, "hostos_assigned").is_null(), "{n2:?}");
-    assert!(orch(n2, "hostos_request").is_null(), "{n2:?}");
-    assert_eq!(agent(1)["upgrade"]["requests"], 0, "{}", agent(1));
+    assert_eq!(orch(n2).firewall_ruleset, ruleset_before[1], "{n2:?}");
+    assert!(orch(n2).hostos_assigned.is_none(), "{n2:?}");
+    assert!(orch(n2).hostos_request.is_none(), "{n2:?}");
+    assert_eq!(agent(1).upgrade.requests, 0, "{:?}", agent(1));
     // Backoff: a few more loop rounds and node1 still asked only once.
     std::thread::sleep(Duration::from_secs(30));
-    assert_eq!(agent(0)["upgrade"]["requests"], 1, "{}", agent(0));
+    assert_eq!(agent(0).upgrade.requests, 1, "{:?}", agent(0));
 
     // --- The registry goes away: nodes keep 1.1.0 and say so. -----------------------------
     nix::sys::signal::kill(
@@ -479,9 +486,9 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         Duration::from_secs(120),
         || {
             rows(&state).iter().all(|r| {
-                r.health.starts_with("registry:")
-                    && orch(r, "registry_error")
-                        .as_str()
+                matches!(&r.health, Health::Unhealthy(p) if p.starts_with("registry:"))
+                    && orch(r)
+                        .registry_error
                         .is_some_and(|e| e.contains("retrying"))
             })
         },
@@ -489,7 +496,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     for r in rows(&state) {
         check(
             &dir,
-            r.guestos == "1.1.0" && r.confirmed && r.vm == "running",
+            r.runs_confirmed("1.1.0"),
             &format!("without a registry: {r:?}"),
         );
     }

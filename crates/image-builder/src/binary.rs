@@ -1,7 +1,8 @@
 //! The binaries that go into every image, compiled from the same source tree as the
 //! builder, in release mode, stripped, with source paths remapped so the bytes do not depend
-//! on where the tree is checked out: `icos` (upgrade engine, node agents) in the root, and
-//! the initramfs's `icos-init`, linked statically because the initramfs has no libraries.
+//! on where the tree is checked out: the node binary `icos-node` (upgrade engine, node agents;
+//! installed as `/usr/bin/icos`, without the developer commands or test hooks) in the root,
+//! and the initramfs's `icos-init`, linked statically because the initramfs has no libraries.
 
 use crate::progress::Progress;
 use crate::BuildError;
@@ -19,11 +20,12 @@ pub fn default_source_dir() -> PathBuf {
 
 /// The binaries an image needs.
 pub struct Binaries {
+    /// The node binary (`icos-node`), installed as `/usr/bin/icos`.
     pub icos: PathBuf,
     pub init: PathBuf,
 }
 
-/// Build `icos` and `icos-init` for images; returns their paths.
+/// Build `icos-node` and `icos-init` for images; returns their paths.
 pub fn build_binaries(
     source: &Path,
     cache: &Path,
@@ -32,7 +34,7 @@ pub fn build_binaries(
     let source = source
         .canonicalize()
         .map_err(|e| BuildError::io("finding the icos source tree", source, e))?;
-    if !source.join("Cargo.lock").is_file() || !source.join("crates/icos-cli").is_dir() {
+    if !source.join("Cargo.lock").is_file() || !source.join("crates/icos-node").is_dir() {
         return Err(BuildError::Invalid(format!(
             "{} is not the icos source tree (set ICOS_SOURCE); it is needed to build the icos binary for the image",
             source.display()
@@ -42,7 +44,8 @@ pub fn build_binaries(
     let build = |args: &[&str], extra_rustflags| {
         cargo_build(&source, &target, progress, args, extra_rustflags)
     };
-    build(&["-p", "icos-cli", "--bin", "icos"], None)?;
+    // Built alone, so no developer-only feature (the power-cut hooks) is unified into it.
+    build(&["-p", "icos-node", "--bin", "icos-node"], None)?;
     // An explicit --target keeps the static flag off build scripts and proc macros.
     build(
         &[
@@ -56,7 +59,7 @@ pub fn build_binaries(
         Some("-C target-feature=+crt-static"),
     )?;
     Ok(Binaries {
-        icos: target.join("release/icos"),
+        icos: target.join("release/icos-node"),
         init: target.join(STATIC_TARGET).join("release/icos-init"),
     })
 }

@@ -21,6 +21,7 @@
 mod base;
 mod binary;
 mod disk;
+mod pipeline;
 pub mod progress;
 mod rootfs;
 mod rootimg;
@@ -36,7 +37,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use update_package::{ImageKind, Part, PartFiles, UpdateManifest, Verity};
+use update_package::{ImageKind, Part, PartFiles, Sha256Hex, UpdateManifest, Verity};
 use uuid::Uuid;
 
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -111,7 +112,7 @@ pub struct Package {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digested {
     pub size: u64,
-    pub sha256: String,
+    pub sha256: Sha256Hex,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,7 +137,7 @@ pub struct InputRef {
     /// Path of the input's output folder, relative to this output's parent when possible.
     pub path: String,
     pub version: String,
-    pub manifest_sha256: String,
+    pub manifest_sha256: Sha256Hex,
 }
 
 /// `manifest.json`: what was built, from what, and the hash of every part. It holds no
@@ -279,7 +280,7 @@ pub fn digest_range(path: &Path, start: u64, len: u64) -> Result<Digested, Build
     }
     Ok(Digested {
         size: n,
-        sha256: hex::encode(h.finalize()),
+        sha256: Sha256Hex::from_bytes(h.finalize().into()),
     })
 }
 
@@ -323,7 +324,7 @@ struct SetupInput {
     name: &'static str,
     dir: PathBuf,
     manifest: BuildManifest,
-    manifest_sha256: String,
+    manifest_sha256: Sha256Hex,
 }
 
 fn load_setup_input(
@@ -375,342 +376,7 @@ fn load_setup_input(
 
 /// Build an image. See the crate documentation for the steps.
 pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
-    validate_version(&req.version)?;
-    let mut recipe = Recipe::load(&req.recipe_dir)?;
-    recipe.override_sizes(&req.size_overrides)?;
-    let mut needed = vec![
-        host_tools::tools::DEBOOTSTRAP,
-        host_tools::tools::MKFS_EROFS,
-        host_tools::tools::VERITYSETUP,
-        host_tools::tools::SGDISK,
-        host_tools::tools::CHROOT,
-    ];
-    if recipe.kind == ImageKind::Setupos {
-        needed.push(host_tools::tools::ZSTD);
-    } else {
-        needed.push(host_tools::tools::MKE2FS);
-    }
-    host_tools::require_all(&needed)?;
-    let setup_inputs = if recipe.kind == ImageKind::Setupos {
-        vec![
-            load_setup_input("hostos", req.hostos.as_ref(), ImageKind::Hostos)?,
-            load_setup_input("guestos", req.guestos.as_ref(), ImageKind::Guestos)?,
-        ]
-    } else {
-        if req.hostos.is_some() || req.guestos.is_some() {
-            return Err(BuildError::Invalid(
-                "--hostos and --guestos are only for building setupos".into(),
-            ));
-        }
-        Vec::new()
-    };
-
-    let out_name = req
-        .out
-        .file_name()
-        .ok_or_else(|| {
-            BuildError::Invalid(format!(
-                "output path {} has no folder name",
-                req.out.display()
-            ))
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match req.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)
-        .map_err(|e| BuildError::io("creating output folder", &parent, e))?;
-    if let Some(have) = free_bytes(&parent) {
-        if have < MIN_FREE_BYTES {
-            return Err(BuildError::NoSpace {
-                path: parent,
-                need_mib: MIN_FREE_BYTES >> 20,
-                have_mib: have >> 20,
-            });
-        }
-    }
-    let partial = parent.join(format!(".{out_name}.partial-{}", std::process::id()));
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(|e| BuildError::io("removing", &partial, e))?;
-    }
-    std::fs::create_dir_all(&partial).map_err(|e| BuildError::io("creating", &partial, e))?;
-    let mut cleanup = Cleanup(Some(partial.clone()));
-    let work = partial.join("work");
-    std::fs::create_dir_all(&work).map_err(|e| BuildError::io("creating", &work, e))?;
-
-    let upgradable = recipe.kind != ImageKind::Setupos;
-    let total = 7;
-    let mut progress = Progress::new(&format!("{} {}", recipe.name, req.version), total);
-
-    progress.step("Debian base");
-    let base = base::ensure_base(&recipe, &req.cache, &progress)?;
-    progress.detail(&format!(
-        "{} ({} packages, {})",
-        base.key,
-        base.packages.len(),
-        if base.fresh { "debootstrap" } else { "cached" }
-    ));
-
-    progress.step("icos binaries and root tree");
-    let bins = binary::build_binaries(&req.source, &req.cache, &progress)?;
-    let root = rootfs::copy_base(&base.rootfs, &work)?;
-    rootfs::customize(&recipe, &root, &req.version, &base.packages, &bins.icos)?;
-
-    progress.step("initramfs");
-    let tree = rootfs::build_initramfs(&recipe, &root, &bins.init, &work)?;
-    rootfs::strip(&recipe, &root)?;
-
-    progress.step("root filesystem (erofs + dm-verity)");
-    let root_img = work.join("root.img");
-    let kind = recipe.kind.as_str();
-    let fs_uuid = derive_uuid(&["icos-rootfs", kind, &req.version]);
-    let salt = derive(&["icos-verity-salt", kind, &req.version]);
-    let verity = rootimg::build_root_image(&root, &root_img, fs_uuid, &salt)?;
-    // The tree is no longer needed; free its space before the disk is written.
-    std::fs::remove_dir_all(&root).map_err(|e| BuildError::io("removing", &root, e))?;
-
-    let mut setup_payload = None;
-    if !upgradable {
-        progress.step("SetupOS payload (HostOS and GuestOS images)");
-        setup_payload = Some(build_setup_payload(&setup_inputs, &work, &progress)?);
-    }
-
-    progress.step("disk image");
-    let mut specs: Vec<PartitionSpec> = Vec::new();
-    for p in &recipe.partitions {
-        let size = match p.size {
-            PartSize::Fixed(s) => s,
-            PartSize::Auto => {
-                let payload = setup_payload
-                    .as_ref()
-                    .expect("auto size only for SetupOS data");
-                let len = std::fs::metadata(payload)
-                    .map_err(|e| BuildError::io("reading", payload, e))?
-                    .len();
-                (len + (1 << 20)).div_ceil(disk_layout::ALIGN) * disk_layout::ALIGN
-            }
-        };
-        specs.push(p.spec(size));
-    }
-    let layout = Layout::compute(recipe.disk_guid, specs)?;
-    let disk_img = partial.join("disk.img");
-    layout.create_sparse(&disk_img)?;
-    layout.write_gpt(&disk_img)?;
-    let root_role = if upgradable {
-        Role::Root(disk::BUILT_SLOT)
-    } else {
-        Role::SetupRoot
-    };
-    let root_part = layout.by_role(root_role).expect("validated recipe").clone();
-    disk::write_into_partition(&disk_img, &root_part, &root_img)?;
-    if upgradable {
-        // The built slot's /var is made here (reproducibly) instead of on the first boot:
-        // one step less on every new node's first boot.
-        let var = layout
-            .by_role(Role::Var(disk::BUILT_SLOT))
-            .expect("validated recipe")
-            .clone();
-        let var_img = work.join("var.img");
-        let fs_uuid = derive_uuid(&["icos-var", kind, &req.version]).to_string();
-        disk::make_ext4(&var_img, var.size(), "var", &fs_uuid)?;
-        disk::write_into_partition(&disk_img, &var, &var_img)?;
-        let _ = std::fs::remove_file(&var_img);
-    }
-    let var_part = upgradable.then(|| {
-        layout
-            .by_role(Role::Var(disk::BUILT_SLOT))
-            .expect("validated recipe")
-            .clone()
-    });
-
-    let mut parts = BTreeMap::new();
-    let vmlinuz = digest_file(&tree.vmlinuz)?;
-    let initrd = digest_file(&tree.initrd)?;
-    let rootd = digest_file(&root_img)?;
-    let manifest_parts = vec![
-        Part {
-            name: "vmlinuz".into(),
-            size: vmlinuz.size,
-            sha256: vmlinuz.sha256.clone(),
-        },
-        Part {
-            name: "initrd.img".into(),
-            size: initrd.size,
-            sha256: initrd.sha256.clone(),
-        },
-        Part {
-            name: "root.img".into(),
-            size: rootd.size,
-            sha256: rootd.sha256.clone(),
-        },
-    ];
-    let update_manifest = UpdateManifest {
-        format: update_package::FORMAT,
-        kind: recipe.kind,
-        version: req.version.clone(),
-        cmdline: recipe.kernel.cmdline.clone(),
-        kernel_version: tree.kernel_version.clone(),
-        verity: verity.clone(),
-        parts: manifest_parts,
-    };
-    let slot_str = disk::BUILT_SLOT.as_str();
-    let boot_options = update_manifest.boot_options(
-        upgradable.then_some(slot_str),
-        &root_part.spec.guid.to_string(),
-        var_part
-            .as_ref()
-            .map(|p| p.spec.guid.to_string())
-            .as_deref(),
-    );
-    let title = format!("icos {} {}", recipe.kind, req.version);
-    let entry =
-        boot_slots::BootEntry::new(disk::BUILT_SLOT, 1, &title, &req.version, &boot_options);
-    let volume_id = u32::from_le_bytes(
-        derive(&["icos-esp", kind])[..4]
-            .try_into()
-            .expect("4 bytes"),
-    );
-    disk::write_esp(
-        &disk_img,
-        &layout,
-        &disk::EspContent {
-            bootloader: &tree.bootloader,
-            vmlinuz: &tree.vmlinuz,
-            initrd: &tree.initrd,
-            entry,
-            volume_id,
-            image_info: format!("{{\"kind\":\"{}\"}}\n", recipe.kind),
-        },
-    )?;
-    if let Some(cfg_dir) = &recipe.config_dir {
-        let role = if upgradable {
-            Role::Config
-        } else {
-            Role::SetupConfig
-        };
-        let cfg = layout.by_role(role).expect("validated").clone();
-        let cfg_id = u32::from_le_bytes(
-            derive(&["icos-config", kind])[..4]
-                .try_into()
-                .expect("4 bytes"),
-        );
-        disk::write_fat_partition(&disk_img, &cfg, "CONFIG", cfg_id, cfg_dir)?;
-        parts.insert(
-            "config".to_string(),
-            digest_range(&disk_img, cfg.start, cfg.size())?,
-        );
-    }
-    if let Some(payload) = &setup_payload {
-        let data = layout.by_role(Role::SetupData).expect("validated").clone();
-        disk::write_into_partition(&disk_img, &data, payload)?;
-        parts.insert(
-            "data".to_string(),
-            digest_range(&disk_img, data.start, data.size())?,
-        );
-    }
-    let esp_part = layout.by_role(Role::Esp).expect("validated");
-    parts.insert(
-        "esp".to_string(),
-        digest_range(&disk_img, esp_part.start, esp_part.size())?,
-    );
-    parts.insert("vmlinuz".to_string(), vmlinuz);
-    parts.insert("initrd.img".to_string(), initrd);
-    parts.insert("root.img".to_string(), rootd);
-    parts.insert("icos".to_string(), digest_file(&bins.icos)?);
-    parts.insert("icos-init".to_string(), digest_file(&bins.init)?);
-
-    let mut outputs = BTreeMap::new();
-    if upgradable {
-        progress.step("update package");
-        let pkg = partial.join("update.tar");
-        update_package::write_package(
-            &pkg,
-            &update_manifest,
-            &PartFiles {
-                vmlinuz: tree.vmlinuz.clone(),
-                initrd: tree.initrd.clone(),
-                root: root_img.clone(),
-            },
-        )?;
-        outputs.insert("update.tar".to_string(), digest_file(&pkg)?);
-    }
-
-    progress.step("checksums and manifest");
-    outputs.insert("disk.img".to_string(), digest_file(&disk_img)?);
-    let inputs = setup_inputs
-        .iter()
-        .map(|i| {
-            (
-                i.name.to_string(),
-                InputRef {
-                    path: relative_to(&i.dir, &parent),
-                    version: i.manifest.version.clone(),
-                    manifest_sha256: i.manifest_sha256.clone(),
-                },
-            )
-        })
-        .collect();
-    let manifest = BuildManifest {
-        format: MANIFEST_FORMAT,
-        image: recipe.kind,
-        version: req.version.clone(),
-        builder: format!("icos image-builder {}", env!("CARGO_PKG_VERSION")),
-        recipe: RecipeRef {
-            name: recipe.name.clone(),
-            content_hash: recipe.content_hash()?,
-        },
-        base: BaseRef {
-            key: base.key.clone(),
-            suite: recipe.base.suite.clone(),
-            mirror: recipe.base.mirror.clone(),
-            variant: recipe.base.variant.clone(),
-            debootstrap: base.debootstrap_version.clone(),
-        },
-        size_overrides: req.size_overrides.clone(),
-        inputs,
-        kernel_version: tree.kernel_version.clone(),
-        cmdline: recipe.kernel.cmdline.clone(),
-        boot_options,
-        verity,
-        layout,
-        parts,
-        outputs,
-        packages: base.packages.clone(),
-    };
-    std::fs::remove_dir_all(&work).map_err(|e| BuildError::io("removing", &work, e))?;
-    let mpath = partial.join("manifest.json");
-    let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes") + "\n";
-    std::fs::write(&mpath, json).map_err(|e| BuildError::io("writing", &mpath, e))?;
-    let mut sums = String::new();
-    let mut names: Vec<String> = manifest.outputs.keys().cloned().collect();
-    names.push("manifest.json".into());
-    names.sort();
-    for n in names {
-        let d = match manifest.outputs.get(&n) {
-            Some(d) => d.clone(),
-            None => digest_file(&partial.join(&n))?,
-        };
-        sums.push_str(&format!("{}  {n}\n", d.sha256));
-    }
-    let spath = partial.join("SHA256SUMS");
-    std::fs::write(&spath, sums).map_err(|e| BuildError::io("writing", &spath, e))?;
-
-    // Swap the finished build into place.
-    if req.out.exists() {
-        let old = parent.join(format!(".{out_name}.old-{}", std::process::id()));
-        std::fs::rename(&req.out, &old).map_err(|e| BuildError::io("moving aside", &req.out, e))?;
-        std::fs::rename(&partial, &req.out)
-            .map_err(|e| BuildError::io("moving into place", &req.out, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&partial, &req.out)
-            .map_err(|e| BuildError::io("moving into place", &req.out, e))?;
-    }
-    cleanup.disarm();
-    progress.finish(&format!("built {}", req.out.display()));
-    Ok(manifest)
+    pipeline::run(req)
 }
 
 /// SetupOS data: an erofs holding each input's disk image (zstd, sparse-friendly) and
@@ -906,14 +572,14 @@ pub fn compare(a: &BuildManifest, b: &BuildManifest) -> VerifyReport {
         "esp" => "EFI system partition".to_string(),
         "config" => "config partition".to_string(),
         "data" => "SetupOS data partition".to_string(),
-        "icos" => "icos binary (/usr/bin/icos)".to_string(),
+        "icos" => "node binary (/usr/bin/icos)".to_string(),
         other => other.to_string(),
     };
     if a.verity.root_hash != b.verity.root_hash {
         differences.push(Difference {
             part: "verity root hash".into(),
-            expected: a.verity.root_hash.clone(),
-            actual: b.verity.root_hash.clone(),
+            expected: a.verity.root_hash.to_string(),
+            actual: b.verity.root_hash.to_string(),
         });
     }
     compared.push("verity root hash".into());
@@ -924,12 +590,12 @@ pub fn compare(a: &BuildManifest, b: &BuildManifest) -> VerifyReport {
                 Some(db) if db == da => {}
                 Some(db) => differences.push(Difference {
                     part: describe(name),
-                    expected: da.sha256.clone(),
-                    actual: db.sha256.clone(),
+                    expected: da.sha256.to_string(),
+                    actual: db.sha256.to_string(),
                 }),
                 None => differences.push(Difference {
                     part: describe(name),
-                    expected: da.sha256.clone(),
+                    expected: da.sha256.to_string(),
                     actual: "missing".into(),
                 }),
             }
@@ -971,6 +637,6 @@ mod tests {
         std::fs::write(&p, b"0123456789").unwrap();
         let r = digest_range(&p, 2, 3).unwrap();
         assert_eq!(r.size, 3);
-        assert_eq!(r.sha256, hex::encode(Sha256::digest(b"234")));
+        assert_eq!(r.sha256, Sha256Hex::of(b"234"));
     }
 }

@@ -103,25 +103,25 @@ pub fn customize(
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| BuildError::io("chmod", &dest, e))?;
     if let Some(h) = &recipe.health {
-        let json = serde_json::json!({
-            "required_units": recipe.boot.required_units,
-            "command": h.command,
-            "url": h.url,
-            "deadline_secs": h.deadline_secs,
-        });
+        // The engine's own type, so the file is what `icos upgrade confirm` reads.
+        let check = upgrade_engine::health::HealthCheck {
+            required_units: recipe.boot.required_units.clone(),
+            command: h.command.clone(),
+            url: h.url.clone(),
+            deadline_secs: h.deadline_secs,
+            ..Default::default()
+        };
         write(
             &root.join("usr/lib/icos/health.json"),
-            &(serde_json::to_string_pretty(&json).expect("json") + "\n"),
+            &(serde_json::to_string_pretty(&check).expect("json") + "\n"),
         )?;
     }
-    let banner = recipe.kind.banner();
-    write(
-        &root.join("usr/lib/icos/release"),
-        &format!(
-            "IMAGE={}\nBANNER={banner}\nVERSION={version}\n",
-            recipe.kind
-        ),
-    )?;
+    let release = daemon_support::release::Release {
+        image: recipe.kind.to_string(),
+        banner: recipe.kind.banner().to_string(),
+        version: version.to_string(),
+    };
+    write(&root.join("usr/lib/icos/release"), &release.render())?;
     // The SBOM, inside the image too, so a node can say what it runs.
     let sbom: String = packages
         .iter()

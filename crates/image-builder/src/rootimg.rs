@@ -52,7 +52,10 @@ pub fn build_root_image(
     let text = host_tools::run(&mut cmd, "compute the dm-verity hash tree")?;
     let root_hash = text
         .lines()
-        .find_map(|l| l.strip_prefix("Root hash:").map(|h| h.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("Root hash:")
+                .and_then(|h| h.trim().parse().ok())
+        })
         .ok_or_else(|| BuildError::Invalid(format!("veritysetup printed no root hash: {text}")))?;
     Ok(Verity {
         root_hash,
@@ -78,7 +81,7 @@ pub fn verify_root_image(img: &Path, v: &Verity) -> Result<(), BuildError> {
         .arg(format!("--salt={}", v.salt))
         .arg(img)
         .arg(img)
-        .arg(&v.root_hash);
+        .arg(v.root_hash.as_str());
     host_tools::run(&mut cmd, "verify the root image against its root hash")?;
     Ok(())
 }

@@ -23,8 +23,9 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
     )
 }
 
-pub fn render(s: &crate::Status) -> String {
-    let mut o = upgrade_engine::metrics::Exposition::default();
+pub fn render(s: &crate::OrchestratorStatus) -> String {
+    let mut o = daemon_support::metrics::Exposition::default();
+    let slot = s.slot.map(|x| x.as_str()).unwrap_or("");
     o.single(
         "icos_orchestrator_info",
         "gauge",
@@ -32,7 +33,7 @@ pub fn render(s: &crate::Status) -> String {
         &[
             ("node_id", &s.node_id),
             ("guestos_version", &s.guestos_version),
-            ("slot", &s.slot),
+            ("slot", slot),
             ("target", s.target_guestos.as_deref().unwrap_or("")),
         ],
         1,
@@ -76,5 +77,5 @@ pub fn spawn(
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(shared);
-    hostos_agent::http::serve_in_thread(listen, app, "orchestrator-http")
+    http_guard::spawn(listen, app, http_guard::Limits::default()).map(|(addr, _)| addr)
 }

@@ -7,35 +7,13 @@ use std::path::Path;
 
 pub const NODE_KEY_FILE: &str = "node.key";
 
-fn fat_len(store: &Path) -> u64 {
-    let meta = std::fs::metadata(store).map(|m| m.len()).unwrap_or(0);
-    if meta > 0 {
-        return meta;
-    }
-    // A block device: ask sysfs for its size.
-    std::fs::canonicalize(store)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .and_then(|n| std::fs::read_to_string(format!("/sys/class/block/{n}/size")).ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(|sectors| sectors * 512)
-        .unwrap_or(0)
-}
-
 /// Read `node.key` from the store, or make one and write it there first.
 pub fn load_or_create(store: &Path) -> Result<keys::SecretKey, OrchestratorError> {
     let err = |e: &dyn std::fmt::Display| OrchestratorError::NodeKey {
         path: store.to_path_buf(),
         message: e.to_string(),
     };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(store)
-        .map_err(|e| err(&e))?;
-    let len = fat_len(store);
-    let mut fat =
-        boot_slots::Esp::open(disk_layout::Window::new(f, 0, len)).map_err(|e| err(&e))?;
+    let mut fat = boot_slots::open_fat(store).map_err(|e| err(&e))?;
     if let Ok(pem) = fat.read_file(NODE_KEY_FILE) {
         let key = keys::parse_key_pem(&String::from_utf8_lossy(&pem)).map_err(|e| err(&e))?;
         fat.close().map_err(|e| err(&e))?;

@@ -19,7 +19,7 @@
 //! `/status` (JSON) and `/metrics` (Prometheus) are served on the status port.
 //!
 //! Main types: [`Options`] (where the config disk, key store, channel and status port are),
-//! [`Orchestrator`] (the loop), [`Status`] (what `/status` shows) and [`OrchestratorError`].
+//! [`Orchestrator`] (the loop), [`OrchestratorStatus`] (what `/status` shows, from `node-status`) and [`OrchestratorError`].
 //!
 //! ```no_run
 //! use orchestrator::{Options, Orchestrator};
@@ -34,9 +34,13 @@ pub mod firewall;
 mod http;
 pub mod identity;
 
-use hostos_agent::guestdisk::{read_config_disk, GuestConfig};
+use daemon_support::release::{running_slot, Release};
+use daemon_support::{unix_now, Backoff, Console};
+use node_config::guest::{read_config_disk, GuestConfig};
+pub use node_status::orchestrator::{
+    GuestosUpgrade, HostosRequest, OrchestratorStatus, UpgradeState,
+};
 use registry_model::{keys, Registration, SignedRegistration};
-use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,11 +53,10 @@ pub enum OrchestratorError {
     /// nftables is missing or refused the rendered ruleset.
     #[error("firewall: {0}")]
     Firewall(String),
-    #[error("status port {addr}: {source}")]
+    #[error("status port {addr}: {error}")]
     StatusPort {
         addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -88,110 +91,35 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct UpgradeStatus {
-    /// idle, downloading, activating, rebooting, failed, holding
-    pub state: String,
-    pub target: Option<String>,
-    pub last_result: Option<String>,
-    pub attempts: u64,
-    pub failed_versions: Vec<String>,
-    pub last_rollback: Option<String>,
+/// The status the orchestrator publishes (written by the loop, read by `/status`; no
+/// decision is taken from it).
+pub type Shared = Arc<Mutex<OrchestratorStatus>>;
+
+/// Why an upgrade attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum UpgradeFailed {
+    #[error(transparent)]
+    Open(#[from] upgrade_engine::EngineError),
+    #[error(transparent)]
+    Install(#[from] upgrade_engine::elected::ElectedError),
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Status {
-    pub node_id: String,
-    /// The kernel's boot id: changes on every boot, so watchers can tell a reboot happened.
-    pub boot_id: String,
-    pub public_key: String,
-    pub registered: bool,
-    pub waiting_for: Option<String>,
-    pub guestos_version: String,
-    pub slot: String,
-    pub confirmed: bool,
-    pub registry_version: u64,
-    pub registry_error: Option<String>,
-    pub registry_synced_unix: Option<u64>,
-    pub subnet: Option<String>,
-    pub target_guestos: Option<String>,
-    pub upgrade: UpgradeStatus,
-    pub hostos_version: Option<String>,
-    pub hostos_assigned: Option<String>,
-    pub hostos_request: Option<String>,
-    pub firewall_rules: usize,
-    pub firewall_ruleset: Option<String>,
-    pub firewall_error: Option<String>,
-    pub config_error: Option<String>,
-}
-
-pub type Shared = Arc<Mutex<Status>>;
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A backoff: `next` is when to try again; `fail` doubles the wait (times `factor`) up to `max`.
-struct Backoff {
-    next: Instant,
-    wait: Duration,
-    min: Duration,
-    max: Duration,
-    factor: f64,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration, factor: f64) -> Self {
-        Backoff {
-            next: Instant::now(),
-            wait: min,
-            min,
-            max,
-            factor,
-        }
-    }
-    fn due(&self) -> bool {
-        Instant::now() >= self.next
-    }
-    fn ok(&mut self) {
-        self.wait = self.min;
-        self.next = Instant::now();
-    }
-    fn fail(&mut self) {
-        self.next = Instant::now() + self.wait;
-        self.wait = Duration::from_secs_f64(
-            (self.wait.as_secs_f64() * self.factor).min(self.max.as_secs_f64()),
-        );
-    }
-}
-
-fn console_line(console: Option<&std::path::Path>, line: &str) {
-    tracing::info!("{line}");
-    let Some(path) = console else { return };
-    use std::io::Write;
-    if let Ok(mut c) = std::fs::OpenOptions::new().append(true).open(path) {
-        let _ = writeln!(c, "{line}");
-    }
-}
-
-fn release_field(key: &str) -> String {
-    std::fs::read_to_string("/usr/lib/icos/release")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
-        })
-        .unwrap_or_else(|| "?".into())
+/// What the engine says about this disk, taken each round: the orchestrator's own
+/// decisions rest on it, never on its published status.
+#[derive(Debug, Clone, Default)]
+struct EngineView {
+    confirmed: bool,
+    failed_versions: Vec<String>,
 }
 
 pub struct Orchestrator {
     opts: Options,
     pub shared: Shared,
+    console: Console,
     cfg: Option<GuestConfig>,
     key: keys::SecretKey,
+    node_id: String,
+    engine: EngineView,
     registry_backoff: Backoff,
     upgrade_backoff: Backoff,
     /// The version `upgrade_backoff` counts failures for; a new target starts afresh.
@@ -205,41 +133,38 @@ pub struct Orchestrator {
 impl Orchestrator {
     /// Read the config disk and the node key (making one on first boot).
     pub fn new(opts: Options) -> Result<Orchestrator, OrchestratorError> {
+        let console = Console::new(opts.console.clone());
         let key = identity::load_or_create(&opts.node_store)?;
         let public_key = keys::public_hex(&key);
         let node_id = registry_model::node_id(&public_key);
         let (cfg, config_error) = match read_config_disk(&opts.config_disk) {
             Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e)),
+            Err(e) => (None, Some(e.to_string())),
         };
         if let Some(e) = &config_error {
-            console_line(
-                opts.console.as_deref(),
-                &format!(
-                    "GUESTOS ORCHESTRATOR config problem: {e}; the node cannot follow a registry"
-                ),
-            );
+            console.line(&format!(
+                "GUESTOS ORCHESTRATOR config problem: {e}; the node cannot follow a registry"
+            ));
         }
-        let shared = Arc::new(Mutex::new(Status {
-            node_id,
+        let shared = Arc::new(Mutex::new(OrchestratorStatus {
+            node_id: node_id.clone(),
             public_key,
-            guestos_version: release_field("VERSION="),
-            slot: slot_from_cmdline(),
+            guestos_version: running_version(),
+            slot: running_slot(),
             boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
             config_error,
-            upgrade: UpgradeStatus {
-                state: "idle".into(),
-                ..Default::default()
-            },
             ..Default::default()
         }));
         Ok(Orchestrator {
             opts,
             shared,
+            console,
             cfg,
             key,
+            node_id,
+            engine: EngineView::default(),
             registry_backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(300), 2.0),
             upgrade_backoff: Backoff::new(Duration::from_secs(60), Duration::from_secs(1800), 2.0),
             upgrade_backoff_target: None,
@@ -251,19 +176,19 @@ impl Orchestrator {
     }
 
     fn console(&self, line: &str) {
-        console_line(self.opts.console.as_deref(), line);
+        self.console.line(line);
     }
 
-    fn set(&self, f: impl FnOnce(&mut Status)) {
+    fn set(&self, f: impl FnOnce(&mut OrchestratorStatus)) {
         f(&mut self.shared.lock().expect("status lock"));
     }
 
     /// Serve status and run the loop forever.
     pub fn run(mut self) -> Result<(), OrchestratorError> {
-        http::spawn(self.opts.listen, self.shared.clone()).map_err(|source| {
+        http::spawn(self.opts.listen, self.shared.clone()).map_err(|error| {
             OrchestratorError::StatusPort {
                 addr: self.opts.listen,
-                source,
+                error,
             }
         })?;
         let mut client = None;
@@ -309,7 +234,7 @@ impl Orchestrator {
                     self.set(|s| {
                         s.registry_version = r.to_version;
                         s.registry_error = None;
-                        s.registry_synced_unix = Some(now());
+                        s.registry_synced_unix = Some(unix_now());
                     });
                 }
                 Err(e) => {
@@ -331,7 +256,7 @@ impl Orchestrator {
             return;
         }
         let reg = c.registry().clone();
-        let node_id = self.shared.lock().expect("status lock").node_id.clone();
+        let node_id = self.node_id.clone();
         if !reg.nodes.contains_key(&node_id) {
             self.set(|s| s.registered = false);
             self.register(&cfg);
@@ -352,7 +277,7 @@ impl Orchestrator {
         self.guestos(&reg, &node_id);
     }
 
-    fn refresh_engine_status(&self) {
+    fn refresh_engine_status(&mut self) {
         if let Ok(e) = upgrade_engine::Engine::open_running() {
             if let Ok(st) = e.status() {
                 let confirmed = st.slots.iter().any(|s| {
@@ -391,12 +316,16 @@ impl Orchestrator {
                     ));
                 }
                 let recorded = events.into_iter().max_by_key(|(t, _)| *t).map(|(_, e)| e);
+                self.engine = EngineView {
+                    confirmed,
+                    failed_versions: st.state.failed_versions.clone(),
+                };
                 self.set(|s| {
                     if s.upgrade.last_result.is_none() {
                         s.upgrade.last_result = recorded;
                     }
                     s.confirmed = confirmed;
-                    s.slot = st.current_slot.to_string();
+                    s.slot = Some(st.current_slot);
                     s.upgrade.failed_versions = st.state.failed_versions.clone();
                     s.upgrade.last_rollback = last_rollback;
                 });
@@ -409,11 +338,11 @@ impl Orchestrator {
             let show = self
                 .last_waiting_message
                 .is_none_or(|t| t.elapsed() > Duration::from_secs(600));
-            let s = self.shared.lock().expect("status lock").clone();
             if show {
                 self.console(&format!(
                     "GUESTOS ORCHESTRATOR waiting: no node operator key on the config disk, so node {} cannot register; add it with `icos registry register --node-public-key {}` or give the host an operator key",
-                    s.node_id, s.public_key
+                    self.node_id,
+                    keys::public_hex(&self.key)
                 ));
                 self.last_waiting_message = Some(Instant::now());
             }
@@ -438,18 +367,26 @@ impl Orchestrator {
             .clone()
             .unwrap_or_else(|| format!("http://[{ipv6}]:8080"));
         // The pinned genesis names the network: a registration cannot be carried elsewhere.
-        let req = SignedRegistration::sign(
-            Registration {
-                network: cfg.genesis_hash.clone().unwrap_or_default(),
-                expires_at: now() + registry_model::change::REGISTRATION_VALID_SECS,
-                operator: op,
-                node_public_key: keys::public_hex(&self.key),
-                ipv6,
-                http_endpoint: endpoint,
-                nonce: now(),
-            },
-            &op_key,
+        let network = registry_model::Registry {
+            genesis_hash: cfg.genesis_hash.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let request = Registration::new(
+            &network,
+            op,
+            keys::public_hex(&self.key),
+            ipv6,
+            endpoint,
+            unix_now(),
         );
+        let req = match request {
+            Ok(r) => SignedRegistration::sign(r, &op_key),
+            Err(e) => {
+                self.register_backoff.fail();
+                self.set(|s| s.waiting_for = Some(format!("registration: {e}")));
+                return;
+            }
+        };
         let mut last = String::new();
         for url in &cfg.registry_urls {
             match registry_client::api::Api::new(url).register(&req) {
@@ -517,14 +454,18 @@ impl Orchestrator {
         });
         match assigned {
             Some(v) if v != running && self.hostos_backoff.due() => {
-                let answer = c.call(Request::RequestHostosUpgrade {});
-                let text = match &answer {
-                    Ok(r) => format!("{r:?}"),
-                    Err(e) => e.to_string(),
+                let outcome = match c.call(Request::RequestHostosUpgrade {}) {
+                    Ok(Reply::HostosUpgrade(answer)) => HostosRequest::Answered { answer },
+                    Ok(other) => HostosRequest::Refused {
+                        error: format!("unexpected answer {other:?}"),
+                    },
+                    Err(e) => HostosRequest::Refused {
+                        error: e.to_string(),
+                    },
                 };
-                tracing::info!("asked the host to upgrade HostOS {running} -> {v}: {text}");
+                tracing::info!("asked the host to upgrade HostOS {running} -> {v}: {outcome:?}");
                 self.hostos_backoff.fail();
-                self.set(|s| s.hostos_request = Some(text));
+                self.set(|s| s.hostos_request = Some(outcome));
             }
             Some(v) if v == running => self.hostos_backoff.ok(),
             _ => {}
@@ -536,20 +477,19 @@ impl Orchestrator {
             self.set(|s| s.target_guestos = None);
             return;
         };
-        let running = release_field("VERSION=");
-        let st = self.shared.lock().expect("status lock").clone();
+        let running = running_version();
         self.set(|s| s.target_guestos = Some(target.version.clone()));
         if target.version == running {
             self.set(|s| {
-                s.upgrade.state = "idle".into();
+                s.upgrade.state = UpgradeState::Idle;
                 s.upgrade.target = None;
             });
             self.upgrade_backoff.ok();
             return;
         }
-        if st.upgrade.failed_versions.contains(&target.version) {
+        if self.engine.failed_versions.contains(&target.version) {
             self.set(|s| {
-                s.upgrade.state = "holding".into();
+                s.upgrade.state = UpgradeState::Holding;
                 s.upgrade.target = Some(target.version.clone());
                 s.upgrade.last_result = Some(format!("{} failed on this node before; not retrying it (waiting for governance to deploy another version)", target.version));
             });
@@ -560,22 +500,28 @@ impl Orchestrator {
             self.upgrade_backoff.ok();
             self.upgrade_backoff_target = Some(target.version.clone());
         }
-        if !st.confirmed || !self.upgrade_backoff.due() {
+        if !self.engine.confirmed || !self.upgrade_backoff.due() {
             return;
         }
+        self.upgrade_to(&target, node, &running);
+    }
+
+    /// One attempt: download, install, activate, reboot.
+    fn upgrade_to(&mut self, target: &registry_model::Elected, node: &str, running: &str) {
         self.set(|s| {
-            s.upgrade.state = "downloading".into();
+            s.upgrade.state = UpgradeState::Downloading;
             s.upgrade.target = Some(target.version.clone());
             s.upgrade.attempts += 1;
         });
+        let registry_version = self.shared.lock().expect("status lock").registry_version;
         self.console(&format!(
-            "GUESTOS ORCHESTRATOR upgrading {running} -> {} (registry version {})",
-            target.version, st.registry_version
+            "GUESTOS ORCHESTRATOR upgrading {running} -> {} (registry version {registry_version})",
+            target.version
         ));
-        match install(&target, node) {
+        match install(target, node) {
             Ok(()) => {
                 self.set(|s| {
-                    s.upgrade.state = "rebooting".into();
+                    s.upgrade.state = UpgradeState::Rebooting;
                     s.upgrade.last_result =
                         Some(format!("{} installed and activated", target.version));
                 });
@@ -584,9 +530,9 @@ impl Orchestrator {
                     target.version
                 ));
                 if self.opts.reboot {
-                    let _ = std::process::Command::new("systemctl")
-                        .arg("reboot")
-                        .status();
+                    if let Err(e) = daemon_support::reboot() {
+                        self.console(&format!("GUESTOS ORCHESTRATOR cannot reboot: {e}"));
+                    }
                 }
             }
             Err(e) => {
@@ -596,28 +542,38 @@ impl Orchestrator {
                     target.version
                 ));
                 self.set(|s| {
-                    s.upgrade.state = "failed".into();
-                    s.upgrade.last_result = Some(e);
+                    s.upgrade.state = UpgradeState::Failed;
+                    s.upgrade.last_result = Some(e.to_string());
                 });
             }
         }
     }
 }
 
-/// Install from the elected URLs into the inactive slot of the running disk and activate.
-fn install(target: &registry_model::Elected, node: &str) -> Result<(), String> {
-    let mut engine = upgrade_engine::Engine::open_running().map_err(|e| e.to_string())?;
-    hostos_agent::upgrader::install_elected(&mut engine, target, node)
+/// Install from the elected URLs (in this node's mirror order) into the inactive slot of
+/// the running disk and activate.
+fn install(target: &registry_model::Elected, node: &str) -> Result<(), UpgradeFailed> {
+    let mut engine = upgrade_engine::Engine::open_running()?;
+    let urls: Vec<&str> = target
+        .urls_for(node)
+        .into_iter()
+        .map(String::as_str)
+        .collect();
+    upgrade_engine::elected::install_elected(
+        &mut engine,
+        &target.version,
+        &urls,
+        &target.sha256,
+        3,
+    )?;
+    Ok(())
 }
 
-fn slot_from_cmdline() -> String {
-    std::fs::read_to_string("/proc/cmdline")
-        .ok()
-        .and_then(|c| {
-            c.split_whitespace()
-                .find_map(|a| a.strip_prefix("icos.slot=").map(str::to_string))
-        })
-        .unwrap_or_else(|| "-".into())
+/// The running GuestOS version ("?" outside an icos image).
+fn running_version() -> String {
+    Release::running()
+        .map(|r| r.version)
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// A unique-local IPv6 address for nodes without a routable prefix (local testnets).

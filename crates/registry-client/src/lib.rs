@@ -39,8 +39,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Changes per segment (must match the server's publishing).
-pub const SEGMENT: u64 = 64;
+pub use registry_model::api::SEGMENT;
 pub const MAX_HEAD_BYTES: u64 = 64 * 1024;
 pub const MAX_SEGMENT_BYTES: u64 = SEGMENT * MAX_CHANGE_BYTES as u64;
 const STATE_FILE: &str = "state.json";

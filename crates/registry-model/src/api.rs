@@ -1,6 +1,10 @@
 //! Types of the registry server's HTTP API, shared by the server and its clients.
 
 use crate::{SignedProposal, SignedVote, Tally};
+
+/// Changes per published segment: `v1/segments/<k>.json` holds versions `k*64+1 ..= k*64+64`.
+/// Servers publish and clients fetch by it.
+pub const SEGMENT: u64 = 64;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

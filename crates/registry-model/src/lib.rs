@@ -29,7 +29,7 @@
 //! // A proposal names the network (its genesis hash), the version it was made on and when
 //! // it expires; `ProposalBody::new` fills them in from the registry it is made on.
 //! let action = Action::ElectGuestos(Elected {
-//!     version: "1.1.0".into(), sha256: "ab".repeat(32), size: None, urls: vec!["http://mirror/1.1.0.tar".into()] });
+//!     version: "1.1.0".into(), sha256: "ab".repeat(32).parse().unwrap(), size: None, urls: vec!["http://mirror/1.1.0.tar".into()] });
 //! let body = ProposalBody::new(&reg, 1, 1, "elect".into(), action, 0).unwrap();
 //! // The proposer's signature is its yes vote: with all the voting power, that is a majority.
 //! let p = SignedProposal::sign(body, &neuron_key);
@@ -174,7 +174,7 @@ mod tests {
     fn elect(v: &str) -> Action {
         Action::ElectGuestos(Elected {
             version: v.into(),
-            sha256: "cd".repeat(32),
+            sha256: "cd".repeat(32).parse().unwrap(),
             size: None,
             urls: vec!["https://m/x.tar".into()],
         })

@@ -63,7 +63,7 @@ pub struct Subnet {
 #[serde(deny_unknown_fields)]
 pub struct Elected {
     pub version: String,
-    pub sha256: String,
+    pub sha256: sha256_hex::Sha256Hex,
     #[serde(default)]
     pub size: Option<u64>,
     pub urls: Vec<String>,
@@ -287,12 +287,6 @@ fn check_id(kind: &str, v: &str) -> Result<(), ModelError> {
 
 fn check_elected(e: &Elected) -> Result<(), ModelError> {
     check_version_name(&e.version)?;
-    if e.sha256.len() != 64 || hex::decode(&e.sha256).is_err() {
-        return Err(invalid(format!(
-            "sha256 `{}` is not 64 hex digits",
-            e.sha256
-        )));
-    }
     if e.urls.is_empty() || e.urls.len() > 16 {
         return Err(invalid("an elected version needs 1 to 16 download URLs"));
     }

@@ -34,8 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use store::{ProposalRecord, ProposalStatus, Store};
 
-/// Changes per published segment (`v1/segments/<k>.json` holds versions k*64+1 ..= k*64+64).
-pub const SEGMENT: u64 = 64;
+pub use registry_model::api::SEGMENT;
 pub const DB_FILE: &str = "registry.redb";
 
 #[derive(Debug, thiserror::Error)]

@@ -52,7 +52,7 @@ impl Net {
     fn elect(&self, v: &str) {
         let action = Action::ElectGuestos(Elected {
             version: v.into(),
-            sha256: "ab".repeat(32),
+            sha256: "ab".repeat(32).parse().unwrap(),
             size: None,
             urls: vec!["http://m/x".into()],
         });
@@ -183,7 +183,7 @@ fn change_below_majority_is_refused_even_with_the_online_key() {
     let mut seg = read_segment(&m, 0);
     let action = Action::ElectGuestos(Elected {
         version: "6.6.6".into(),
-        sha256: "ee".repeat(32),
+        sha256: "ee".repeat(32).parse().unwrap(),
         size: None,
         urls: vec!["http://evil/x".into()],
     });
@@ -296,7 +296,7 @@ fn mix_and_match_of_two_histories_is_refused() {
     let other = registry_server::Registry::open(&copy, &n.gov.dir.join("online.key")).unwrap();
     let action = Action::ElectGuestos(Elected {
         version: "2.0.0".into(),
-        sha256: "cd".repeat(32),
+        sha256: "cd".repeat(32).parse().unwrap(),
         size: None,
         urls: vec!["http://m/y".into()],
     });

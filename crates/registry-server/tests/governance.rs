@@ -49,7 +49,7 @@ fn net(deadline_secs: u64) -> Net {
 fn elect(v: &str) -> Action {
     Action::ElectGuestos(Elected {
         version: v.into(),
-        sha256: "ab".repeat(32),
+        sha256: "ab".repeat(32).parse().unwrap(),
         size: None,
         urls: vec!["http://mirror/x.tar".into()],
     })

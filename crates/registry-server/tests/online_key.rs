@@ -115,7 +115,7 @@ fn now() -> u64 {
 fn elected(v: &str) -> Elected {
     Elected {
         version: v.into(),
-        sha256: "ab".repeat(32),
+        sha256: "ab".repeat(32).parse().unwrap(),
         size: None,
         urls: vec!["http://m/x".into()],
     }

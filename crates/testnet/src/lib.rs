@@ -39,12 +39,15 @@
 //! testnet::down(Path::new("out/testnet"), &Stderr).unwrap();
 //! ```
 
+pub use node_status::hostos::{AgentStatus, GuestState};
+pub use node_status::orchestrator::{OrchestratorStatus, UpgradeState};
 use registry_client::api::Api;
 use registry_model::api::{ProposalRecord, ProposalStatus};
 use registry_model::*;
 use registry_server::localnet::LocalGovernance;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,12 +62,8 @@ pub const NEURON_POWERS: [u64; 3] = [40, 35, 25];
 pub enum TestnetError {
     #[error("{0}")]
     Msg(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
 }
 
 fn msg(m: impl Into<String>) -> TestnetError {
@@ -73,7 +72,7 @@ fn msg(m: impl Into<String>) -> TestnetError {
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestnetError {
     let what = what.into();
-    move |source| TestnetError::Io { what, source }
+    move |error| TestnetError::Io { what, error }
 }
 
 #[derive(Debug, Clone)]
@@ -198,7 +197,7 @@ impl State {
     pub fn elect_guestos(
         &self,
         version: &str,
-        sha256: &str,
+        sha256: &update_package::Sha256Hex,
         voters: &[u64],
     ) -> Result<ProposalRecord, TestnetError> {
         let urls = vec![self.mirror_url(&format!("guestos-{version}.tar"))];
@@ -208,7 +207,7 @@ impl State {
             &format!("elect GuestOS {version}"),
             Action::ElectGuestos(Elected {
                 version: version.into(),
-                sha256: sha256.into(),
+                sha256: sha256.clone(),
                 size: None,
                 urls,
             }),
@@ -216,7 +215,11 @@ impl State {
     }
 
     /// Put a built GuestOS package into the mirror; returns its SHA-256.
-    pub fn publish(&self, image: &Path, version: &str) -> Result<String, TestnetError> {
+    pub fn publish(
+        &self,
+        image: &Path,
+        version: &str,
+    ) -> Result<update_package::Sha256Hex, TestnetError> {
         let dst = self.dir.join(format!("packages/guestos-{version}.tar"));
         let src = image.join("update.tar");
         if std::fs::hard_link(&src, &dst).is_err() {
@@ -313,10 +316,46 @@ fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf, TestnetError> {
 
 /// Bring a testnet up. Fails if one is already running in the folder.
 pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
-    // Absolute paths only: nginx resolves a relative `-c` against its own prefix, and the
-    // detached processes must not depend on the caller's working directory.
+    let spec = &absolute(spec)?;
+    check_can_start(spec)?;
+    let images = spec
+        .images
+        .clone()
+        .unwrap_or_else(|| spec.dir.join("images"));
+    let base = image(&images, &spec.recipes, &spec.version, report)?;
+    let package_port = free_port()?;
+    let registry_port = free_port()?;
+    let pkg = spec
+        .dir
+        .join(format!("packages/guestos-{}.tar", spec.version));
+    std::fs::copy(base.join("update.tar"), &pkg).map_err(io("copying the GuestOS package"))?;
+    let sha = update_package::hash_file(&pkg)
+        .map_err(io("hashing the package"))?
+        .0;
+    let genesis_hash = write_governance(spec, sha, package_port, report)?;
+    let mut state = start_services(
+        spec,
+        &images,
+        registry_port,
+        package_port,
+        genesis_hash,
+        report,
+    )?;
+    for i in 1..=spec.nodes {
+        let node = start_node(&state, spec, &base, i, report)?;
+        state.nodes.push(node);
+        state.save()?;
+    }
+    wait_registered(&mut state, report)?;
+    create_subnets(&mut state, spec, report)?;
+    Ok(state)
+}
+
+/// The spec with absolute paths: nginx resolves a relative `-c` against its own prefix, and
+/// the detached processes must not depend on the caller's working directory.
+fn absolute(spec: &Spec) -> Result<Spec, TestnetError> {
     let abs = |p: &Path| std::path::absolute(p).map_err(io(format!("resolving {}", p.display())));
-    let spec = &Spec {
+    Ok(Spec {
         dir: abs(&spec.dir)?,
         images: spec.images.as_deref().map(abs).transpose()?,
         recipes: abs(&spec.recipes)?,
@@ -326,7 +365,12 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
             spec.icos.clone()
         },
         ..spec.clone()
-    };
+    })
+}
+
+/// Nothing of an earlier testnet runs in the folder, the sizes make sense, and the
+/// folders are fresh (images and logs are kept).
+fn check_can_start(spec: &Spec) -> Result<(), TestnetError> {
     if let Ok(s) = State::load(&spec.dir) {
         if alive(s.registry_pid) || s.nodes.iter().any(|n| alive(n.agent_pid)) {
             return Err(msg(format!(
@@ -348,22 +392,18 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
         }
         std::fs::create_dir_all(&p).map_err(io(format!("creating {}", p.display())))?;
     }
-    let images = spec
-        .images
-        .clone()
-        .unwrap_or_else(|| spec.dir.join("images"));
-    let base = image(&images, &spec.recipes, &spec.version, report)?;
+    Ok(())
+}
 
-    let package_port = free_port()?;
-    let registry_port = free_port()?;
-    let pkg = spec
-        .dir
-        .join(format!("packages/guestos-{}.tar", spec.version));
-    std::fs::copy(base.join("update.tar"), &pkg).map_err(io("copying the GuestOS package"))?;
-    let sha = update_package::hash_file(&pkg)
-        .map_err(io("hashing the package"))?
-        .0;
-
+/// Governance keys and the genesis (the GuestOS elected and deployed to unassigned nodes,
+/// the local network allowed through the firewall); the registry created from it. Returns
+/// the genesis hash.
+fn write_governance(
+    spec: &Spec,
+    sha: update_package::Sha256Hex,
+    package_port: u16,
+    report: &dyn Report,
+) -> Result<String, TestnetError> {
     report.line("writing governance keys and the genesis (3 neurons, 1 node operator)");
     let mut gov = LocalGovernance::create(
         &spec.dir.join("keys"),
@@ -397,7 +437,7 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
                 action: FwAction::Allow,
                 protocol: Protocol::Tcp,
                 ports: vec![8080, 9100],
-                sources: local.clone(),
+                sources: local,
                 comment: "testnet host".into(),
             }],
         },
@@ -409,7 +449,19 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
     .map_err(io("writing the genesis"))?;
     let g = registry_server::Registry::init(&spec.dir.join("registry"), &gov.genesis)
         .map_err(|e| msg(e.to_string()))?;
+    Ok(g.hash())
+}
 
+/// The registry server and the package mirror, detached and recorded; returns once both
+/// answer.
+fn start_services(
+    spec: &Spec,
+    images: &Path,
+    registry_port: u16,
+    package_port: u16,
+    genesis_hash: String,
+    report: &dyn Report,
+) -> Result<State, TestnetError> {
     report.line(&format!("starting the registry on 127.0.0.1:{registry_port} and the package mirror on 127.0.0.1:{package_port}"));
     let registry_pid = spawn_detached(
         Command::new(&spec.icos)
@@ -435,15 +487,14 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
             .arg(&conf),
         &spec.dir.join("logs/nginx.log"),
     )?;
-
-    let mut state = State {
+    let state = State {
         dir: spec.dir.clone(),
         registry_port,
         registry_pid,
         package_port,
         nginx_pid,
-        genesis_hash: g.hash(),
-        images: images.clone(),
+        genesis_hash,
+        images: images.to_path_buf(),
         recipes: spec.recipes.clone(),
         icos: spec.icos.clone(),
         nodes: Vec::new(),
@@ -460,24 +511,34 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
         &format!("http://127.0.0.1:{package_port}/{MIRROR_PROBE}"),
         &spec.dir.join("logs/nginx.log"),
     )?;
+    Ok(state)
+}
 
-    for i in 1..=spec.nodes {
-        let name = format!("node{i}");
-        let ndir = spec.dir.join("nodes").join(&name);
-        std::fs::create_dir_all(ndir.join("state")).map_err(io("creating the node folder"))?;
-        let disk = ndir.join("guest.img");
-        let st = Command::new("cp")
-            .arg("--sparse=always")
-            .arg(base.join("disk.img"))
-            .arg(&disk)
-            .status()
-            .map_err(io("copying the GuestOS disk"))?;
-        if !st.success() {
-            return Err(msg("copying the GuestOS disk failed"));
-        }
-        let (agent_port, status_port, payload_port) = (free_port()?, free_port()?, free_port()?);
-        let cfg = format!(
-            r#"[node]
+/// Node `i`: its own copy of the GuestOS disk, its `hostos.toml`, its HostOS agent (which
+/// starts the GuestOS VM).
+fn start_node(
+    state: &State,
+    spec: &Spec,
+    base: &Path,
+    i: usize,
+    report: &dyn Report,
+) -> Result<NodeInfo, TestnetError> {
+    let name = format!("node{i}");
+    let ndir = spec.dir.join("nodes").join(&name);
+    std::fs::create_dir_all(ndir.join("state")).map_err(io("creating the node folder"))?;
+    let disk = ndir.join("guest.img");
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(base.join("disk.img"))
+        .arg(&disk)
+        .status()
+        .map_err(io("copying the GuestOS disk"))?;
+    if !st.success() {
+        return Err(msg("copying the GuestOS disk failed"));
+    }
+    let (agent_port, status_port, payload_port) = (free_port()?, free_port()?, free_port()?);
+    let cfg = format!(
+        r#"[node]
 deployment = "testnet"
 management_mac = "02:00:00:00:01:{i:02x}"
 hostos_version = "dev"
@@ -500,39 +561,40 @@ operator_key_file = "{opkey}"
 admin_prefixes = ["10.0.2.0/24"]
 registry_urls = ["{reg}"]
 "#,
-            disk = disk.display(),
-            vcpus = spec.vcpus,
-            mem = spec.memory_mib,
-            reg = state.guest_registry_url(),
-            host_reg = state.registry_url(),
-            genesis = state.genesis_hash,
-            state = ndir.join("state").display(),
-            opkey = spec.dir.join("keys/operator_op1.key").display(),
-        );
-        let cfg_path = ndir.join("hostos.toml");
-        std::fs::write(&cfg_path, cfg).map_err(io("writing hostos.toml"))?;
-        let agent_pid = spawn_detached(
-            Command::new(&spec.icos)
-                .args(["hostos", "run", "--config"])
-                .arg(&cfg_path),
-            &spec.dir.join(format!("logs/{name}-agent.log")),
-        )?;
-        report.line(&format!("{name}: agent started (pid {agent_pid}, status http://127.0.0.1:{agent_port}/v1/status); GuestOS VM booting"));
-        state.nodes.push(NodeInfo {
-            name,
-            dir: ndir,
-            agent_pid,
-            agent_port,
-            status_port,
-            payload_port,
-            node_id: None,
-        });
-        state.save()?;
-    }
+        disk = disk.display(),
+        vcpus = spec.vcpus,
+        mem = spec.memory_mib,
+        reg = state.guest_registry_url(),
+        host_reg = state.registry_url(),
+        genesis = state.genesis_hash,
+        state = ndir.join("state").display(),
+        opkey = spec.dir.join("keys/operator_op1.key").display(),
+    );
+    let cfg_path = ndir.join("hostos.toml");
+    std::fs::write(&cfg_path, cfg).map_err(io("writing hostos.toml"))?;
+    let agent_pid = spawn_detached(
+        Command::new(&spec.icos)
+            .args(["hostos", "run", "--config"])
+            .arg(&cfg_path),
+        &spec.dir.join(format!("logs/{name}-agent.log")),
+    )?;
+    report.line(&format!("{name}: agent started (pid {agent_pid}, status http://127.0.0.1:{agent_port}/v1/status); GuestOS VM booting"));
+    Ok(NodeInfo {
+        name,
+        dir: ndir,
+        agent_pid,
+        agent_port,
+        status_port,
+        payload_port,
+        node_id: None,
+    })
+}
 
+/// Wait until every node registered itself (found by its payload endpoint).
+fn wait_registered(state: &mut State, report: &dyn Report) -> Result<(), TestnetError> {
     report.line(&format!(
         "waiting for {} node(s) to boot and register (TCG: a minute or two)",
-        spec.nodes
+        state.nodes.len()
     ));
     let end = Instant::now() + Duration::from_secs(900);
     loop {
@@ -555,14 +617,17 @@ registry_urls = ["{reg}"]
         }
         state.save()?;
         if all {
-            break;
+            return Ok(());
         }
         if Instant::now() > end {
             return Err(msg("not every node registered within 15 minutes; see the logs folder and `icos testnet status`"));
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+}
 
+/// The subnets, by proposals (nodes dealt round-robin, one 2^32 canister range each).
+fn create_subnets(state: &mut State, spec: &Spec, report: &dyn Report) -> Result<(), TestnetError> {
     for k in 0..spec.subnets {
         let id = format!("subnet-{}", k + 1);
         let nodes: Vec<String> = state
@@ -593,8 +658,7 @@ registry_urls = ["{reg}"]
         report.line(&format!("{id} created by proposal {}", r.id));
         state.subnets.push(id);
     }
-    state.save()?;
-    Ok(state)
+    state.save()
 }
 
 /// Wait until `url` answers; else name `what` and the log that says why.
@@ -617,32 +681,92 @@ fn wait_up(what: &str, url: &str, log: &Path) -> Result<(), TestnetError> {
     )))
 }
 
-/// One node as the testnet sees it.
-#[derive(Debug, Clone, Default, Serialize)]
+/// One node as the testnet sees it: the documents its two daemons publish, read typed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRow {
     pub name: String,
     pub node_id: String,
-    pub subnet: String,
-    pub guestos: String,
-    pub target: String,
-    pub slot: String,
-    pub confirmed: bool,
-    pub hostos: String,
-    pub vm: String,
-    pub upgrade: String,
-    pub health: String,
-    pub registry_version: u64,
-    pub orchestrator: Option<serde_json::Value>,
+    /// The node's subnet in the registry (none: unassigned).
+    pub subnet: Option<String>,
+    /// Whether the node's HostOS agent process is alive.
+    pub agent_alive: bool,
+    pub agent: Option<AgentStatus>,
+    pub orchestrator: Option<OrchestratorStatus>,
+    /// From the two documents: [`NodeRow::assess`].
+    pub health: Health,
 }
 
-fn get_json(url: &str) -> Option<serde_json::Value> {
-    let body = ureq::get(url)
-        .timeout(Duration::from_secs(3))
-        .call()
-        .ok()?
-        .into_string()
-        .ok()?;
-    serde_json::from_str(&body).ok()
+/// Whether a node is fine, and if not, the first thing wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "health", content = "problem")]
+pub enum Health {
+    Healthy,
+    Unhealthy(String),
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Healthy => f.write_str("healthy"),
+            Health::Unhealthy(p) => f.write_str(p),
+        }
+    }
+}
+
+impl NodeRow {
+    /// What the GuestOS VM is doing, as its agent says.
+    pub fn guest_state(&self) -> Option<GuestState> {
+        self.agent.as_ref().map(|a| a.guest.state)
+    }
+
+    /// The VM runs and its orchestrator answers.
+    pub fn running(&self) -> bool {
+        self.guest_state() == Some(GuestState::Running) && self.orchestrator.is_some()
+    }
+
+    /// Running `version` on a confirmed slot.
+    pub fn runs_confirmed(&self, version: &str) -> bool {
+        self.running()
+            && self
+                .orchestrator
+                .as_ref()
+                .is_some_and(|o| o.guestos_version == version && o.confirmed)
+    }
+
+    /// Whether the node is fine, from what its daemons publish.
+    pub fn assess(&self) -> Health {
+        let Some(a) = &self.agent else {
+            return Health::Unhealthy(if self.agent_alive {
+                "agent does not answer".into()
+            } else {
+                "agent down".into()
+            });
+        };
+        if a.guest.state != GuestState::Running {
+            return Health::Unhealthy(format!("vm {}", vm_word(a.guest.state)));
+        }
+        let Some(o) = &self.orchestrator else {
+            return Health::Unhealthy("orchestrator does not answer".into());
+        };
+        if let Some(p) = o.problem() {
+            return Health::Unhealthy(p);
+        }
+        if !o.confirmed {
+            return Health::Unhealthy("running slot on trial".into());
+        }
+        Health::Healthy
+    }
+}
+
+fn vm_word(s: GuestState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
+}
+
+fn fetch<T: serde::de::DeserializeOwned>(url: &str) -> Option<T> {
+    node_status::fetch(url, Duration::from_secs(3)).ok()
 }
 
 pub fn status(state: &State) -> Vec<NodeRow> {
@@ -651,103 +775,134 @@ pub fn status(state: &State) -> Vec<NodeRow> {
         .nodes
         .iter()
         .map(|n| {
-            let o = get_json(&format!("http://127.0.0.1:{}/status", n.status_port));
-            let a = get_json(&format!("http://127.0.0.1:{}/v1/status", n.agent_port));
             let node_id = n.node_id.clone().unwrap_or_default();
-            let subnet = reg
-                .as_ref()
-                .and_then(|r| {
-                    r.subnets
-                        .values()
-                        .find(|s| s.nodes.contains(&node_id))
-                        .map(|s| s.id.clone())
-                })
-                .unwrap_or_else(|| "unassigned".into());
-            let s = |v: &Option<serde_json::Value>, k: &str| {
-                v.as_ref()
-                    .and_then(|v| v[k].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "-".into())
-            };
-            let vm = a
-                .as_ref()
-                .and_then(|a| a["guest"]["state"].as_str().map(str::to_string))
-                .unwrap_or_else(|| {
-                    if alive(n.agent_pid) {
-                        "?".into()
-                    } else {
-                        "agent down".into()
-                    }
-                });
-            let confirmed = o
-                .as_ref()
-                .and_then(|o| o["confirmed"].as_bool())
-                .unwrap_or(false);
-            let health = match (&o, vm.as_str()) {
-                (Some(o), "running") if o["registry_error"].is_null() && confirmed => {
-                    "healthy".into()
-                }
-                (Some(o), _) if !o["registry_error"].is_null() => {
-                    format!("registry: {}", o["registry_error"].as_str().unwrap_or("?"))
-                }
-                (Some(_), v) => v.to_string(),
-                (None, v) => format!("vm {v}"),
-            };
-            NodeRow {
+            let subnet = reg.as_ref().and_then(|r| {
+                r.subnets
+                    .values()
+                    .find(|s| s.nodes.contains(&node_id))
+                    .map(|s| s.id.clone())
+            });
+            let mut row = NodeRow {
                 name: n.name.clone(),
                 node_id,
                 subnet,
-                guestos: s(&o, "guestos_version"),
-                target: s(&o, "target_guestos"),
-                slot: s(&o, "slot"),
-                confirmed,
-                hostos: a
-                    .as_ref()
-                    .and_then(|a| a["hostos_version"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "-".into()),
-                vm,
-                upgrade: o
-                    .as_ref()
-                    .and_then(|o| o["upgrade"]["state"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "-".into()),
-                health,
-                registry_version: o
-                    .as_ref()
-                    .and_then(|o| o["registry_version"].as_u64())
-                    .unwrap_or(0),
-                orchestrator: o,
-            }
+                agent_alive: alive(n.agent_pid),
+                agent: fetch(&format!("http://127.0.0.1:{}/v1/status", n.agent_port)),
+                orchestrator: fetch(&format!("http://127.0.0.1:{}/status", n.status_port)),
+                health: Health::Healthy,
+            };
+            row.health = row.assess();
+            row
         })
         .collect()
 }
 
 pub fn print_status(rows: &[NodeRow]) {
     println!(
-        "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<8} {:<10} health",
+        "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} health",
         "node", "node id", "subnet", "guestos", "target", "slot", "hostos", "vm", "upgrade"
     );
     for r in rows {
+        let o = r.orchestrator.as_ref();
+        let dash = || "-".to_string();
         println!(
-            "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<8} {:<10} {}",
+            "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} {}",
             r.name,
             r.node_id,
-            r.subnet,
-            r.guestos,
-            r.target,
-            r.slot,
-            r.hostos,
-            r.vm,
-            r.upgrade,
+            r.subnet.as_deref().unwrap_or("unassigned"),
+            o.map(|o| o.guestos_version.clone()).unwrap_or_else(dash),
+            o.and_then(|o| o.target_guestos.clone())
+                .unwrap_or_else(dash),
+            o.and_then(|o| o.slot)
+                .map(|s| s.to_string())
+                .unwrap_or_else(dash),
+            r.agent
+                .as_ref()
+                .map(|a| a.hostos_version.clone())
+                .unwrap_or_else(dash),
+            r.guest_state().map(vm_word).unwrap_or_else(dash),
+            o.map(|o| upgrade_word(o.upgrade.state))
+                .unwrap_or_else(dash),
             r.health
         );
     }
 }
 
+fn upgrade_word(s: UpgradeState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
+}
+
 /// How one node ended a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum RolloutOutcome {
+    /// Runs the new version on a confirmed slot.
+    Confirmed,
+    /// Tried the new version, failed its health check, and went back.
+    RolledBack { to: String, reason: String },
+    /// Would not install it (download or package refused).
+    Refused { reason: String },
+}
+
+impl fmt::Display for RolloutOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RolloutOutcome::Confirmed => f.write_str("confirmed"),
+            RolloutOutcome::RolledBack { to, reason } => write!(f, "rolled back to {to}: {reason}"),
+            RolloutOutcome::Refused { reason } => write!(f, "refused: {reason}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RolloutResult {
     pub node: String,
-    pub outcome: String,
+    pub outcome: RolloutOutcome,
     pub seconds: f64,
+}
+
+/// Where a node stands in a rollout of `version`, if it has finished.
+fn rollout_outcome(r: &NodeRow, version: &str) -> Option<RolloutOutcome> {
+    let o = r.orchestrator.as_ref()?;
+    if r.runs_confirmed(version) {
+        return Some(RolloutOutcome::Confirmed);
+    }
+    let failed = o.upgrade.failed_versions.iter().any(|v| v == version);
+    if failed && r.running() && o.confirmed && o.guestos_version != version {
+        return Some(RolloutOutcome::RolledBack {
+            to: o.guestos_version.clone(),
+            reason: o.upgrade.last_rollback.clone().unwrap_or_default(),
+        });
+    }
+    if o.upgrade.state == UpgradeState::Failed && o.upgrade.target.as_deref() == Some(version) {
+        return Some(RolloutOutcome::Refused {
+            reason: o.upgrade.last_result.clone().unwrap_or_default(),
+        });
+    }
+    None
+}
+
+/// One line of progress for a node.
+fn progress_line(r: &NodeRow) -> String {
+    let o = r.orchestrator.as_ref();
+    format!(
+        "{} {} slot {} ({}), upgrade {}",
+        r.guest_state().map(vm_word).unwrap_or_else(|| "-".into()),
+        o.map(|o| o.guestos_version.as_str()).unwrap_or("-"),
+        o.and_then(|o| o.slot)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into()),
+        if o.is_some_and(|o| o.confirmed) {
+            "confirmed"
+        } else {
+            "on trial"
+        },
+        o.map(|o| upgrade_word(o.upgrade.state))
+            .unwrap_or_else(|| "-".into())
+    )
 }
 
 /// Follow nodes of `subnet` until each runs `version` confirmed, or rejected it (a failed
@@ -765,64 +920,29 @@ pub fn follow(
     loop {
         let rows: Vec<NodeRow> = status(state)
             .into_iter()
-            .filter(|r| r.subnet == subnet)
+            .filter(|r| r.subnet.as_deref() == Some(subnet))
             .collect();
         if rows.is_empty() {
             return Err(msg(format!("no nodes in {subnet}")));
         }
+        let secs = || start.elapsed().as_secs_f64();
         for r in &rows {
-            let o = r.orchestrator.clone().unwrap_or_default();
-            let failed = o["upgrade"]["failed_versions"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|v| v == version));
-            let refused = o["upgrade"]["state"] == "failed" && o["upgrade"]["target"] == version;
-            let line = format!(
-                "{} {} slot {} ({}), upgrade {}",
-                r.vm,
-                r.guestos,
-                r.slot,
-                if r.confirmed { "confirmed" } else { "on trial" },
-                r.upgrade
-            );
+            let line = progress_line(r);
             if last.get(&r.name) != Some(&line) {
-                report.line(&format!(
-                    "{:>6.1} s {}: {line}",
-                    start.elapsed().as_secs_f64(),
-                    r.name
-                ));
+                report.line(&format!("{:>6.1} s {}: {line}", secs(), r.name));
                 last.insert(r.name.clone(), line);
             }
             if done.contains_key(&r.name) {
                 continue;
             }
-            let outcome = if r.guestos == version && r.confirmed && r.vm == "running" {
-                Some("confirmed".to_string())
-            } else if failed && r.guestos != version && r.confirmed && r.vm == "running" {
-                Some(format!(
-                    "rolled back to {}: {}",
-                    r.guestos,
-                    o["upgrade"]["last_rollback"].as_str().unwrap_or("")
-                ))
-            } else if refused {
-                Some(format!(
-                    "refused: {}",
-                    o["upgrade"]["last_result"].as_str().unwrap_or("")
-                ))
-            } else {
-                None
-            };
-            if let Some(outcome) = outcome {
-                report.line(&format!(
-                    "{}: {outcome} after {:.1} s",
-                    r.name,
-                    start.elapsed().as_secs_f64()
-                ));
+            if let Some(outcome) = rollout_outcome(r, version) {
+                report.line(&format!("{}: {outcome} after {:.1} s", r.name, secs()));
                 done.insert(
                     r.name.clone(),
                     RolloutResult {
                         node: r.name.clone(),
                         outcome,
-                        seconds: start.elapsed().as_secs_f64(),
+                        seconds: secs(),
                     },
                 );
             }

@@ -29,8 +29,11 @@
 //! assert_eq!(m.version, manifest.version);
 //! ```
 
+pub mod reader;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+pub use sha256_hex::Sha256Hex;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -88,7 +91,7 @@ impl fmt::Display for ImageKind {
 /// is here and in the boot entry, so nothing unauthenticated on disk is trusted).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verity {
-    pub root_hash: String,
+    pub root_hash: Sha256Hex,
     pub salt: String,
     pub hash_algorithm: String,
     pub data_block_size: u32,
@@ -103,7 +106,7 @@ pub struct Verity {
 pub struct Part {
     pub name: String,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: Sha256Hex,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,15 +163,8 @@ impl UpdateManifest {
                 &MEMBER_ORDER[1..]
             ));
         }
-        for p in &self.parts {
-            if p.sha256.len() != 64 || hex::decode(&p.sha256).is_err() {
-                return bad(format!("part {} has a malformed sha256", p.name));
-            }
-        }
+        // Digests were checked when the manifest was parsed (`Sha256Hex`).
         let v = &self.verity;
-        if v.root_hash.len() != 64 || hex::decode(&v.root_hash).is_err() {
-            return bad("verity root hash is malformed".into());
-        }
         if hex::decode(&v.salt).is_err() {
             return bad("verity salt is malformed".into());
         }
@@ -256,7 +252,7 @@ pub struct PartFiles {
 }
 
 /// SHA-256 and size of a file, streamed.
-pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+pub fn hash_file(path: &Path) -> io::Result<(Sha256Hex, u64)> {
     let mut f = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -269,7 +265,7 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
         h.update(&buf[..got]);
         n += got as u64;
     }
-    Ok((hex::encode(h.finalize()), n))
+    Ok((Sha256Hex::from_bytes(h.finalize().into()), n))
 }
 
 fn header_for(name: &str, size: u64) -> tar::Header {
@@ -384,71 +380,31 @@ pub fn read_manifest_from<R: Read>(r: R) -> Result<UpdateManifest, PackageError>
     Ok(m)
 }
 
-/// Fully check a package file: member order, each part's size and SHA-256.
-pub fn verify_package(path: &Path) -> Result<UpdateManifest, PackageError> {
-    let manifest = read_manifest(path)?;
+/// Fully check a package file: member order, each part's size and SHA-256 (the same
+/// one-pass reader an installer uses, with a sink that keeps nothing).
+pub fn verify_package(path: &Path) -> Result<reader::Streamed, reader::ReadError> {
+    struct Discard;
+    impl reader::PackageSink for Discard {
+        type Error = reader::ReadError;
+        fn manifest(&mut self, _: &UpdateManifest) -> Result<(), reader::ReadError> {
+            Ok(())
+        }
+        fn part(&mut self, p: &Part, data: &mut dyn Read) -> Result<(), reader::ReadError> {
+            io::copy(data, &mut io::sink())
+                .map(|_| ())
+                .map_err(|e| reader::ReadError::io(&p.name, e))
+        }
+    }
     let f = File::open(path).map_err(|source| PackageError::Io {
         what: "opening",
         path: path.to_path_buf(),
         source,
     })?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, f));
-    let entries = archive
-        .entries()
-        .map_err(|e| PackageError::Malformed(e.to_string()))?;
-    let mut seen = Vec::new();
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|e| PackageError::Malformed(format!("truncated or corrupt: {e}")))?;
-        let name = entry
-            .path()
-            .map_err(|e| PackageError::Malformed(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
-        seen.push(name.clone());
-        if name == "manifest.json" {
-            continue;
-        }
-        let part = manifest
-            .part(&name)
-            .ok_or_else(|| PackageError::Malformed(format!("unexpected member `{name}`")))?
-            .clone();
-        let mut h = Sha256::new();
-        let n = io::copy(&mut entry, &mut HashWriter(&mut h))
-            .map_err(|e| PackageError::Malformed(format!("member {name} truncated: {e}")))?;
-        if n != part.size {
-            return Err(PackageError::PartSize {
-                part: name,
-                expected: part.size,
-                actual: n,
-            });
-        }
-        let actual = hex::encode(h.finalize());
-        if actual != part.sha256 {
-            return Err(PackageError::PartHash {
-                part: name,
-                expected: part.sha256,
-                actual,
-            });
-        }
-    }
-    if seen != MEMBER_ORDER {
-        return Err(PackageError::Malformed(format!(
-            "members are {seen:?}, expected {MEMBER_ORDER:?}"
-        )));
-    }
-    Ok(manifest)
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    reader::read_package(
+        &mut BufReader::with_capacity(1 << 20, f),
+        u64::MAX,
+        &mut Discard,
+    )
 }
 
 #[cfg(test)]
@@ -477,7 +433,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             kernel_version: "6.1.0".into(),
             verity: Verity {
-                root_hash: "ab".repeat(32),
+                root_hash: "ab".repeat(32).parse().unwrap(),
                 salt: "00".repeat(32),
                 hash_algorithm: "sha256".into(),
                 data_block_size: 4096,
@@ -511,7 +467,10 @@ mod tests {
         write_package(&p2, &m, &parts).unwrap();
         assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap());
         assert_eq!(read_manifest(&p1).unwrap(), m);
-        assert_eq!(verify_package(&p1).unwrap(), m);
+        let v = verify_package(&p1).unwrap();
+        assert_eq!(v.manifest, m);
+        assert_eq!(v.bytes, std::fs::metadata(&p1).unwrap().len());
+        assert_eq!(v.sha256, hash_file(&p1).unwrap().0);
     }
 
     #[test]
@@ -529,7 +488,7 @@ mod tests {
         std::fs::write(&p, &bad).unwrap();
         let err = verify_package(&p).unwrap_err();
         assert!(
-            matches!(err, PackageError::PartHash { ref part, .. } if part == "root.img"),
+            matches!(err, reader::ReadError::Package(PackageError::PartHash { ref part, .. }) if part == "root.img"),
             "{err}"
         );
 

@@ -1,28 +1,22 @@
 //! The engine proper: one node disk (a disk image file or the running system's disk), its
-//! slots, its ESP, and the operations install → activate → confirm / rollback.
+//! slots, its ESP, and the operations install → activate → confirm / rollback. Installing
+//! is in [`install`].
+
+mod install;
 
 use crate::health::HealthCheck;
 use crate::state::{
-    self, Confirmed, ImageInfo, InProgress, InstallResult, Installed, Pending, Rollback, State,
+    self, Confirmed, ImageInfo, InProgress, InstallResult, Pending, Rollback, State,
 };
-use crate::verity::{self, Level0, VerityError};
+use crate::verity::VerityError;
 use boot_slots::{next_boot, BootEntry, EntryName, Esp, EspError, ENTRIES_DIR};
 use disk_layout::{FoundPartition, Slot, Window};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
-use update_package::{ImageKind, PackageError, UpdateManifest, MAX_MANIFEST_BYTES};
-
-/// Copy buffer for streaming parts; with the tar reader's and fatfs's small buffers, the
-/// engine's memory stays within a few MiB whatever the package size.
-const CHUNK: usize = 1 << 20;
-/// Durability points while writing a root image (also crash-test cut points).
-const SYNC_EVERY: u64 = 32 << 20;
-/// Bytes wiped at each end of a slot's /var (filesystem signatures live there).
-const VAR_WIPE: u64 = 1 << 20;
+use update_package::reader::ReadError;
+use update_package::{ImageKind, PackageError, Sha256Hex, UpdateManifest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -56,7 +50,10 @@ pub enum EngineError {
     #[error("update package is larger than {limit} bytes, more than this disk's slot can hold; refusing to read further")]
     Oversized { limit: u64 },
     #[error("update package SHA-256 is {actual}, expected {expected}")]
-    PackageHash { expected: String, actual: String },
+    PackageHash {
+        expected: Sha256Hex,
+        actual: Sha256Hex,
+    },
     #[error("update package part {part}: {detail}")]
     Part { part: String, detail: String },
     #[error("{what} needs {need} bytes, partition `{partition}` has {have}")]
@@ -76,6 +73,21 @@ pub enum EngineError {
     Busy(PathBuf),
     #[error("the state file {0} is not valid JSON: {1}")]
     State(String, String),
+}
+
+impl From<ReadError> for EngineError {
+    fn from(e: ReadError) -> EngineError {
+        match e {
+            ReadError::Package(p) => EngineError::Package(p),
+            ReadError::Truncated { bytes, what } => EngineError::Truncated { bytes, what },
+            ReadError::Oversized { limit } => EngineError::Oversized { limit },
+            ReadError::Io { what, error } => EngineError::Io {
+                what: format!("reading {what} from"),
+                path: PathBuf::from("the package"),
+                source: error,
+            },
+        }
+    }
 }
 
 fn io_err(what: impl Into<String>, path: &Path) -> impl FnOnce(io::Error) -> EngineError {
@@ -135,7 +147,7 @@ pub struct InstallReport {
     pub slot: Slot,
     pub version: String,
     pub package_bytes: u64,
-    pub package_sha256: String,
+    pub package_sha256: Sha256Hex,
 }
 
 /// Result of [`Engine::confirm`].
@@ -223,9 +235,13 @@ impl Engine {
             .open(path)
             .map_err(io_err("opening disk", path))?;
         let partitions = disk_layout::read_partitions(path)?;
+        // Test builds only: images ship without the crash harness.
+        #[cfg(feature = "crash-points")]
         let crash_at = std::env::var("ICOS_UPGRADE_CRASH_AT")
             .ok()
             .and_then(|v| v.parse().ok());
+        #[cfg(not(feature = "crash-points"))]
+        let crash_at = None;
         let mut e = Engine {
             disk: path.to_path_buf(),
             file,
@@ -277,8 +293,9 @@ impl Engine {
             .ok_or_else(|| EngineError::MissingPartition(label.to_string()))
     }
 
-    /// A durable write step: everything before it is on disk. With `ICOS_UPGRADE_CRASH_AT=N`
-    /// the process dies right after step N, like a power cut (no cleanup runs).
+    /// A durable write step: everything before it is on disk. With the `crash-points`
+    /// feature and `ICOS_UPGRADE_CRASH_AT=N` the process dies right after step N, like a
+    /// power cut (no cleanup runs).
     fn step(&mut self, what: &str) -> Result<(), EngineError> {
         self.file
             .sync_all()
@@ -456,11 +473,10 @@ impl Engine {
 
     fn say(&self, line: &str) {
         println!("{line}");
-        tracing::info!("{line}");
         if self.console {
-            if let Ok(mut c) = OpenOptions::new().write(true).open("/dev/console") {
-                let _ = writeln!(c, "{line}");
-            }
+            daemon_support::Console::system().line(line);
+        } else {
+            tracing::info!("{line}");
         }
     }
 
@@ -483,359 +499,6 @@ impl Engine {
         let root = self.partition(&format!("{slot}_root"))?.guid.to_string();
         let var = self.partition(&format!("{slot}_var"))?.guid.to_string();
         Ok(m.boot_options(Some(slot.as_str()), &root, Some(&var)))
-    }
-
-    /// Stream a package into the inactive slot. See the crate documentation for the checks.
-    pub fn install(
-        &mut self,
-        source: &mut dyn Read,
-        expected_sha256: &str,
-    ) -> Result<InstallReport, EngineError> {
-        self.lock()?;
-        let expected = expected_sha256.trim().to_ascii_lowercase();
-        if expected.len() != 64 || hex::decode(&expected).is_err() {
-            return Err(EngineError::PackageHash {
-                expected: expected_sha256.into(),
-                actual: "(not computed: expected value is not a SHA-256 hex digest)".into(),
-            });
-        }
-        let entries = self.entries()?;
-        let cur = self.require_confirmed_current(&entries)?;
-        let target = cur.other();
-        if let Mode::Running(r) = self.mode {
-            if r == target {
-                return Err(EngineError::RunningSlot(target));
-            }
-        }
-        let mut st = self.read_state()?;
-        st.in_progress = Some(InProgress {
-            operation: "install".into(),
-            slot: target,
-            version: None,
-            started_unix: state::now_unix(),
-        });
-        if st.installed.as_ref().is_some_and(|i| i.slot == target) {
-            st.installed = None;
-        }
-        if st.pending.as_ref().is_some_and(|p| p.slot == target) {
-            st.pending = None;
-        }
-        self.write_state(&st, "record install start")?;
-        // From here on the target slot has no boot entry until the install is complete.
-        self.with_esp(|esp| Ok(esp.remove_entries(target)?))?;
-        self.step("remove the target slot's boot entries")?;
-
-        let result = self.stream_package(source, &expected, target);
-        let mut st = self.read_state()?;
-        st.in_progress = None;
-        match result {
-            Ok((report, boot_options)) => {
-                self.wipe_var(target)?;
-                st.installed = Some(Installed {
-                    slot: target,
-                    version: report.version.clone(),
-                    package_sha256: report.package_sha256.clone(),
-                    boot_options,
-                });
-                st.last_install = Some(InstallResult {
-                    version: Some(report.version.clone()),
-                    slot: target,
-                    ok: true,
-                    message: format!("installed {} bytes", report.package_bytes),
-                    unix: state::now_unix(),
-                });
-                self.write_state(&st, "record install done")?;
-                Ok(report)
-            }
-            Err(e) => {
-                st.last_install = Some(InstallResult {
-                    version: None,
-                    slot: target,
-                    ok: false,
-                    message: e.to_string(),
-                    unix: state::now_unix(),
-                });
-                // Best effort: the error itself matters more than recording it.
-                let _ = self.write_state(&st, "record install failure");
-                Err(e)
-            }
-        }
-    }
-
-    fn wipe_var(&mut self, slot: Slot) -> Result<(), EngineError> {
-        let p = self.partition(&format!("{slot}_var"))?.clone();
-        let zeros = vec![0u8; VAR_WIPE as usize];
-        for off in [p.start, p.start + p.size - VAR_WIPE] {
-            self.file
-                .write_all_at(&zeros, off)
-                .map_err(io_err("wiping /var of the target slot on", &self.disk))?;
-        }
-        self.step("wipe the target slot's /var")
-    }
-
-    fn stream_package(
-        &mut self,
-        source: &mut dyn Read,
-        expected: &str,
-        target: Slot,
-    ) -> Result<(InstallReport, String), EngineError> {
-        let root_part = self.partition(&format!("{target}_root"))?.clone();
-        let esp_part = self.partition("esp")?.clone();
-        // A valid package cannot be larger than what it fills plus tar overhead.
-        let limit = root_part.size + esp_part.size + (1 << 20);
-        let mut pkg = HashingReader {
-            inner: source,
-            hash: Sha256::new(),
-            bytes: 0,
-            limit,
-        };
-        let mut manifest: Option<UpdateManifest> = None;
-        let mut seen: Vec<String> = Vec::new();
-        let mut level0_digest = None;
-        {
-            let mut archive = tar::Archive::new(&mut pkg);
-            let entries = archive
-                .entries()
-                .map_err(|e| map_read_err(e, 0, "the package header"))?;
-            for entry in entries {
-                let mut entry = entry.map_err(|e| map_read_err(e, 0, "a member header"))?;
-                let name = entry
-                    .path()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let expected_name = update_package::MEMBER_ORDER
-                    .get(seen.len())
-                    .copied()
-                    .unwrap_or("(end of archive)");
-                if name != expected_name {
-                    return Err(PackageError::Malformed(format!(
-                        "member {} is `{name}`, expected `{expected_name}`",
-                        seen.len() + 1
-                    ))
-                    .into());
-                }
-                let size = entry.header().size().unwrap_or(u64::MAX);
-                match name.as_str() {
-                    "manifest.json" => {
-                        if size > MAX_MANIFEST_BYTES {
-                            return Err(PackageError::Malformed(format!(
-                                "manifest.json is {size} bytes, more than {MAX_MANIFEST_BYTES}"
-                            ))
-                            .into());
-                        }
-                        let mut buf = Vec::new();
-                        (&mut entry)
-                            .take(MAX_MANIFEST_BYTES)
-                            .read_to_end(&mut buf)
-                            .map_err(|e| map_read_err(e, 0, "manifest.json"))?;
-                        let m: UpdateManifest = serde_json::from_slice(&buf)
-                            .map_err(|e| PackageError::BadManifest(e.to_string()))?;
-                        m.validate()?;
-                        if m.kind != self.kind {
-                            return Err(EngineError::WrongKind {
-                                package: m.kind,
-                                node: self.kind,
-                            });
-                        }
-                        let root = m.part("root.img").expect("validated").size;
-                        if root > root_part.size {
-                            return Err(EngineError::NoRoom {
-                                what: format!("root.img of {}", m.version),
-                                partition: root_part.label.clone(),
-                                need: root,
-                                have: root_part.size,
-                            });
-                        }
-                        let tree = verity::tree_bytes(m.verity.data_blocks);
-                        if m.verity.hash_offset + tree != root {
-                            return Err(PackageError::BadManifest(format!(
-                                "root.img is {root} bytes but data plus hash tree are {}",
-                                m.verity.hash_offset + tree
-                            ))
-                            .into());
-                        }
-                        self.check_esp_room(&m, target)?;
-                        let mut st = self.read_state()?;
-                        if let Some(ip) = st.in_progress.as_mut() {
-                            ip.version = Some(m.version.clone());
-                        }
-                        self.write_state(&st, "record install version")?;
-                        manifest = Some(m);
-                    }
-                    "vmlinuz" | "initrd.img" => {
-                        let m = manifest.as_ref().expect("order checked");
-                        let part = m.part(&name).expect("validated").clone();
-                        check_size(&name, size, part.size)?;
-                        let path = format!("icos/{}/{name}", slot_lower(target));
-                        let mut hashing = PartReader {
-                            inner: &mut entry,
-                            hash: Sha256::new(),
-                            bytes: 0,
-                        };
-                        let written =
-                            self.with_esp(|esp| Ok(esp.write_file(&path, &mut hashing)))?;
-                        let written = written.map_err(|e| match e {
-                            EspError::Io { source, .. } if is_eof(&source) => {
-                                EngineError::Truncated {
-                                    bytes: 0,
-                                    what: name.clone(),
-                                }
-                            }
-                            other => other.into(),
-                        })?;
-                        check_part(&name, written, hex::encode(hashing.hash.finalize()), &part)?;
-                        self.step(&format!("write {name}"))?;
-                    }
-                    "root.img" => {
-                        let m = manifest.clone().expect("order checked");
-                        let part = m.part("root.img").expect("validated").clone();
-                        check_size("root.img", size, part.size)?;
-                        level0_digest = Some(self.write_root(&mut entry, &m, &root_part)?);
-                    }
-                    _ => unreachable!("names are checked against MEMBER_ORDER"),
-                }
-                seen.push(name);
-            }
-        }
-        if seen.len() != update_package::MEMBER_ORDER.len() {
-            return Err(EngineError::Truncated {
-                bytes: pkg.bytes,
-                what: format!("the member list (got {seen:?})"),
-            });
-        }
-        // The rest of the stream (tar end blocks) belongs to the package hash too.
-        io::copy(&mut pkg, &mut io::sink())
-            .map_err(|e| map_read_err(e, 0, "the end of the package"))?;
-        let actual = hex::encode(pkg.hash.clone().finalize());
-        if actual != expected {
-            return Err(EngineError::PackageHash {
-                expected: expected.into(),
-                actual,
-            });
-        }
-        let m = manifest.expect("seen all members");
-        // Verity: the tree on the partition describes exactly the data written.
-        let (digest, data_blocks) = level0_digest.expect("root.img seen");
-        if data_blocks != m.verity.data_blocks {
-            return Err(EngineError::Part {
-                part: "root.img".into(),
-                detail: format!(
-                    "{data_blocks} data blocks, the verity parameters say {}",
-                    m.verity.data_blocks
-                ),
-            });
-        }
-        let salt = hex::decode(&m.verity.salt).expect("validated");
-        let tree_len = verity::tree_bytes(m.verity.data_blocks);
-        let f = self
-            .file
-            .try_clone()
-            .map_err(io_err("opening", &self.disk))?;
-        let mut tree = Window::new(f, root_part.start + m.verity.hash_offset, tree_len);
-        verity::verify_tree(
-            &mut tree,
-            &salt,
-            m.verity.data_blocks,
-            &digest,
-            &m.verity.root_hash,
-        )?;
-        let boot_options = self.boot_options_for(&m, target)?;
-        Ok((
-            InstallReport {
-                slot: target,
-                version: m.version.clone(),
-                package_bytes: pkg.bytes,
-                package_sha256: actual,
-            },
-            boot_options,
-        ))
-    }
-
-    fn check_esp_room(&self, m: &UpdateManifest, target: Slot) -> Result<(), EngineError> {
-        let need: u64 = ["vmlinuz", "initrd.img"]
-            .iter()
-            .map(|n| m.part(n).expect("validated").size)
-            .sum();
-        let (free, existing) = self.with_esp(|esp| {
-            let mut existing = 0u64;
-            for n in ["vmlinuz", "initrd.img"] {
-                existing += esp
-                    .file_size(&format!("icos/{}/{n}", slot_lower(target)))
-                    .unwrap_or(0);
-            }
-            Ok((esp.free_bytes()?, existing))
-        })?;
-        // Cluster rounding: keep 1 MiB of slack.
-        if need + (1 << 20) > free + existing {
-            return Err(EngineError::NoRoom {
-                what: format!("kernel and initrd of {}", m.version),
-                partition: "esp".into(),
-                need,
-                have: free + existing,
-            });
-        }
-        Ok(())
-    }
-
-    fn write_root(
-        &mut self,
-        entry: &mut dyn Read,
-        m: &UpdateManifest,
-        part: &FoundPartition,
-    ) -> Result<([u8; 32], u64), EngineError> {
-        let total = m.part("root.img").expect("validated").size;
-        let salt = hex::decode(&m.verity.salt).expect("validated");
-        let mut level0 = Level0::new(&salt);
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut off = 0u64;
-        let mut since_sync = 0u64;
-        while off < total {
-            let want = ((total - off) as usize).min(CHUNK);
-            let n =
-                read_full(entry, &mut buf[..want]).map_err(|e| map_read_err(e, off, "root.img"))?;
-            if n == 0 {
-                return Err(EngineError::Truncated {
-                    bytes: off,
-                    what: format!("root.img (byte {off} of {total})"),
-                });
-            }
-            let chunk = &buf[..n];
-            hash.update(chunk);
-            if off < m.verity.hash_offset {
-                let data_end = (m.verity.hash_offset - off).min(n as u64) as usize;
-                level0.update(&chunk[..data_end]);
-            }
-            self.file
-                .write_all_at(chunk, part.start + off)
-                .map_err(io_err(
-                    format!("writing root.img into partition {} of", part.label),
-                    &self.disk,
-                ))?;
-            off += n as u64;
-            since_sync += n as u64;
-            if since_sync >= SYNC_EVERY {
-                since_sync = 0;
-                self.step("write root.img")?;
-            }
-        }
-        self.step("write root.img (end)")?;
-        let actual = hex::encode(hash.finalize());
-        let p = m.part("root.img").expect("validated");
-        if actual != p.sha256 {
-            return Err(EngineError::Part {
-                part: "root.img".into(),
-                detail: format!("SHA-256 is {actual}, the manifest says {}", p.sha256),
-            });
-        }
-        let (digest, blocks, aligned) = level0.finish();
-        if !aligned {
-            return Err(EngineError::Part {
-                part: "root.img".into(),
-                detail: "verity data area is not a whole number of 4 KiB blocks".into(),
-            });
-        }
-        Ok((digest, blocks))
     }
 
     /// Make the installed slot boot next, on trial: `tries` boots to succeed before
@@ -1101,116 +764,6 @@ impl Engine {
             r.reason
         ));
         Ok(r)
-    }
-}
-
-fn check_size(name: &str, tar_size: u64, manifest_size: u64) -> Result<(), EngineError> {
-    if tar_size != manifest_size {
-        return Err(EngineError::Part {
-            part: name.into(),
-            detail: format!("{tar_size} bytes in the archive, the manifest says {manifest_size}"),
-        });
-    }
-    Ok(())
-}
-
-fn check_part(
-    name: &str,
-    written: u64,
-    sha: String,
-    part: &update_package::Part,
-) -> Result<(), EngineError> {
-    if written != part.size {
-        return Err(EngineError::Truncated {
-            bytes: written,
-            what: format!("{name} ({written} of {} bytes)", part.size),
-        });
-    }
-    if sha != part.sha256 {
-        return Err(EngineError::Part {
-            part: name.into(),
-            detail: format!("SHA-256 is {sha}, the manifest says {}", part.sha256),
-        });
-    }
-    Ok(())
-}
-
-fn is_eof(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::UnexpectedEof
-}
-
-fn map_read_err(e: io::Error, at: u64, what: &str) -> EngineError {
-    if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Oversize>()) {
-        return EngineError::Oversized { limit: inner.0 };
-    }
-    if is_eof(&e) {
-        return EngineError::Truncated {
-            bytes: at,
-            what: what.to_string(),
-        };
-    }
-    EngineError::Io {
-        what: format!("reading {what} from the package"),
-        path: PathBuf::from("(package)"),
-        source: e,
-    }
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-#[derive(Debug)]
-struct Oversize(u64);
-impl std::fmt::Display for Oversize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "package exceeds {} bytes", self.0)
-    }
-}
-impl std::error::Error for Oversize {}
-
-/// Hashes and counts every byte of the package, and refuses to read past `limit`.
-struct HashingReader<'a> {
-    inner: &'a mut dyn Read,
-    hash: Sha256,
-    bytes: u64,
-    limit: u64,
-}
-
-impl Read for HashingReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
-        if self.bytes > self.limit {
-            return Err(io::Error::other(Oversize(self.limit)));
-        }
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// Hashes one member as it is copied somewhere.
-struct PartReader<'a> {
-    inner: &'a mut dyn Read,
-    hash: Sha256,
-    bytes: u64,
-}
-
-impl Read for PartReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
-        self.hash.update(&buf[..n]);
-        Ok(n)
     }
 }
 

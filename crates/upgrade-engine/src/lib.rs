@@ -17,18 +17,24 @@
 //! * **rollback** promotes the other slot and marks a trial slot bad.
 //! * **reconcile** (at boot) notices a trial that systemd-boot gave up on and records it.
 //!
-//! Every write is followed by a sync and counts as a step; `ICOS_UPGRADE_CRASH_AT=N` makes
-//! the process die right after step N, which the crash tests use to cut power everywhere.
+//! Every write is followed by a sync and counts as a step; built with the `crash-points`
+//! feature (test builds only, never images), `ICOS_UPGRADE_CRASH_AT=N` makes the process die
+//! right after step N, which the crash tests use to cut power everywhere.
+//!
+//! [`elected::install_elected`] installs a version from a list of download URLs with its
+//! elected SHA-256 (what the orchestrator and the HostOS agent do).
 //!
 //! ```no_run
 //! use upgrade_engine::{Engine, source};
 //! let mut e = Engine::open_disk(std::path::Path::new("node.img")).unwrap();
 //! let mut src = source::open("http://10.0.2.2:8080/update.tar").unwrap();
-//! let report = e.install(&mut src.reader, "<sha256 hex>").unwrap();
+//! let sha256 = "<64 hex digits>".parse().unwrap();
+//! let report = e.install(&mut src.reader, &sha256).unwrap();
 //! e.activate(3).unwrap();
 //! println!("{} installed into slot {}", report.version, report.slot);
 //! ```
 
+pub mod elected;
 mod engine;
 pub mod health;
 pub mod metrics;

@@ -12,6 +12,10 @@
 //! cached per host boot. QEMU is started with `PR_SET_PDEATHSIG`, so it dies with the
 //! process that started it, and [`Vm`] kills it on drop: no VM outlives its owner.
 //!
+//! Modules: `command` (the QEMU command line), `accel` (the KVM probe), `console` (following
+//! the serial log), `qmp` (power-down and other QMP commands), `sockets` (short Unix socket
+//! paths); this file holds the types and a VM's life.
+//!
 //! ```no_run
 //! use vm_runner::{Vm, VmConfig, WaitOutcome};
 //! use std::time::Duration;
@@ -24,8 +28,17 @@
 //! }
 //! ```
 
-use regex::Regex;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+mod accel;
+mod command;
+mod console;
+mod qmp;
+mod sockets;
+
+pub use accel::detect_accel;
+pub use console::{serial_tail, strip_ansi};
+pub use qmp::qmp_command;
+pub use sockets::socket_path;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -187,114 +200,6 @@ pub struct Vm {
     accel: Accel,
 }
 
-fn accel_probe_file(cache: &Path) -> PathBuf {
-    cache.join("kvm-probe")
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Decide between KVM and TCG by trying: boot OVMF under KVM and wait for its boot manager.
-/// Nested or broken KVM (emulation failures, crawling guests) falls back to TCG. The answer
-/// is cached per host boot in `cache/kvm-probe`.
-pub fn detect_accel(cache: Option<&Path>) -> Accel {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Accel::Tcg;
-    }
-    let id = boot_id();
-    if let Some(c) = cache {
-        if let Ok(s) = std::fs::read_to_string(accel_probe_file(c)) {
-            if let Some((bid, res)) = s.trim().split_once(' ') {
-                if bid == id {
-                    return if res == "kvm" { Accel::Kvm } else { Accel::Tcg };
-                }
-            }
-        }
-    }
-    let result = probe_kvm().unwrap_or(false);
-    tracing::info!(kvm = result, "KVM probe");
-    if let Some(c) = cache {
-        let _ = std::fs::create_dir_all(c);
-        let _ = std::fs::write(
-            accel_probe_file(c),
-            format!("{id} {}\n", if result { "kvm" } else { "tcg" }),
-        );
-    }
-    if result {
-        Accel::Kvm
-    } else {
-        Accel::Tcg
-    }
-}
-
-fn probe_kvm() -> Result<bool, VmError> {
-    let dir = std::env::temp_dir().join(format!("icos-kvm-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| VmError::Io {
-        what: "creating",
-        path: dir.clone(),
-        source: e,
-    })?;
-    let vars = dir.join("vars.fd");
-    let _ = std::fs::copy(OVMF_VARS, &vars);
-    let log = dir.join("serial.log");
-    let mut cmd = host_tools::tools::QEMU.command()?;
-    cmd.args([
-        "-accel",
-        "kvm",
-        "-machine",
-        "q35",
-        "-cpu",
-        "host",
-        "-m",
-        "256",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .arg("-drive")
-    .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
-    .arg("-drive")
-    .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-    .arg("-serial")
-    .arg(format!("file:{}", log.display()))
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let mut child = spawn_tied(&mut cmd).map_err(|e| VmError::Io {
-        what: "starting QEMU for",
-        path: log.clone(),
-        source: e,
-    })?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut ok = false;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        if std::fs::read(&log)
-            .map(|b| String::from_utf8_lossy(&b).contains("BdsDxe"))
-            .unwrap_or(false)
-        {
-            ok = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(ok)
-}
-
 /// Spawn with the parent-death signal set, so QEMU never outlives its owner.
 fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
     unsafe {
@@ -307,106 +212,6 @@ fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
 }
 
 impl Vm {
-    /// Build the QEMU command line for a config (exposed for logging and tests).
-    pub fn command(cfg: &VmConfig, accel: Accel) -> Result<Command, VmError> {
-        let mut cmd = host_tools::tools::QEMU.command()?;
-        let (accel_arg, cpu) = match accel {
-            Accel::Kvm => ("kvm", "host"),
-            _ => ("tcg", "max"),
-        };
-        cmd.arg("-name").arg(&cfg.name);
-        cmd.args(["-machine", "q35", "-accel", accel_arg, "-cpu", cpu]);
-        cmd.arg("-m").arg(cfg.memory_mib.to_string());
-        cmd.arg("-smp").arg(cfg.cpus.to_string());
-        cmd.args(["-nodefaults", "-display", "none", "-vga", "none"]);
-        if cfg.no_reboot {
-            cmd.arg("-no-reboot");
-        }
-        match &cfg.boot {
-            Boot::Uefi => {
-                let vars = cfg
-                    .efi_vars
-                    .clone()
-                    .unwrap_or_else(|| cfg.sibling(".efivars.fd"));
-                cmd.arg("-drive")
-                    .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
-                cmd.arg("-drive")
-                    .arg(format!("if=pflash,format=raw,file={}", vars.display()));
-            }
-            Boot::Kernel {
-                kernel,
-                initrd,
-                append,
-            } => {
-                cmd.arg("-kernel").arg(kernel);
-                if let Some(i) = initrd {
-                    cmd.arg("-initrd").arg(i);
-                }
-                cmd.arg("-append").arg(append);
-            }
-        }
-        let snap = if cfg.snapshot { ",snapshot=on" } else { "" };
-        cmd.arg("-drive").arg(format!(
-            "file={},format=raw,if=virtio,cache=writeback{snap}",
-            cfg.disk.display()
-        ));
-        for d in &cfg.extra_disks {
-            cmd.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio{snap}", d.display()));
-        }
-        if let Some(fwds) = &cfg.network {
-            let mut netdev = "user,id=n0".to_string();
-            for (host, guest) in fwds {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-            }
-            cmd.arg("-netdev").arg(netdev);
-            // romfile= : no iPXE option ROM (UEFI needs none to boot from disk).
-            let mut dev = "virtio-net-pci,netdev=n0,romfile=".to_string();
-            if let Some(mac) = &cfg.mac {
-                dev.push_str(&format!(",mac={mac}"));
-            }
-            cmd.arg("-device").arg(dev);
-        }
-        let ports: Vec<(&str, &PathBuf)> = cfg
-            .channel_socket
-            .iter()
-            .map(|s| (CHANNEL_NAME, s))
-            .chain(cfg.extra_ports.iter().map(|(n, s)| (n.as_str(), s)))
-            .collect();
-        if !ports.is_empty() {
-            cmd.args(["-device", "virtio-serial-pci,id=vser0"]);
-        }
-        for (i, (name, sock)) in ports.iter().enumerate() {
-            cmd.arg("-chardev").arg(format!(
-                "socket,id=chan{i},path={},server=on,wait=off",
-                socket_path(sock)?.display()
-            ));
-            cmd.arg("-device").arg(format!(
-                "virtserialport,bus=vser0.0,chardev=chan{i},name={name}"
-            ));
-        }
-        let qmp = cfg
-            .qmp_socket
-            .clone()
-            .unwrap_or_else(|| cfg.sibling(".qmp"));
-        cmd.arg("-qmp").arg(format!(
-            "unix:{},server=on,wait=off",
-            socket_path(&qmp)?.display()
-        ));
-        if cfg.console_on_terminal {
-            cmd.arg("-chardev").arg(format!(
-                "stdio,id=ser0,mux=on,signal=off,logfile={}",
-                cfg.serial_log.display()
-            ));
-            cmd.args(["-serial", "chardev:ser0", "-mon", "chardev=ser0"]);
-        } else {
-            cmd.arg("-chardev")
-                .arg(format!("file,id=ser0,path={}", cfg.serial_log.display()));
-            cmd.args(["-serial", "chardev:ser0"]);
-        }
-        Ok(cmd)
-    }
-
     /// Start QEMU. The serial log is truncated first.
     pub fn start(cfg: &VmConfig) -> Result<Vm, VmError> {
         if !cfg.disk.exists() {
@@ -503,70 +308,6 @@ impl Vm {
         &self.serial_log
     }
 
-    /// Read new complete lines from the serial log.
-    fn new_lines(&mut self) -> Vec<String> {
-        let Ok(mut f) = std::fs::File::open(&self.serial_log) else {
-            return Vec::new();
-        };
-        if f.seek(SeekFrom::Start(self.read_pos)).is_err() {
-            return Vec::new();
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return Vec::new();
-        }
-        self.read_pos += buf.len() as u64;
-        self.partial.push_str(&String::from_utf8_lossy(&buf));
-        let mut lines = Vec::new();
-        while let Some(i) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=i).collect();
-            lines.push(line.trim_end_matches(['\r', '\n']).to_string());
-        }
-        lines
-    }
-
-    /// Follow the serial console until one of `patterns` matches a line, QEMU exits, or
-    /// `timeout` passes. Lines already read by an earlier call are not seen again.
-    pub fn wait_for(
-        &mut self,
-        patterns: &[Regex],
-        timeout: Duration,
-    ) -> Result<WaitOutcome, VmError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Check for exit first, then read: what QEMU wrote last is still seen.
-            let exited = self.try_exit_status();
-            if let Some(m) = self.match_new_lines(patterns) {
-                return Ok(m);
-            }
-            if let Some(status) = exited {
-                return Ok(WaitOutcome::Exited {
-                    status: status.to_string(),
-                    elapsed: self.started.elapsed(),
-                });
-            }
-            if Instant::now() >= deadline {
-                return Ok(WaitOutcome::TimedOut {
-                    elapsed: self.started.elapsed(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn match_new_lines(&mut self, patterns: &[Regex]) -> Option<WaitOutcome> {
-        for line in self.new_lines() {
-            if let Some(index) = patterns.iter().position(|p| p.is_match(&line)) {
-                return Some(WaitOutcome::Matched {
-                    index,
-                    line,
-                    elapsed: self.started.elapsed(),
-                });
-            }
-        }
-        None
-    }
-
     fn try_exit_status(&mut self) -> Option<ExitStatus> {
         self.child
             .as_mut()
@@ -588,17 +329,6 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(100));
         }
         None
-    }
-
-    /// The last `n` lines of the serial console (escape sequences removed).
-    pub fn serial_tail(&self, n: usize) -> String {
-        serial_tail(&self.serial_log, n)
-    }
-
-    /// The last `n` lines QEMU itself wrote to stderr: why it exited when the guest
-    /// console is empty.
-    pub fn qemu_tail(&self, n: usize) -> String {
-        serial_tail(&self.qemu_log, n)
     }
 
     /// Cut the power: SIGKILL QEMU and reap it.
@@ -630,143 +360,10 @@ impl Drop for Vm {
     }
 }
 
-/// Send one QMP command (after the capabilities handshake).
-pub fn qmp_command(socket: &Path, command: &str) -> Result<serde_json::Value, VmError> {
-    use std::os::unix::net::UnixStream;
-    let err = |message: String| VmError::Qmp {
-        path: socket.to_path_buf(),
-        message,
-    };
-    let stream =
-        UnixStream::connect(socket_path(socket)?).map_err(|e| err(format!("connect: {e}")))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| err(e.to_string()))?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| err(e.to_string()))?);
-    let mut w = stream;
-    let mut line = String::new();
-    reader
-        .read_line(&mut line)
-        .map_err(|e| err(format!("greeting: {e}")))?;
-    for cmd in ["qmp_capabilities", command] {
-        writeln!(w, "{{\"execute\":\"{cmd}\"}}").map_err(|e| err(format!("send {cmd}: {e}")))?;
-        loop {
-            line.clear();
-            let n = reader
-                .read_line(&mut line)
-                .map_err(|e| err(format!("reply to {cmd}: {e}")))?;
-            if n == 0 {
-                return Err(err(format!(
-                    "QEMU closed the monitor before answering {cmd}"
-                )));
-            }
-            let v: serde_json::Value =
-                serde_json::from_str(&line).map_err(|e| err(format!("bad reply: {e}")))?;
-            if v.get("event").is_some() {
-                continue;
-            }
-            if let Some(e) = v.get("error") {
-                return Err(err(format!("{cmd}: {e}")));
-            }
-            if cmd == command {
-                return Ok(v.get("return").cloned().unwrap_or_default());
-            }
-            break;
-        }
-    }
-    unreachable!("the loop returns after the last command")
-}
-
-/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
-const SUN_PATH_MAX: usize = 107;
-
-/// The path to bind or connect a Unix socket at `path` by.
-///
-/// `sun_path` limits socket paths to 107 bytes, and state folders under a deep checkout
-/// (CI's `/check/work/...`, test run folders with UUIDs) go past that: QEMU then exits
-/// with status 1 before the guest prints anything. A long path is reached through a
-/// symlink to its folder in a private per-user folder under the temp dir, named by a hash
-/// of the folder, so the VM and every client compute the same short path independently.
-pub fn socket_path(path: &Path) -> Result<PathBuf, VmError> {
-    use sha2::{Digest, Sha256};
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if path.as_os_str().len() <= SUN_PATH_MAX {
-        return Ok(path.to_path_buf());
-    }
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Ok(path.to_path_buf());
-    };
-    let uid = nix::unistd::getuid().as_raw();
-    let links = std::env::temp_dir().join(format!("icos-sock-{uid}"));
-    let bad = |message: String| VmError::SocketDir {
-        path: links.clone(),
-        message,
-    };
-    match std::fs::create_dir(&links) {
-        Ok(()) => {
-            std::fs::set_permissions(&links, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| bad(e.to_string()))?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(bad(e.to_string())),
-    }
-    // Another user could have planted the folder (or a symlink) to catch our sockets.
-    let meta = std::fs::symlink_metadata(&links).map_err(|e| bad(e.to_string()))?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-        return Err(bad(format!(
-            "not a private folder owned by uid {uid}; remove it"
-        )));
-    }
-    let dir = if dir.is_absolute() {
-        dir.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| bad(e.to_string()))?
-            .join(dir)
-    };
-    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    let link = links.join(hex::encode(&digest[..8]));
-    match std::fs::read_link(&link) {
-        Ok(target) if target == dir => {}
-        Ok(_) | Err(_) => {
-            // Build the link beside its final name and rename it in, so two processes
-            // racing here never see a half-made link.
-            let tmp = links.join(format!(
-                ".{}-{}",
-                hex::encode(&digest[..8]),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&dir, &tmp).map_err(|e| bad(e.to_string()))?;
-            std::fs::rename(&tmp, &link).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    Ok(link.join(name))
-}
-
-/// Remove ANSI escape sequences (OVMF draws with them) so log tails are readable.
-pub fn strip_ansi(s: &str) -> String {
-    let re = Regex::new(r"\x1b\[[0-9;=?]*[A-Za-z]").expect("static regex");
-    re.replace_all(s, "").into_owned()
-}
-
-/// The last `n` non-empty lines of a serial log.
-pub fn serial_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let clean = strip_ansi(&text);
-    let lines: Vec<&str> = clean
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sockets::SUN_PATH_MAX;
 
     #[test]
     fn long_socket_paths_are_reached_through_a_short_link() {

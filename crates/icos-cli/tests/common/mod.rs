@@ -204,7 +204,7 @@ pub fn broken_image() -> PathBuf {
 pub use test_support::HttpServer;
 
 pub fn sha256_of(path: &Path) -> String {
-    update_package::hash_file(path).unwrap().0
+    update_package::hash_file(path).unwrap().0.to_string()
 }
 
 /// Client of the test agent (a shell on a test-only virtio-serial port) inside a VM.

@@ -1,0 +1,95 @@
+//! The commands that run on a node: `upgrade` (the A/B engine), `hostos` (the HostOS agent),
+//! `orchestrator` (the GuestOS orchestrator) and `channel` (the guest side of the host
+//! channel). The node binary (`icos-node`, installed as `/usr/bin/icos` in every image) has
+//! only these; the developer tool `icos` flattens the same [`NodeCmd`] into its own commands,
+//! so both speak the same words.
+//!
+//! ```
+//! use clap::Parser;
+//! #[derive(Parser)]
+//! struct Cli {
+//!     #[command(subcommand)]
+//!     cmd: node_cli::NodeCmd,
+//! }
+//! let cli = Cli::try_parse_from(["icos", "upgrade", "status", "--json"]).unwrap();
+//! assert!(matches!(cli.cmd, node_cli::NodeCmd::Upgrade { .. }));
+//! assert!(Cli::try_parse_from(["icos", "testnet", "up"]).is_err());
+//! ```
+
+mod channel;
+mod hostos;
+mod orchestrator;
+mod report;
+mod upgrade;
+
+pub use channel::ChannelCmd;
+pub use hostos::HostosCmd;
+pub use orchestrator::OrchestratorCmd;
+pub use report::report;
+pub use upgrade::UpgradeCmd;
+
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// The A/B upgrade engine (on the running system, or on a disk image with --disk).
+    Upgrade {
+        #[command(subcommand)]
+        cmd: UpgradeCmd,
+        /// Act on this disk image instead of the running system.
+        #[arg(long, global = true)]
+        disk: Option<PathBuf>,
+    },
+    /// The HostOS agent: run it, ask it for status.
+    Hostos {
+        #[command(subcommand)]
+        cmd: HostosCmd,
+    },
+    /// The GuestOS orchestrator.
+    Orchestrator {
+        #[command(subcommand)]
+        cmd: OrchestratorCmd,
+    },
+    /// Guest side of the host-guest channel.
+    Channel {
+        #[command(subcommand)]
+        cmd: ChannelCmd,
+        /// The channel device (virtio-serial port).
+        #[arg(
+            long,
+            global = true,
+            default_value = "/dev/virtio-ports/org.icos.host.0"
+        )]
+        device: PathBuf,
+    },
+}
+
+/// Run a node command; the exit code on success.
+pub fn run(cmd: NodeCmd) -> anyhow::Result<i32> {
+    match cmd {
+        NodeCmd::Upgrade { cmd, disk } => upgrade::upgrade(cmd, disk),
+        NodeCmd::Hostos { cmd } => hostos::hostos(cmd),
+        NodeCmd::Orchestrator { cmd } => orchestrator::orchestrator(cmd),
+        NodeCmd::Channel { cmd, device } => channel::channel(cmd, device),
+    }
+}
+
+/// Log to stderr at `filter` (e.g. `info`, `icos=debug`).
+pub fn init_logging(filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// End the process with `result`: its exit code, or the error said once on stderr and 1.
+pub fn exit(result: anyhow::Result<i32>) -> ! {
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The GuestOS orchestrator's `/status`.
+
+use disk_layout::Slot;
+use serde::{Deserialize, Serialize};
+
+/// Where the orchestrator is with the GuestOS version governance assigned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeState {
+    /// Running the assigned version (or none is assigned).
+    #[default]
+    Idle,
+    /// Downloading and installing the assigned version into the other slot.
+    Downloading,
+    /// Installed and activated; the node is rebooting into it.
+    Rebooting,
+    /// The last attempt failed; it is retried with backoff.
+    Failed,
+    /// The assigned version failed its health check on this node before: not retried until
+    /// governance assigns another.
+    Holding,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GuestosUpgrade {
+    pub state: UpgradeState,
+    pub target: Option<String>,
+    /// What happened last, in words (installed, rolled back and why, failed and why).
+    pub last_result: Option<String>,
+    pub attempts: u64,
+    pub failed_versions: Vec<String>,
+    pub last_rollback: Option<String>,
+}
+
+/// The outcome of the orchestrator's last request to its host for a HostOS upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "outcome")]
+pub enum HostosRequest {
+    /// The host answered.
+    Answered { answer: host_channel::UpgradeAnswer },
+    /// The host refused or could not be asked.
+    Refused { error: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OrchestratorStatus {
+    pub node_id: String,
+    /// The kernel's boot id: changes on every boot, so watchers can tell a reboot happened.
+    pub boot_id: String,
+    pub public_key: String,
+    pub registered: bool,
+    pub waiting_for: Option<String>,
+    pub guestos_version: String,
+    /// The slot the node booted from (none outside an icos image).
+    pub slot: Option<Slot>,
+    /// Whether the running slot is confirmed (a trial slot starts no upgrade).
+    pub confirmed: bool,
+    pub registry_version: u64,
+    pub registry_error: Option<String>,
+    pub registry_synced_unix: Option<u64>,
+    pub subnet: Option<String>,
+    pub target_guestos: Option<String>,
+    pub upgrade: GuestosUpgrade,
+    pub hostos_version: Option<String>,
+    pub hostos_assigned: Option<String>,
+    pub hostos_request: Option<HostosRequest>,
+    pub firewall_rules: usize,
+    /// Digest of the nftables ruleset in force.
+    pub firewall_ruleset: Option<String>,
+    pub firewall_error: Option<String>,
+    pub config_error: Option<String>,
+}
+
+impl OrchestratorStatus {
+    /// Healthy for a watcher: registered, following the registry, running a confirmed slot.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(e) = &self.config_error {
+            return Some(format!("config: {e}"));
+        }
+        if let Some(e) = &self.registry_error {
+            return Some(format!("registry: {e}"));
+        }
+        if !self.registered {
+            return Some(
+                self.waiting_for
+                    .clone()
+                    .unwrap_or_else(|| "not registered".into()),
+            );
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_roundtrips_with_enum_states() {
+        let s = OrchestratorStatus {
+            node_id: "node-1".into(),
+            slot: Some(Slot::B),
+            upgrade: GuestosUpgrade {
+                state: UpgradeState::Rebooting,
+                ..Default::default()
+            },
+            hostos_request: Some(HostosRequest::Answered {
+                answer: host_channel::UpgradeAnswer::Started {
+                    version: "1.1.0".into(),
+                },
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["upgrade"]["state"], "rebooting");
+        assert_eq!(json["slot"], "B");
+        assert_eq!(json["hostos_request"]["outcome"], "answered");
+        assert_eq!(
+            serde_json::from_value::<OrchestratorStatus>(json).unwrap(),
+            s
+        );
+    }
+}
