@@ -13,6 +13,8 @@ STABLE_PKGS=(
   ovmf               # UEFI firmware for QEMU
   debootstrap        # base root filesystem from Debian packages
   erofs-utils        # mkfs.erofs for read-only roots
+  mtools             # tests: edit a SetupOS CONFIG partition by hand, as an operator would
+  dosfstools         # tests: fsck.fat checks the FAT partitions icos writes
   cryptsetup-bin     # veritysetup
   gdisk              # sgdisk for GPT layouts
   systemd-boot-efi   # the systemd-boot EFI binary

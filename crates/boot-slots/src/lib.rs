@@ -26,9 +26,12 @@
 //! assert_eq!(esp.entries().unwrap().len(), 1);
 //! ```
 
+mod dots;
+
 use disk_layout::Slot;
 use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
 use std::io::{self, Read, Seek, Write};
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub const ENTRIES_DIR: &str = "loader/entries";
 pub const LOADER_CONF: &str = "loader/loader.conf";
@@ -294,7 +297,41 @@ pub fn next_boot(entries: &[BootEntry]) -> Option<&BootEntry> {
 
 /// The EFI System Partition, accessed through fatfs.
 pub struct Esp<IO: Read + Write + Seek> {
-    fs: FileSystem<IO>,
+    fs: FileSystem<Shared<IO>>,
+    /// The same device, kept to repair new directories after fatfs lets go of it.
+    io: Shared<IO>,
+    made_dirs: bool,
+}
+
+/// One device handed to fatfs and kept by [`Esp`] too. fatfs seeks before every access,
+/// so the two users never depend on each other's position.
+struct Shared<IO>(Arc<Mutex<IO>>);
+
+impl<IO> Shared<IO> {
+    fn with<T>(&self, f: impl FnOnce(&mut IO) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl<IO: Read> Read for Shared<IO> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.with(|io| io.read(buf))
+    }
+}
+
+impl<IO: Write> Write for Shared<IO> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.with(|io| io.write(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.with(|io| io.flush())
+    }
+}
+
+impl<IO: Seek> Seek for Shared<IO> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.with(|io| io.seek(pos))
+    }
 }
 
 impl<IO: Read + Write + Seek> Esp<IO> {
@@ -316,23 +353,38 @@ impl<IO: Read + Write + Seek> Esp<IO> {
 
     /// Open an existing FAT filesystem.
     pub fn open(io: IO) -> Result<Self, EspError> {
-        let fs = FileSystem::new(io, FsOptions::new().time_provider(&FIXED_TIME))
-            .map_err(io_err("opening FAT filesystem"))?;
-        Ok(Esp { fs })
+        let io = Shared(Arc::new(Mutex::new(io)));
+        let fs = FileSystem::new(
+            Shared(Arc::clone(&io.0)),
+            FsOptions::new().time_provider(&FIXED_TIME),
+        )
+        .map_err(io_err("opening FAT filesystem"))?;
+        Ok(Esp {
+            fs,
+            io,
+            made_dirs: false,
+        })
     }
 
-    fn ensure_parent(&self, path: &str) -> Result<(), EspError> {
+    fn ensure_parent(&mut self, path: &str) -> Result<(), EspError> {
         let mut dir = self.fs.root_dir();
         let parts: Vec<&str> = path.split('/').collect();
         for comp in &parts[..parts.len().saturating_sub(1)] {
             dir = match dir.open_dir(comp) {
                 Ok(d) => d,
-                Err(_) => dir
-                    .create_dir(comp)
-                    .map_err(io_err(format!("creating directory {comp} for {path}")))?,
+                Err(_) => {
+                    self.made_dirs = true;
+                    dir.create_dir(comp)
+                        .map_err(io_err(format!("creating directory {comp} for {path}")))?
+                }
             };
         }
         Ok(())
+    }
+
+    /// Make the directories of `path` (`a/b/c` makes `a`, `a/b` and `a/b/c`).
+    pub fn create_dirs(&mut self, path: &str) -> Result<(), EspError> {
+        self.ensure_parent(&format!("{}/", path.trim_end_matches('/')))
     }
 
     /// Write a file (replacing it), streaming from `src`. Returns the bytes written.
@@ -472,9 +524,16 @@ impl<IO: Read + Write + Seek> Esp<IO> {
         )
     }
 
-    /// Flush FAT and FSInfo and give the device back.
+    /// Flush FAT and FSInfo, then put the `.` and `..` entries of directories made in this
+    /// session where the FAT specification wants them (see `dots`).
     pub fn close(self) -> Result<(), EspError> {
-        self.fs.unmount().map_err(io_err("unmounting FAT"))
+        self.fs.unmount().map_err(io_err("unmounting FAT"))?;
+        if self.made_dirs {
+            self.io
+                .with(dots::repair)
+                .map_err(io_err("ordering the entries of new directories"))?;
+        }
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod metrics;
+pub mod net;
 pub mod release;
 
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! the config disk whose format `node-config` defines.
 
 use crate::config::HostosConfig;
-pub use node_config::guest::{write_config_disk, GuestConfig};
+pub use node_config::guest::{write_config_disk, GuestConfig, GuestNetwork};
 use std::path::PathBuf;
 
 /// The operator key file named in the HostOS config could not be read.
@@ -15,16 +15,19 @@ pub struct OperatorKeyError {
 
 /// The guest's configuration from the host's.
 pub fn guest_config(c: &HostosConfig) -> Result<GuestConfig, OperatorKeyError> {
-    let operator_key_pem = match &c.operator_key_file {
-        Some(p) => Some(
+    // SetupOS writes the key inline; a development config may name a file instead.
+    let operator_key_pem = match (&c.operator_key_pem, &c.operator_key_file) {
+        (Some(pem), _) => Some(pem.clone()),
+        (None, Some(p)) => Some(
             std::fs::read_to_string(p).map_err(|error| OperatorKeyError {
                 path: p.clone(),
                 error,
             })?,
         ),
-        None => None,
+        (None, None) => None,
     };
     Ok(GuestConfig {
+        config_version: node_config::CONFIG_VERSION,
         deployment: c.deployment.clone(),
         mac: c.guest_mac().to_string(),
         ipv6: c.guest_ipv6(),
@@ -42,6 +45,13 @@ pub fn guest_config(c: &HostosConfig) -> Result<GuestConfig, OperatorKeyError> {
         operator_key_pem,
         http_endpoint: c.http_endpoint.clone(),
         admin_prefixes: c.admin_prefixes.clone(),
+        network: GuestNetwork {
+            mode: c.network_mode,
+            ipv6_gateway: c.ipv6_gateway,
+            ipv4: c.guest_ipv4.clone(),
+            domain_name: c.domain_name.clone(),
+        },
+        ssh_admin_keys: c.ssh_admin_keys.clone(),
     })
 }
 

@@ -17,7 +17,9 @@ struct Ctx {
 }
 
 async fn status(State(c): State<Ctx>) -> Response {
-    let s = c.shared.lock().expect("status lock").clone();
+    let mut s = c.shared.lock().expect("status lock").clone();
+    // Read when asked: the network may come up after the agent started.
+    s.node.configured_ipv6 = daemon_support::net::global_ipv6();
     (
         [(header::CONTENT_TYPE, "application/json")],
         serde_json::to_vec(&s).expect("serializes"),

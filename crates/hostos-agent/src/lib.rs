@@ -19,7 +19,10 @@
 //! ```
 
 pub mod channel;
-pub mod config;
+/// The HostOS config is a stage of the node's config chain (`node-config`).
+pub mod config {
+    pub use node_config::hostos::*;
+}
 pub mod guestdisk;
 pub mod http;
 pub mod supervisor;
@@ -39,6 +42,24 @@ pub fn hostos_version(cfg: &HostosConfig) -> String {
     daemon_support::release::Release::running_version_of("hostos")
         .or_else(|| cfg.hostos_version.clone())
         .unwrap_or_else(|| "dev".into())
+}
+
+/// The node's addresses as this host's config derives them (shown in the status).
+pub fn addresses(cfg: &HostosConfig) -> node_status::hostos::NodeAddresses {
+    node_status::hostos::NodeAddresses {
+        deployment: cfg.deployment.clone(),
+        management_mac: cfg.management_mac.to_string(),
+        hostos_mac: cfg.hostos_mac().to_string(),
+        hostos_ipv6: cfg.hostos_ipv6().map(|a| a.to_string()),
+        guestos_mac: cfg.guest_mac().to_string(),
+        guestos_ipv6: cfg.guest_ipv6(),
+        network: match cfg.network_mode {
+            node_config::NetworkMode::Static => "static".into(),
+            node_config::NetworkMode::Dhcp => "dhcp".into(),
+        },
+        ipv6_gateway: cfg.ipv6_gateway.map(|g| g.to_string()),
+        configured_ipv6: daemon_support::net::global_ipv6(),
+    }
 }
 
 /// Where the agent's status lines go: the log, and the console when configured.
@@ -68,6 +89,7 @@ impl Agent {
         std::fs::create_dir_all(&cfg.state_dir)?;
         let shared: Shared = Arc::new(Mutex::new(AgentStatus {
             hostos_version: hostos_version(&cfg),
+            node: addresses(&cfg),
             config_problems: cfg.problems.clone(),
             ..Default::default()
         }));

@@ -19,6 +19,7 @@
 pub mod install;
 pub mod registry;
 pub mod rollout;
+pub mod setupos;
 
 use boot_slots::{BootEntry, Esp};
 use disk_layout::{Layout, PartType, PartitionSpec, Role, Slot, Window};

@@ -145,6 +145,14 @@ enum BenchCmd {
         #[arg(long, env = "ICOS_RECIPES")]
         recipes: Option<PathBuf>,
     },
+    /// SetupOS install time (start to INSTALL COMPLETE) against `zstd -d | dd` of the same
+    /// images in the same VM.
+    Setupos {
+        /// An `icos build setupos` output folder.
+        image: PathBuf,
+        #[arg(long, default_value = "/var/tmp/icos-bench-setupos")]
+        work: PathBuf,
+    },
     /// Boot time to the SUCCESS line against the same kernel with a one-line init.
     Boot {
         /// An image output folder (with disk.img and manifest.json).
@@ -214,6 +222,10 @@ struct BuildArgs {
     /// SetupOS: output folder of the GuestOS build to install.
     #[arg(long)]
     guestos: Option<PathBuf>,
+    /// SetupOS: its release date, YYYY-MM-DD (default today, UTC); SetupOS warns when a
+    /// release is older than 42 days.
+    #[arg(long)]
+    released: Option<String>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -260,6 +272,7 @@ fn run(cli: Cli) -> Result<i32> {
             req.size_overrides = parse_sizes(&a.sizes)?;
             req.hostos = a.hostos;
             req.guestos = a.guestos;
+            req.released = a.released;
             let m = image_builder::build(&req)
                 .with_context(|| format!("building {} {}", a.image, a.version))?;
             println!("{}", a.out.join("disk.img").display());
@@ -334,6 +347,21 @@ fn run(cli: Cli) -> Result<i32> {
                 r.icos_mib_s(),
                 r.icos_peak_rss_kib / 1024,
                 r.baseline_mib_s(),
+                r.ratio()
+            );
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(0)
+        }
+        Cmd::Bench {
+            cmd: BenchCmd::Setupos { image, work },
+        } => {
+            let _ = std::fs::remove_dir_all(&work);
+            let me = std::env::current_exe()?;
+            let r = icos_bench::setupos::setupos_benchmark(&me, &image, &work)?;
+            println!(
+                "setupos install {:.1} s (start to INSTALL COMPLETE), zstd -d | dd of the same images {:.1} s, ratio {:.2}",
+                r.install_secs,
+                r.floor_secs,
                 r.ratio()
             );
             let _ = std::fs::remove_dir_all(&work);

@@ -511,3 +511,41 @@ fn failing_required_unit_prints_failure() {
     assert!(line.contains("icos-test-broken.service"), "{line}");
     std::fs::remove_dir_all(&t).unwrap();
 }
+
+/// Every FAT partition the builder writes (ESPs with both slot folders, config partitions)
+/// passes `fsck.fat`: firmware and Linux read them, and an operator's `fsck` finds nothing.
+#[test]
+fn built_fat_partitions_pass_fsck() {
+    use std::os::unix::fs::FileExt;
+    for kind in ["guestos", "hostos", "setupos"] {
+        let out = image(kind);
+        let m = manifest(&out);
+        let disk = std::fs::File::open(out.join("disk.img")).unwrap();
+        let mut checked = 0;
+        for p in &m.layout.partitions {
+            let mut boot = [0u8; 512];
+            disk.read_exact_at(&mut boot, p.start).unwrap();
+            if &boot[54..57] != b"FAT" && &boot[82..87] != b"FAT32" {
+                continue;
+            }
+            let mut bytes = vec![0u8; p.size() as usize];
+            disk.read_exact_at(&mut bytes, p.start).unwrap();
+            let copy = run_dir().join(format!("fsck-{kind}-{}.img", p.spec.label));
+            std::fs::write(&copy, &bytes).unwrap();
+            let r = std::process::Command::new("fsck.fat")
+                .arg("-n")
+                .arg(&copy)
+                .output()
+                .unwrap();
+            assert!(
+                r.status.success(),
+                "{kind} partition {}:\n{}",
+                p.spec.label,
+                String::from_utf8_lossy(&r.stdout)
+            );
+            let _ = std::fs::remove_file(&copy);
+            checked += 1;
+        }
+        assert!(checked >= 1, "{kind}: no FAT partition found");
+    }
+}

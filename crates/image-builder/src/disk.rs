@@ -94,6 +94,12 @@ pub fn write_esp(disk: &Path, layout: &Layout, c: &EspContent) -> Result<(), Bui
     esp.write_file(boot_slots::BOOTLOADER_PATH, &mut open_file(c.bootloader)?)?;
     esp.write_loader_conf()?;
     let slot = c.entry.slot;
+    // The other slot's folder is made now, so an upgrade only ever writes files: directory
+    // creation is the one ESP change fatfs needs a repair pass for (see boot-slots `dots`).
+    esp.create_dirs(&format!(
+        "icos/{}",
+        slot.other().as_str().to_ascii_lowercase()
+    ))?;
     esp.write_file(&BootEntry::kernel_path(slot), &mut open_file(c.vmlinuz)?)?;
     esp.write_file(&BootEntry::initrd_path(slot), &mut open_file(c.initrd)?)?;
     esp.write_entry(&c.entry)?;

@@ -152,6 +152,9 @@ pub struct BuildManifest {
     pub base: BaseRef,
     pub size_overrides: BTreeMap<String, u64>,
     pub inputs: BTreeMap<String, InputRef>,
+    /// SetupOS only: its release date (an input, like the version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<String>,
     pub kernel_version: String,
     pub cmdline: String,
     pub boot_options: String,
@@ -196,6 +199,9 @@ pub struct BuildRequest {
     pub guestos: Option<PathBuf>,
     /// The icos source tree, to build the `icos` binary the image carries.
     pub source: PathBuf,
+    /// SetupOS only: its release date (YYYY-MM-DD; default today, UTC). An input like the
+    /// version: SetupOS warns when it is stale, and a rebuild uses the recorded date.
+    pub released: Option<String>,
 }
 
 impl BuildRequest {
@@ -209,6 +215,7 @@ impl BuildRequest {
             hostos: None,
             guestos: None,
             source: default_source_dir(),
+            released: None,
         }
     }
 }
@@ -379,31 +386,54 @@ pub fn build(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
     pipeline::run(req)
 }
 
-/// SetupOS data: an erofs holding each input's disk image (zstd, sparse-friendly) and
-/// manifest, plus SHA256SUMS over them.
+/// SetupOS data: an erofs holding each input's disk image (zstd) and manifest, plus
+/// SHA256SUMS over them; and the payload descriptor for the SetupOS root (each image's chunk
+/// map and partitions), which is what the installer trusts.
 fn build_setup_payload(
     inputs: &[SetupInput],
+    released: &str,
     work: &Path,
     progress: &Progress,
-) -> Result<PathBuf, BuildError> {
+) -> Result<(PathBuf, image_stream::SetupPayload), BuildError> {
     let stage = work.join("setup-data");
     std::fs::create_dir_all(&stage).map_err(|e| BuildError::io("creating", &stage, e))?;
     let mut sums = String::new();
+    let mut images = BTreeMap::new();
     for i in inputs {
         progress.detail(&format!(
-            "compressing {} {} disk image",
+            "compressing and mapping the {} {} disk image",
             i.name, i.manifest.version
         ));
-        let img = stage.join(format!("{}.img.zst", i.name));
+        let file = format!("{}.img.zst", i.name);
+        let img = stage.join(&file);
+        let disk = i.dir.join("disk.img");
         let mut cmd = host_tools::tools::ZSTD.command()?;
         cmd.arg("-q")
             .arg("-3")
             .arg("-T2")
             .arg("-f")
-            .arg(i.dir.join("disk.img"))
+            .arg(&disk)
             .arg("-o")
             .arg(&img);
         host_tools::run(&mut cmd, &format!("compress the {} disk image", i.name))?;
+        let map = image_stream::ChunkMap::of_file(&disk)
+            .map_err(|e| BuildError::io("mapping", &disk, e))?;
+        let partitions = i
+            .manifest
+            .layout
+            .partitions
+            .iter()
+            .map(|p| (p.spec.label.clone(), (p.start, p.size())))
+            .collect();
+        images.insert(
+            i.name,
+            image_stream::PayloadImage {
+                version: i.manifest.version.clone(),
+                file,
+                map,
+                partitions,
+            },
+        );
         let m = stage.join(format!("{}-manifest.json", i.name));
         std::fs::copy(i.dir.join("manifest.json"), &m)
             .map_err(|e| BuildError::io("copying", &m, e))?;
@@ -427,7 +457,58 @@ fn build_setup_payload(
         .arg(&out)
         .arg(&stage);
     host_tools::run(&mut cmd, "build the SetupOS data filesystem")?;
-    Ok(out)
+    let mut take = |name: &str| {
+        images
+            .remove(name)
+            .ok_or_else(|| BuildError::Invalid(format!("SetupOS needs a {name} input")))
+    };
+    let payload = image_stream::SetupPayload {
+        released: released.to_string(),
+        hostos: take("hostos")?,
+        guestos: take("guestos")?,
+    };
+    Ok((out, payload))
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let days = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        / 86_400) as i64;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A release date must be a date.
+fn validate_released(d: &str) -> Result<(), BuildError> {
+    let ok = d.len() == 10
+        && d.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+        && (1..=12).contains(&d[5..7].parse::<u32>().unwrap_or(0))
+        && (1..=31).contains(&d[8..10].parse::<u32>().unwrap_or(0));
+    if ok {
+        Ok(())
+    } else {
+        Err(BuildError::Invalid(format!(
+            "release date `{d}` is not a date like 2026-11-30"
+        )))
+    }
 }
 
 /// One part that came out differently in a rebuild.
@@ -521,6 +602,7 @@ pub fn verify_build(
         hostos: input("hostos"),
         guestos: input("guestos"),
         source: default_source_dir(),
+        released: original.released.clone(),
     };
     let rebuilt = build(&req)?;
     Ok(compare(&original, &rebuilt))
@@ -628,6 +710,16 @@ mod tests {
         assert_eq!(derive_uuid(&["a", "1"]), derive_uuid(&["a", "1"]));
         assert_ne!(derive_uuid(&["a", "1"]), derive_uuid(&["a", "2"]));
         assert_ne!(derive(&["ab", "c"]), derive(&["a", "bc"]));
+    }
+
+    #[test]
+    fn release_dates() {
+        let t = today();
+        validate_released(&t).unwrap();
+        assert!(t.starts_with("20"), "{t}");
+        for bad in ["2026-13-01", "26-11-30", "2026/11/30", "tomorrow"] {
+            assert!(validate_released(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::*;
 struct Build<'a> {
     req: &'a BuildRequest,
     recipe: Recipe,
+    /// SetupOS: its release date.
+    released: Option<String>,
     setup_inputs: Vec<SetupInput>,
     staging: Staging,
     progress: Progress,
@@ -44,8 +46,9 @@ struct DiskImage {
 
 pub(crate) fn run(req: &BuildRequest) -> Result<BuildManifest, BuildError> {
     let mut b = Build::prepare(req)?;
-    let root = b.root_images()?;
-    let setup_payload = b.setup_payload()?;
+    // SetupOS: the payload first, so its descriptor is part of the verified root.
+    let (setup_payload, descriptor) = b.setup_payload()?.unzip();
+    let root = b.root_images(descriptor.as_ref())?;
     b.progress.step("disk image");
     let disk = b.disk_image(&root, setup_payload.as_deref())?;
     let update_manifest = b.update_manifest(&root)?;
@@ -81,11 +84,20 @@ impl<'a> Build<'a> {
             }
             Vec::new()
         };
+        let released = match recipe.kind {
+            ImageKind::Setupos => {
+                let d = req.released.clone().unwrap_or_else(today);
+                validate_released(&d)?;
+                Some(d)
+            }
+            _ => None,
+        };
         let staging = Staging::create(&req.out)?;
         let progress = Progress::new(&format!("{} {}", recipe.name, req.version), 7);
         Ok(Build {
             req,
             recipe,
+            released,
             setup_inputs,
             staging,
             progress,
@@ -100,9 +112,12 @@ impl<'a> Build<'a> {
         self.recipe.kind.as_str()
     }
 
-    /// Debian base, binaries, the customized root tree, the initramfs, and the root
-    /// filesystem with its verity tree.
-    fn root_images(&mut self) -> Result<RootImages, BuildError> {
+    /// Debian base, binaries, the customized root tree (with SetupOS's payload descriptor),
+    /// the initramfs, and the root filesystem with its verity tree.
+    fn root_images(
+        &mut self,
+        payload: Option<&image_stream::SetupPayload>,
+    ) -> Result<RootImages, BuildError> {
         let (req, work) = (self.req, self.staging.work.clone());
         self.progress.step("Debian base");
         let base = base::ensure_base(&self.recipe, &req.cache, &self.progress)?;
@@ -122,6 +137,11 @@ impl<'a> Build<'a> {
             &base.packages,
             &bins.icos,
         )?;
+        if let Some(p) = payload {
+            let dest = root.join(image_stream::PAYLOAD_FILE.trim_start_matches('/'));
+            let json = serde_json::to_vec(p).expect("the payload serializes");
+            std::fs::write(&dest, json).map_err(|e| BuildError::io("writing", &dest, e))?;
+        }
         self.progress.step("initramfs");
         let tree = rootfs::build_initramfs(&self.recipe, &root, &bins.init, &work)?;
         rootfs::strip(&self.recipe, &root)?;
@@ -141,8 +161,10 @@ impl<'a> Build<'a> {
         })
     }
 
-    /// SetupOS only: the HostOS and GuestOS images it installs.
-    fn setup_payload(&mut self) -> Result<Option<PathBuf>, BuildError> {
+    /// SetupOS only: the HostOS and GuestOS images it installs, and their descriptor.
+    fn setup_payload(
+        &mut self,
+    ) -> Result<Option<(PathBuf, image_stream::SetupPayload)>, BuildError> {
         if self.upgradable() {
             return Ok(None);
         }
@@ -150,6 +172,9 @@ impl<'a> Build<'a> {
             .step("SetupOS payload (HostOS and GuestOS images)");
         Ok(Some(build_setup_payload(
             &self.setup_inputs,
+            self.released
+                .as_deref()
+                .expect("SetupOS has a release date"),
             &self.staging.work,
             &self.progress,
         )?))
@@ -381,6 +406,7 @@ impl<'a> Build<'a> {
             },
             size_overrides: self.req.size_overrides.clone(),
             inputs,
+            released: self.released.clone(),
             kernel_version: root.tree.kernel_version.clone(),
             cmdline: recipe.kernel.cmdline.clone(),
             boot_options,

@@ -20,6 +20,15 @@ pub enum HostosCmd {
         #[arg(long)]
         config_partition: Option<PathBuf>,
     },
+    /// Write the systemd-networkd file for this HostOS from its config (run at boot, before
+    /// systemd-networkd): its deterministic MAC, static IPv6 address and gateway.
+    Network {
+        /// A hostos.toml file (default: the config partition).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = node_config::network::NETWORKD_FILE)]
+        out: PathBuf,
+    },
     /// Guest state, restarts, versions, last error.
     Status {
         #[arg(long, default_value = DEFAULT_AGENT)]
@@ -54,6 +63,21 @@ pub fn hostos(cmd: HostosCmd) -> Result<i32> {
             config,
             config_partition,
         } => run(config, config_partition),
+        HostosCmd::Network { config, out } => {
+            let cfg = load(config, None)?;
+            let plan = cfg.network_plan();
+            node_config::network::write_networkd(&out, &plan)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "HOSTOS NETWORK {}: HostOS {} {}",
+                out.display(),
+                cfg.hostos_mac(),
+                cfg.hostos_ipv6()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "(no IPv6 prefix configured)".into())
+            );
+            Ok(0)
+        }
         HostosCmd::Status { agent, json } => {
             let s = agent_status(&agent)?;
             if json {
@@ -78,15 +102,22 @@ pub fn hostos(cmd: HostosCmd) -> Result<i32> {
     }
 }
 
-fn run(config: Option<PathBuf>, config_partition: Option<PathBuf>) -> Result<i32> {
+fn load(
+    config: Option<PathBuf>,
+    config_partition: Option<PathBuf>,
+) -> Result<hostos_agent::config::HostosConfig> {
     use hostos_agent::config::HostosConfig;
-    let cfg = match (config, config_partition) {
+    Ok(match (config, config_partition) {
         (Some(p), _) => HostosConfig::load(&p)?,
         (None, Some(d)) => HostosConfig::load_from_fat(&d)?,
         (None, None) => {
             HostosConfig::load_from_fat(std::path::Path::new("/dev/disk/by-partlabel/config"))?
         }
-    };
+    })
+}
+
+fn run(config: Option<PathBuf>, config_partition: Option<PathBuf>) -> Result<i32> {
+    let cfg = load(config, config_partition)?;
     for p in &cfg.problems {
         eprintln!("hostos config: {p}");
     }

@@ -1,6 +1,6 @@
 //! The commands that run on a node: `upgrade` (the A/B engine), `hostos` (the HostOS agent),
-//! `orchestrator` (the GuestOS orchestrator) and `channel` (the guest side of the host
-//! channel). The node binary (`icos-node`, installed as `/usr/bin/icos` in every image) has
+//! `orchestrator` (the GuestOS orchestrator), `channel` (the guest side of the host
+//! channel) and `setupos` (check and inject an operator's config, install a node). The node binary (`icos-node`, installed as `/usr/bin/icos` in every image) has
 //! only these; the developer tool `icos` flattens the same [`NodeCmd`] into its own commands,
 //! so both speak the same words.
 //!
@@ -20,12 +20,14 @@ mod channel;
 mod hostos;
 mod orchestrator;
 mod report;
+mod setupos;
 mod upgrade;
 
 pub use channel::ChannelCmd;
 pub use hostos::HostosCmd;
 pub use orchestrator::OrchestratorCmd;
 pub use report::report;
+pub use setupos::SetuposCmd;
 pub use upgrade::UpgradeCmd;
 
 use clap::Subcommand;
@@ -51,6 +53,11 @@ pub enum NodeCmd {
         #[command(subcommand)]
         cmd: OrchestratorCmd,
     },
+    /// SetupOS: check and inject the operator's config, install a node.
+    Setupos {
+        #[command(subcommand)]
+        cmd: SetuposCmd,
+    },
     /// Guest side of the host-guest channel.
     Channel {
         #[command(subcommand)]
@@ -72,6 +79,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<i32> {
         NodeCmd::Hostos { cmd } => hostos::hostos(cmd),
         NodeCmd::Orchestrator { cmd } => orchestrator::orchestrator(cmd),
         NodeCmd::Channel { cmd, device } => channel::channel(cmd, device),
+        NodeCmd::Setupos { cmd } => setupos::setupos(cmd),
     }
 }
 

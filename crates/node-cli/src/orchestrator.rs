@@ -15,6 +15,14 @@ pub enum OrchestratorCmd {
         #[arg(long, default_value = "0.0.0.0:9100")]
         listen: std::net::SocketAddr,
     },
+    /// Write the systemd-networkd file for this GuestOS from its config disk (run at boot,
+    /// before systemd-networkd).
+    Network {
+        #[arg(long, default_value = "/dev/disk/by-label/ICOSCFG")]
+        config_disk: std::path::PathBuf,
+        #[arg(long, default_value = node_config::network::NETWORKD_FILE)]
+        out: std::path::PathBuf,
+    },
     /// Exit 0 if the orchestrator answers on its status port (the GuestOS health check).
     Health {
         #[arg(long, default_value = "http://127.0.0.1:9100")]
@@ -44,6 +52,19 @@ pub fn orchestrator(cmd: OrchestratorCmd) -> Result<i32> {
             };
             let o = orchestrator::Orchestrator::new(opts)?;
             o.run()?;
+            Ok(0)
+        }
+        OrchestratorCmd::Network { config_disk, out } => {
+            use anyhow::Context;
+            let cfg = node_config::guest::read_config_disk(&config_disk)?;
+            node_config::network::write_networkd(&out, &cfg.network_plan())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}: GuestOS {} ({:?})",
+                out.display(),
+                cfg.ipv6.as_deref().unwrap_or("(no static IPv6)"),
+                cfg.network.mode
+            );
             Ok(0)
         }
         OrchestratorCmd::Health { url } => {

@@ -11,7 +11,10 @@
 //! assert_eq!(read_config_disk(&d.path().join("cfg.img")).unwrap(), cfg);
 //! ```
 
+use crate::operator::Ipv4Config;
+use crate::NetworkMode;
 use serde::{Deserialize, Serialize};
+use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 
 pub const GUEST_CONFIG_FILE: &str = "guest.json";
@@ -19,9 +22,23 @@ pub const GUEST_CONFIG_LABEL: &str = "ICOSCFG";
 /// Size of the config disk image (FAT12 fits; the JSON is a few KiB).
 pub const DISK_SIZE: u64 = 8 << 20;
 
-/// What the guest learns from its host.
+/// The GuestOS's network, as its host derived it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GuestNetwork {
+    pub mode: NetworkMode,
+    /// The /64 prefix's gateway; with `ipv6`, the static IPv6 configuration.
+    pub ipv6_gateway: Option<Ipv6Addr>,
+    pub ipv4: Option<Ipv4Config>,
+    pub domain_name: Option<String>,
+}
+
+/// What the guest learns from its host. Fields added after version 0 have defaults, so a
+/// GuestOS reads the config of an older or newer HostOS.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestConfig {
+    #[serde(default)]
+    pub config_version: u32,
     pub deployment: String,
     pub mac: String,
     pub ipv6: Option<String>,
@@ -37,6 +54,26 @@ pub struct GuestConfig {
     /// Prefixes allowed to reach SSH and the status/metrics port.
     #[serde(default)]
     pub admin_prefixes: Vec<String>,
+    #[serde(default)]
+    pub network: GuestNetwork,
+    /// SSH public keys for the `admin` account (from the operator's SetupOS config only).
+    #[serde(default)]
+    pub ssh_admin_keys: Vec<String>,
+}
+
+impl GuestConfig {
+    /// What the GuestOS writes for systemd-networkd at boot (its VM NIC already has its MAC).
+    pub fn network_plan(&self) -> crate::network::NetworkPlan {
+        let ipv6 = self.ipv6.as_deref().and_then(|a| a.parse().ok());
+        crate::network::NetworkPlan {
+            uplink: None,
+            mac: None,
+            mode: self.network.mode,
+            ipv6: ipv6.zip(self.network.ipv6_gateway),
+            ipv4: self.network.ipv4.clone(),
+            domain_name: self.network.domain_name.clone(),
+        }
+    }
 }
 
 /// A config disk that could not be written or read, and where.
@@ -91,6 +128,7 @@ mod tests {
     fn config_disk_roundtrip_and_junk_named() {
         let d = tempfile::tempdir().unwrap();
         let c = GuestConfig {
+            config_version: crate::CONFIG_VERSION,
             deployment: "local".into(),
             mac: "6a:01:00:00:00:01".into(),
             ipv6: None,
@@ -101,6 +139,13 @@ mod tests {
             operator_key_pem: None,
             http_endpoint: Some("http://127.0.0.1:18081".into()),
             admin_prefixes: vec!["10.0.2.0/24".into()],
+            network: GuestNetwork {
+                mode: NetworkMode::Static,
+                ipv6_gateway: Some("fe80::1".parse().unwrap()),
+                ipv4: None,
+                domain_name: Some("node.example.com".into()),
+            },
+            ssh_admin_keys: vec!["ssh-ed25519 AAAA admin".into()],
         };
         let p = d.path().join("cfg.img");
         write_config_disk(&p, &c).unwrap();
@@ -108,5 +153,21 @@ mod tests {
         std::fs::write(&p, b"junk").unwrap();
         let e = read_config_disk(&p).unwrap_err().to_string();
         assert!(e.contains("cfg.img"), "{e}");
+    }
+
+    /// Version 0 (before versions were written) reads with defaults; a newer file with a
+    /// field this version does not know reads too.
+    #[test]
+    fn older_and_newer_guest_configs_read() {
+        let v0 = r#"{"deployment":"testnet","mac":"6a:01:00:00:00:01","ipv6":null,"node_id":null,"registry_urls":[],"genesis_hash":null,"operator_id":null,"operator_key_pem":null}"#;
+        let c: GuestConfig = serde_json::from_str(v0).unwrap();
+        assert_eq!((c.config_version, c.network.mode), (0, NetworkMode::Dhcp));
+        let mut v2: serde_json::Value = serde_json::to_value(&c).unwrap();
+        v2["config_version"] = 2.into();
+        v2["a_field_from_the_future"] = "x".into();
+        v2["network"]["another"] = 1.into();
+        let back: GuestConfig = serde_json::from_value(v2).unwrap();
+        assert_eq!(back.config_version, 2);
+        assert_eq!(back.mac, c.mac);
     }
 }

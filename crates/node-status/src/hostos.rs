@@ -69,10 +69,29 @@ pub struct HostosUpgradeStatus {
     pub requests: u64,
 }
 
+/// Who this node is and how it is addressed, as its config derives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeAddresses {
+    pub deployment: String,
+    pub management_mac: String,
+    pub hostos_mac: String,
+    pub hostos_ipv6: Option<String>,
+    pub guestos_mac: String,
+    pub guestos_ipv6: Option<String>,
+    /// `static` or `dhcp`.
+    pub network: String,
+    pub ipv6_gateway: Option<String>,
+    /// The global IPv6 addresses HostOS has now (the planned one among them once the
+    /// network is up).
+    pub configured_ipv6: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AgentStatus {
     pub hostos_version: String,
+    pub node: NodeAddresses,
     pub guest: GuestStatus,
     pub config_problems: Vec<String>,
     pub channel: host_channel::Stats,

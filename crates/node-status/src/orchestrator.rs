@@ -71,6 +71,8 @@ pub struct OrchestratorStatus {
     pub firewall_ruleset: Option<String>,
     pub firewall_error: Option<String>,
     pub config_error: Option<String>,
+    /// The global IPv6 addresses the GuestOS has (from the kernel, not the config).
+    pub ipv6_addresses: Vec<String>,
 }
 
 impl OrchestratorStatus {

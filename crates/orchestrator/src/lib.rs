@@ -126,7 +126,9 @@ pub struct Orchestrator {
     upgrade_backoff_target: Option<String>,
     hostos_backoff: Backoff,
     register_backoff: Backoff,
-    last_waiting_message: Option<Instant>,
+    /// What the console last said the node waits for, and when: said again on a change or
+    /// after ten minutes, so an operator at the console sees why a node does not register.
+    last_waiting_message: Option<(String, Instant)>,
     applied_ruleset: Option<String>,
 }
 
@@ -179,6 +181,20 @@ impl Orchestrator {
         self.console.line(line);
     }
 
+    /// Record what the node waits for in the status, and say it on the console when it
+    /// changed or ten minutes after it was last said.
+    fn waiting(&mut self, what: String) {
+        let due = match &self.last_waiting_message {
+            Some((last, at)) => *last != what || at.elapsed() > Duration::from_secs(600),
+            None => true,
+        };
+        if due {
+            self.console(&format!("GUESTOS ORCHESTRATOR waiting for {what}"));
+            self.last_waiting_message = Some((what.clone(), Instant::now()));
+        }
+        self.set(|s| s.waiting_for = Some(what));
+    }
+
     fn set(&self, f: impl FnOnce(&mut OrchestratorStatus)) {
         f(&mut self.shared.lock().expect("status lock"));
     }
@@ -201,16 +217,15 @@ impl Orchestrator {
     /// One round of the loop (public for tests).
     pub fn tick(&mut self, client: &mut Option<registry_client::Client>) {
         self.refresh_engine_status();
+        let addrs = daemon_support::net::global_ipv6();
+        self.set(|s| s.ipv6_addresses = addrs);
         let Some(cfg) = self.cfg.clone() else { return };
         let Some(genesis) = cfg
             .genesis_hash
             .clone()
             .filter(|_| !cfg.registry_urls.is_empty())
         else {
-            self.set(|s| {
-                s.waiting_for =
-                    Some("a registry (no registry_urls/genesis_hash on the config disk)".into())
-            });
+            self.waiting("a registry (no registry_urls/genesis_hash on the config disk)".into());
             return;
         };
         if client.is_none() {
@@ -243,12 +258,11 @@ impl Orchestrator {
                         "registry sync failed: {e}; keeping version {} and retrying",
                         c.version()
                     );
-                    self.set(|s| {
-                        s.registry_error = Some(format!(
-                            "{e} (retrying; still following version {})",
-                            c.version()
-                        ))
-                    });
+                    let error = format!("{e} (retrying; still following version {})", c.version());
+                    self.set(|s| s.registry_error = Some(error.clone()));
+                    if c.version() == 0 {
+                        self.waiting(format!("a first registry sync: {error}"));
+                    }
                 }
             }
         }
@@ -259,7 +273,7 @@ impl Orchestrator {
         let node_id = self.node_id.clone();
         if !reg.nodes.contains_key(&node_id) {
             self.set(|s| s.registered = false);
-            self.register(&cfg);
+            self.register(&cfg, &reg);
             return;
         }
         let subnet = reg
@@ -272,6 +286,7 @@ impl Orchestrator {
             s.waiting_for = None;
             s.subnet = subnet;
         });
+        self.last_waiting_message = None;
         self.firewall(&reg, &node_id, &cfg);
         self.hostos(&reg, &node_id);
         self.guestos(&reg, &node_id);
@@ -333,20 +348,13 @@ impl Orchestrator {
         }
     }
 
-    fn register(&mut self, cfg: &GuestConfig) {
-        let (Some(op), Some(pem)) = (cfg.operator_id.clone(), cfg.operator_key_pem.clone()) else {
-            let show = self
-                .last_waiting_message
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(600));
-            if show {
-                self.console(&format!(
-                    "GUESTOS ORCHESTRATOR waiting: no node operator key on the config disk, so node {} cannot register; add it with `icos registry register --node-public-key {}` or give the host an operator key",
-                    self.node_id,
-                    keys::public_hex(&self.key)
-                ));
-                self.last_waiting_message = Some(Instant::now());
-            }
-            self.set(|s| s.waiting_for = Some("a node operator key to register this node".into()));
+    fn register(&mut self, cfg: &GuestConfig, reg: &registry_model::Registry) {
+        let Some(pem) = cfg.operator_key_pem.clone() else {
+            self.waiting(format!(
+                "a node operator key: none on the config disk, so node {} cannot register; add it with `icos registry register --node-public-key {}` or give the host an operator key",
+                self.node_id,
+                keys::public_hex(&self.key)
+            ));
             return;
         };
         if !self.register_backoff.due() {
@@ -358,6 +366,22 @@ impl Orchestrator {
                 self.set(|s| {
                     s.config_error = Some(format!("operator key on the config disk: {e}"))
                 });
+                return;
+            }
+        };
+        // SetupOS hands over only the key: the operator is whoever the registry knows by it.
+        let public = keys::public_hex(&op_key);
+        let op = match cfg.operator_id.clone().or_else(|| {
+            reg.operators
+                .values()
+                .find(|o| o.public_key == public)
+                .map(|o| o.id.clone())
+        }) {
+            Some(op) => op,
+            None => {
+                self.waiting(format!(
+                    "a node operator with public key {public} in the registry (governance adds it with add-operator)"
+                ));
                 return;
             }
         };
@@ -383,7 +407,7 @@ impl Orchestrator {
             Ok(r) => SignedRegistration::sign(r, &op_key),
             Err(e) => {
                 self.register_backoff.fail();
-                self.set(|s| s.waiting_for = Some(format!("registration: {e}")));
+                self.waiting(format!("registration: {e}"));
                 return;
             }
         };
@@ -403,7 +427,7 @@ impl Orchestrator {
             }
         }
         self.register_backoff.fail();
-        self.set(|s| s.waiting_for = Some(format!("registration (last attempt: {last})")));
+        self.waiting(format!("registration (last attempt: {last})"));
     }
 
     fn firewall(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {

@@ -537,41 +537,16 @@ fn start_node(
         return Err(msg("copying the GuestOS disk failed"));
     }
     let (agent_port, status_port, payload_port) = (free_port()?, free_port()?, free_port()?);
-    let cfg = format!(
-        r#"[node]
-deployment = "testnet"
-management_mac = "02:00:00:00:01:{i:02x}"
-hostos_version = "dev"
-http_endpoint = "http://127.0.0.1:{payload_port}"
-[guest]
-disk = "{disk}"
-vcpus = {vcpus}
-memory_mib = {mem}
-boot_timeout_secs = 900
-forwards = ["{status_port}:9100", "{payload_port}:8080"]
-[registry]
-urls = ["{host_reg}"]
-genesis_hash = "{genesis}"
-[agent]
-state_dir = "{state}"
-listen = "127.0.0.1:{agent_port}"
-[guest_config]
-operator_id = "op1"
-operator_key_file = "{opkey}"
-admin_prefixes = ["10.0.2.0/24"]
-registry_urls = ["{reg}"]
-"#,
-        disk = disk.display(),
-        vcpus = spec.vcpus,
-        mem = spec.memory_mib,
-        reg = state.guest_registry_url(),
-        host_reg = state.registry_url(),
-        genesis = state.genesis_hash,
-        state = ndir.join("state").display(),
-        opkey = spec.dir.join("keys/operator_op1.key").display(),
-    );
+    let cfg = node_config(
+        state,
+        spec,
+        &ndir,
+        &disk,
+        i,
+        [agent_port, status_port, payload_port],
+    )?;
     let cfg_path = ndir.join("hostos.toml");
-    std::fs::write(&cfg_path, cfg).map_err(io("writing hostos.toml"))?;
+    std::fs::write(&cfg_path, cfg.render()).map_err(io("writing hostos.toml"))?;
     let agent_pid = spawn_detached(
         Command::new(&spec.icos)
             .args(["hostos", "run", "--config"])
@@ -588,6 +563,50 @@ registry_urls = ["{reg}"]
         payload_port,
         node_id: None,
     })
+}
+
+/// A development HostOS config for node `i` (the same type SetupOS writes): local
+/// deployment, DHCP for IPv4 plus the static IPv6 of QEMU's user network (`fec0::/64`,
+/// gateway `fec0::2`), the testnet registry, forwards for the status and payload ports.
+fn node_config(
+    state: &State,
+    spec: &Spec,
+    ndir: &Path,
+    disk: &Path,
+    i: usize,
+    [agent_port, status_port, payload_port]: [u16; 3],
+) -> Result<node_config::hostos::HostosConfig, TestnetError> {
+    let mut c =
+        node_config::hostos::HostosConfig::parse("", "testnet").map_err(|e| msg(e.to_string()))?;
+    c.config_version = node_config::CONFIG_VERSION;
+    c.deployment = "testnet".into();
+    c.management_mac = format!("02:00:00:00:01:{i:02x}")
+        .parse()
+        .map_err(|e: node_identity::IdentityError| msg(e.to_string()))?;
+    c.hostos_version = Some("dev".into());
+    c.http_endpoint = Some(format!("http://127.0.0.1:{payload_port}"));
+    c.ipv6_prefix = Some("fec0:0:0:0".into());
+    c.ipv6_gateway = Some(std::net::Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2));
+    c.network_mode = node_config::NetworkMode::Dhcp;
+    c.guest_disk = Some(disk.to_path_buf());
+    c.vcpus = spec.vcpus;
+    c.memory_mib = spec.memory_mib;
+    c.boot_timeout_secs = 900;
+    c.forwards = vec![(status_port, 9100), (payload_port, 8080)];
+    c.registry = Some(node_config::hostos::RegistryConfig {
+        urls: vec![state.registry_url()],
+        genesis_hash: state.genesis_hash.clone(),
+    });
+    c.state_dir = ndir.join("state");
+    c.listen = format!("127.0.0.1:{agent_port}")
+        .parse()
+        .map_err(|e: std::net::AddrParseError| msg(e.to_string()))?;
+    c.operator_id = Some("op1".into());
+    c.operator_key_file = Some(spec.dir.join("keys/operator_op1.key"));
+    c.admin_prefixes = vec!["10.0.2.0/24".into()];
+    c.guest_registry_urls = vec![state.guest_registry_url()];
+    c.problems.clear();
+    Ok(c)
 }
 
 /// Wait until every node registered itself (found by its payload endpoint).

@@ -2,6 +2,9 @@
 
 use crate::*;
 
+/// The out-of-band NIC's MAC (locally administered, distinct from every node's).
+pub const OOB_MAC: &str = "02:00:00:00:0b:01";
+
 impl Vm {
     /// Build the QEMU command line for a config (exposed for logging and tests).
     pub fn command(cfg: &VmConfig, accel: Accel) -> Result<Command, VmError> {
@@ -62,6 +65,15 @@ impl Vm {
                 dev.push_str(&format!(",mac={mac}"));
             }
             cmd.arg("-device").arg(dev);
+        }
+        if let Some(fwds) = &cfg.oob_network {
+            let mut netdev = "user,id=n1".to_string();
+            for (host, guest) in fwds {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            }
+            cmd.arg("-netdev").arg(netdev);
+            cmd.arg("-device")
+                .arg(format!("virtio-net-pci,netdev=n1,romfile=,mac={OOB_MAC}"));
         }
         let ports: Vec<(&str, &PathBuf)> = cfg
             .channel_socket

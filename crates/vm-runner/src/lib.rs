@@ -124,6 +124,10 @@ pub struct VmConfig {
     pub network: Option<Vec<(u16, u16)>>,
     /// MAC address of the NIC (deterministic per node).
     pub mac: Option<String>,
+    /// A second user-mode NIC with these forwards, after the first: an out-of-band port the
+    /// guest reaches by DHCP while the first NIC carries static IPv6 (QEMU forwards only to
+    /// a guest's IPv4).
+    pub oob_network: Option<Vec<(u16, u16)>>,
     /// Discard disk writes when the VM stops.
     pub snapshot: bool,
     /// Exit instead of rebooting.
@@ -153,6 +157,7 @@ impl VmConfig {
             extra_ports: Vec::new(),
             network: Some(Vec::new()),
             mac: None,
+            oob_network: None,
             snapshot: false,
             no_reboot: false,
             efi_vars: None,
