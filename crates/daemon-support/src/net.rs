@@ -46,6 +46,32 @@ pub fn configured_ipv6() -> Vec<ConfiguredIpv6> {
     parse_if_inet6(&std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default())
 }
 
+/// Every address with its state, for a console line: `fec0::1 (tentative), fe80::1 (link)`.
+pub fn describe_ipv6() -> String {
+    describe(&configured_ipv6())
+}
+
+fn describe(addrs: &[ConfiguredIpv6]) -> String {
+    let list: Vec<String> = addrs
+        .iter()
+        .filter(|a| !a.addr.is_loopback())
+        .map(|a| {
+            let state = match (a.global, a.tentative, a.dad_failed) {
+                (_, _, true) => " (duplicate: DAD failed)",
+                (_, true, _) => " (tentative)",
+                (false, _, _) => " (link)",
+                _ => "",
+            };
+            format!("{}{state}", a.addr)
+        })
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
+
 /// The global addresses, as text (what status documents carry).
 pub fn global_ipv6() -> Vec<String> {
     configured_ipv6()
@@ -79,5 +105,10 @@ garbage line
         assert!(!a[1].global && !a[2].global);
         assert!(a[3].dad_failed);
         assert!(a[4].global);
+        assert_eq!(
+            describe(&a),
+            "fec0::680f:3dff:fe23:1eab, fe80::680f:3dff:fe23:1eab (link), fec0::5 (duplicate: DAD failed), 2a00:fb01:400:200::a1"
+        );
+        assert_eq!(describe(&[]), "none");
     }
 }

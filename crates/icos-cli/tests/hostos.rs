@@ -342,10 +342,8 @@ fn hostos_image_runs_its_agent_and_upgrades_itself() {
 
     let disk = dir.join("hostos.img");
     sparse_copy(&h1.join("disk.img"), &disk);
-    write_hostos_config(
-        &disk,
-        &format!(
-            r#"[node]
+    let host_toml = format!(
+        r#"[node]
 deployment = "local"
 management_mac = "02:00:00:00:00:09"
 node_id = "{node_id}"
@@ -362,10 +360,16 @@ state_dir = "/var/lib/icos/hostos"
 listen = "0.0.0.0:9100"
 console = true
 "#,
-            port = addr.port(),
-            genesis = g.hash()
-        ),
+        port = addr.port(),
+        genesis = g.hash()
     );
+    write_hostos_config(&disk, &host_toml);
+    // HostOS gives its uplink the node's derived MAC; QEMU's DHCP leases and port forwards
+    // follow the MAC, so the VM's NIC has that MAC from the start (a server's NIC has its
+    // own, and HostOS changes it at boot).
+    let host_mac = HostosConfig::parse(&host_toml, "test")
+        .unwrap()
+        .hostos_mac();
     let agent_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -375,6 +379,7 @@ console = true
     let mut cfg = vm_runner::VmConfig::new(&disk, &log);
     cfg.memory_mib = 2048;
     cfg.network = Some(vec![(agent_port, 9100)]);
+    cfg.mac = Some(host_mac.to_string());
     cfg.cache_dir = Some(image_builder::default_cache_dir());
     cfg.efi_vars = Some(dir.join("efivars.fd"));
     let mut vm = vm_runner::Vm::start(&cfg).unwrap();
@@ -390,14 +395,14 @@ console = true
     let end = Instant::now() + Duration::from_secs(120);
     let fetch = || node_status::fetch::<AgentStatus>(&status_url, Duration::from_secs(5));
     let status = loop {
-        if let Ok(v) = fetch() {
-            if v.guest.pid.is_some() {
-                break v;
-            }
-        }
+        let last = match fetch() {
+            Ok(v) if v.guest.pid.is_some() => break v,
+            Ok(v) => format!("the agent answers, no guest yet: {:?}", v.guest),
+            Err(e) => format!("the agent does not answer: {e}"),
+        };
         assert!(
             Instant::now() < end,
-            "the HostOS agent did not start the GuestOS VM\n{}",
+            "the HostOS agent did not start the GuestOS VM ({last})\n{}",
             vm_runner::serial_tail(&log, 40)
         );
         std::thread::sleep(Duration::from_secs(2));

@@ -60,7 +60,7 @@ pub fn orchestrator(cmd: OrchestratorCmd) -> Result<i32> {
             node_config::network::write_networkd(&out, &cfg.network_plan())
                 .with_context(|| format!("writing {}", out.display()))?;
             println!(
-                "{}: GuestOS {} ({:?})",
+                "GUESTOS NETWORK {}: GuestOS {} ({:?})",
                 out.display(),
                 cfg.ipv6.as_deref().unwrap_or("(no static IPv6)"),
                 cfg.network.mode

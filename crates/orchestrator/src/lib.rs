@@ -261,7 +261,10 @@ impl Orchestrator {
                     let error = format!("{e} (retrying; still following version {})", c.version());
                     self.set(|s| s.registry_error = Some(error.clone()));
                     if c.version() == 0 {
-                        self.waiting(format!("a first registry sync: {error}"));
+                        self.waiting(format!(
+                            "a first registry sync: {error}; this node's addresses: {}",
+                            daemon_support::net::describe_ipv6()
+                        ));
                     }
                 }
             }
