@@ -300,10 +300,18 @@ pub fn image(
 
 fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf, TestnetError> {
     let conf = dir.join("nginx.conf");
+    // Started by root, nginx's worker drops to `nobody`, which cannot read a network folder
+    // below a private directory (a `mktemp -d` checkout is 0700): the mirror answered 403.
+    // The worker stays the user who started the network.
+    let user = if nix::unistd::geteuid().is_root() {
+        "user root; "
+    } else {
+        ""
+    };
     std::fs::write(
         &conf,
         format!(
-            "daemon off; worker_processes 1; pid {pid}; error_log {log};\nevents {{ worker_connections 256; }}\nhttp {{ access_log {access}; sendfile on; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            "daemon off; {user}worker_processes 1; pid {pid}; error_log {log};\nevents {{ worker_connections 256; }}\nhttp {{ access_log {access}; sendfile on; server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
             pid = dir.join("nginx.pid").display(),
             log = dir.join("logs/nginx-error.log").display(),
             access = dir.join("logs/nginx-access.log").display(),
