@@ -4,6 +4,18 @@
 use boot_slots::Esp;
 use std::process::Command;
 
+/// `fsck.fat -n` finds nothing to repair.
+fn fsck(img: &std::path::Path, fat_bits: &str) {
+    let out = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(img)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fsck.fat on {fat_bits}:\n{text}");
+}
+
 fn check(size: u64, fat_bits: &str) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("fat.img");
@@ -27,14 +39,7 @@ fn check(size: u64, fat_bits: &str) {
     esp.create_dirs("empty/dir").unwrap();
     esp.close().unwrap();
 
-    let out = Command::new("fsck.fat")
-        .arg("-n")
-        .arg(&img)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "fsck.fat on {fat_bits}:\n{text}");
+    fsck(&img, fat_bits);
     let file = Command::new("file").arg(&img).output().unwrap();
     assert!(
         String::from_utf8_lossy(&file.stdout).contains(fat_bits),
@@ -57,16 +62,7 @@ fn check(size: u64, fat_bits: &str) {
         .unwrap();
     esp.write_file("new/dir/file", &mut &b"y"[..]).unwrap();
     esp.close().unwrap();
-    let out = Command::new("fsck.fat")
-        .arg("-n")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    fsck(&img, fat_bits);
     let esp = Esp::open(std::fs::File::open(&img).map(ReadWrite).unwrap()).unwrap();
     assert_eq!(
         esp.read_file("ssh_authorized_keys/admin").unwrap(),

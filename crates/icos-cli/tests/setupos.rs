@@ -13,7 +13,7 @@ use registry_server::localnet::LocalGovernance;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vm_runner::{Vm, VmConfig, WaitOutcome};
+use vm_runner::{Vm, VmConfig};
 
 const MGMT_MAC: &str = "02:00:00:00:5e:01";
 /// The server's first NIC (the uplink SetupOS finds and records for HostOS).
@@ -130,20 +130,8 @@ fn run_setupos(
     cfg.mac = Some(UPLINK_MAC.into());
     cfg.no_reboot = true;
     cfg.cache_dir = Some(image_builder::default_cache_dir());
-    let res: Vec<regex::Regex> = patterns
-        .iter()
-        .map(|p| regex::Regex::new(p).unwrap())
-        .collect();
-    let mut vm = Vm::start(&cfg).unwrap();
-    let outcome = vm.wait_for(&res, timeout).unwrap();
-    vm.kill();
-    match outcome {
-        WaitOutcome::Matched { index, line, .. } => (index, line),
-        other => panic!(
-            "SetupOS printed none of {patterns:?}: {other:?}\n--- serial log tail ---\n{}",
-            vm_runner::serial_tail(log, 80)
-        ),
-    }
+    let (index, line, _) = boot_config_until(&cfg, patterns, timeout);
+    (index, line)
 }
 
 fn derived(t: NodeType) -> (Mac, std::net::Ipv6Addr) {

@@ -117,12 +117,22 @@ pub fn boot_until(
     cfg.snapshot = snapshot;
     cfg.no_reboot = true;
     cfg.cache_dir = Some(image_builder::default_cache_dir());
+    boot_config_until(&cfg, patterns, BOOT_TIMEOUT)
+}
+
+/// Boot a VM as configured and wait for one of `patterns`; on anything else, fail with the
+/// serial log.
+pub fn boot_config_until(
+    cfg: &VmConfig,
+    patterns: &[&str],
+    timeout: Duration,
+) -> (usize, String, Duration) {
     let res: Vec<regex::Regex> = patterns
         .iter()
         .map(|p| regex::Regex::new(p).unwrap())
         .collect();
-    let mut vm = Vm::start(&cfg).unwrap();
-    let outcome = vm.wait_for(&res, BOOT_TIMEOUT).unwrap();
+    let mut vm = Vm::start(cfg).unwrap();
+    let outcome = vm.wait_for(&res, timeout).unwrap();
     vm.kill();
     match outcome {
         WaitOutcome::Matched {
@@ -132,8 +142,8 @@ pub fn boot_until(
         } => (index, line, elapsed),
         other => panic!(
             "{} did not print any of {patterns:?}: {other:?}\n--- serial log tail ---\n{}",
-            disk.display(),
-            vm_runner::serial_tail(log, 60)
+            cfg.disk.display(),
+            vm_runner::serial_tail(&cfg.serial_log, 80)
         ),
     }
 }
