@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 cargo build --release -q -p icos-cli
-ICOS="$PWD/target/release/icos"
+ICOS="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/icos"
 export ICOS_PLAIN_PROGRESS=1
 WORK="${BENCH_DIR:-$(mktemp -d /var/tmp/icos-bench.XXXXXX)}"
 RUNS="${BOOT_RUNS:-3}"

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 cargo build --release -q -p icos-cli
-exec target/release/icos bench install --mib "${MIB:-1024}" --runs "${RUNS:-3}"
+exec "${CARGO_TARGET_DIR:-target}/release/icos" bench install --mib "${MIB:-1024}" --runs "${RUNS:-3}"

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 cargo build --release -q -p icos-cli
-exec target/release/icos bench rollout --images "${ICOS_IMAGES:-out/testnet/images}" --nodes 2 --nodes 4
+exec "${CARGO_TARGET_DIR:-target}/release/icos" bench rollout --images "${ICOS_IMAGES:-out/testnet/images}" --nodes 2 --nodes 4

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo build --release -q -p icos-cli
-ICOS=target/release/icos
+ICOS="${CARGO_TARGET_DIR:-target}/release/icos"
 OUT="${ICOS_BENCH_OUT:-out/bench}"
 for img in guestos hostos; do
   [ -f "$OUT/$img-1.0.0/manifest.json" ] || "$ICOS" build "$img" --version 1.0.0 --out "$OUT/$img-1.0.0"

@@ -13,7 +13,7 @@ step "host packages"
 
 step "building the icos tool (cargo build --release)"
 cargo build --release -q -p icos-cli
-ICOS=target/release/icos
+ICOS="${CARGO_TARGET_DIR:-target}/release/icos"
 DIR="${ICOS_TESTNET_DIR:-out/testnet}"
 
 if [ -f "$DIR/testnet.json" ]; then
@@ -23,6 +23,11 @@ fi
 
 step "icos testnet up (GuestOS 1.0.0 built on first use; TCG here: about 3 minutes the first time, 2 later)"
 "$ICOS" testnet up --dir "$DIR" --nodes "${ICOS_NODES:-2}"
+
+if [ "${ICOS_SETUPOS:-1}" != 0 ]; then
+  step "icos testnet install-node (SetupOS from a stick onto blank disks, then the installed HostOS; about 5 minutes, more the first time; ICOS_SETUPOS=0 skips it)"
+  "$ICOS" testnet install-node --dir "$DIR"
+fi
 
 step "icos testnet status"
 "$ICOS" testnet status --dir "$DIR"

@@ -177,8 +177,9 @@ pub enum RegistryCmd {
     Serve {
         #[arg(long)]
         data: PathBuf,
+        /// Where to listen (repeat for more addresses, e.g. `127.0.0.1:8180` and `[::1]:8180`).
         #[arg(long, default_value = "127.0.0.1:8180")]
-        listen: std::net::SocketAddr,
+        listen: Vec<std::net::SocketAddr>,
         /// The online key (signs freshness statements): a key file, or a folder of `*.key`
         /// files from which the key the registry names is taken (read again after
         /// governance rotates it, so the next key can be added without a restart); default
@@ -443,9 +444,11 @@ pub fn registry(cmd: RegistryCmd) -> Result<i32> {
                     .with_context(|| format!("opening the registry in {}", data.display()))?,
             );
             let (v, h) = reg.head();
+            let addrs: Vec<String> = listen.iter().map(|a| format!("http://{a}")).collect();
             eprintln!(
-                "registry {}: head version {v} ({h}), listening on http://{listen}",
-                data.display()
+                "registry {}: head version {v} ({h}), listening on {}",
+                data.display(),
+                addrs.join(" ")
             );
             let rt = tokio::runtime::Runtime::new()?;
             if let Some(dir) = publish {
@@ -462,11 +465,21 @@ pub fn registry(cmd: RegistryCmd) -> Result<i32> {
                     std::thread::sleep(std::time::Duration::from_secs(every));
                 });
             }
-            rt.block_on(registry_server::http::serve(
-                reg,
-                listen,
-                registry_server::http::Limits::default(),
-            ))?;
+            rt.block_on(async move {
+                let mut servers = tokio::task::JoinSet::new();
+                for addr in listen {
+                    servers.spawn(registry_server::http::serve(
+                        reg.clone(),
+                        addr,
+                        registry_server::http::Limits::default(),
+                    ));
+                }
+                // Any listener failing (its address taken) stops the whole server.
+                while let Some(r) = servers.join_next().await {
+                    r.context("a registry listener panicked")??;
+                }
+                anyhow::Ok(())
+            })?;
         }
         RegistryCmd::Export {
             data,

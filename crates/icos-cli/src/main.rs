@@ -104,6 +104,14 @@ enum TestnetCmd {
         #[arg(long)]
         to: String,
     },
+    /// Install one more node as a node provider does: a config folder for this network,
+    /// `setupos check-config` and `inject-config` onto a SetupOS stick, SetupOS installing
+    /// onto two blank VM disks, then the installed HostOS booted and its status shown.
+    InstallNode {
+        /// The HostOS and GuestOS versions on the stick (built if missing).
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+    },
     /// Stop everything the testnet started.
     Down,
 }
@@ -604,6 +612,43 @@ fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
                     1
                 },
             )
+        }
+        TestnetCmd::InstallNode { version } => {
+            let state = testnet::State::load(&dir)?;
+            let done = testnet::install_node(&state, &version, &report)?;
+            let n = &done.status.node;
+            let none = || "-".to_string();
+            println!(
+                "SetupOS installed the node in {:.0} s (its own count); the installed HostOS {} booted:",
+                done.install_secs, done.status.hostos_version
+            );
+            println!(
+                "  deployment {} ({} network, gateway {})",
+                n.deployment,
+                n.network,
+                n.ipv6_gateway.clone().unwrap_or_else(none)
+            );
+            println!("  management MAC {}", n.management_mac);
+            println!(
+                "  HostOS  {} {}",
+                n.hostos_mac,
+                n.hostos_ipv6.clone().unwrap_or_else(none)
+            );
+            println!(
+                "  GuestOS {} {}",
+                n.guestos_mac,
+                n.guestos_ipv6.clone().unwrap_or_else(none)
+            );
+            println!(
+                "  config problems: {}",
+                if done.status.config_problems.is_empty() {
+                    "none".to_string()
+                } else {
+                    done.status.config_problems.join("; ")
+                }
+            );
+            println!("  stick, disks and consoles in {}", done.dir.display());
+            Ok(0)
         }
         TestnetCmd::Down => {
             testnet::down(&dir, &report)?;

@@ -132,12 +132,12 @@ impl ImageConfig {
 }
 
 impl ConfigSource for ImageConfig {
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
-        let fat = self.fat(false).map_err(|e| e.to_string())?;
+    fn read(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+        let fat = self.fat(false).map_err(std::io::Error::other)?;
         if !fat.exists(name) {
             return Ok(None);
         }
-        fat.read_file(name).map(Some).map_err(|e| e.to_string())
+        fat.read_file(name).map(Some).map_err(std::io::Error::other)
     }
     fn describe(&self) -> String {
         format!("the CONFIG partition of {}", self.image.display())

@@ -27,17 +27,17 @@ pub const SSH_ADMIN_KEYS: &str = "ssh_authorized_keys/admin";
 /// Where a config folder is read from: a directory, or the FAT config partition.
 pub trait ConfigSource {
     /// The file's bytes, `Ok(None)` if it does not exist.
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String>;
+    fn read(&self, name: &str) -> std::io::Result<Option<Vec<u8>>>;
     /// How to name the source in messages.
     fn describe(&self) -> String;
 }
 
 impl ConfigSource for std::path::PathBuf {
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+    fn read(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
         match std::fs::read(self.join(name)) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         }
     }
     fn describe(&self) -> String {
@@ -773,7 +773,7 @@ mod tests {
     struct Folder(Vec<(&'static str, String)>);
 
     impl ConfigSource for Folder {
-        fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        fn read(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
             Ok(self
                 .0
                 .iter()

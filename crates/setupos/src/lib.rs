@@ -106,12 +106,12 @@ impl Default for Options {
 pub struct FatSource(pub PathBuf);
 
 impl ConfigSource for FatSource {
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
-        let fat = boot_slots::open_fat_read_only(&self.0).map_err(|e| e.to_string())?;
+    fn read(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+        let fat = boot_slots::open_fat_read_only(&self.0).map_err(std::io::Error::other)?;
         if !fat.exists(name) {
             return Ok(None);
         }
-        fat.read_file(name).map(Some).map_err(|e| e.to_string())
+        fat.read_file(name).map(Some).map_err(std::io::Error::other)
     }
     fn describe(&self) -> String {
         format!("the CONFIG partition {}", self.0.display())
@@ -200,8 +200,7 @@ fn install(opts: &Options, p: &mut Progress) -> Result<(), Failure> {
     }
 
     p.start(3);
-    let plan = network::Plan::derive(&cfg)
-        .map_err(|e| Failure::new(e, "connect the node's network interface"))?;
+    let plan = network::Plan::derive(&cfg)?;
     p.say(&plan.describe());
     let checked = network::bring_up_and_check(&cfg, &plan)?;
     p.say(&checked);

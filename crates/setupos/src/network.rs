@@ -30,8 +30,9 @@ pub struct Plan {
 impl Plan {
     /// From the config and the machine's first Ethernet interface (whose MAC is the
     /// management MAC when deployment.json names none).
-    pub fn derive(cfg: &OperatorConfig) -> Result<Plan, String> {
-        let uplink = first_ethernet()?;
+    pub fn derive(cfg: &OperatorConfig) -> Result<Plan, Failure> {
+        let uplink = first_ethernet()
+            .map_err(|e| Failure::new(e, "connect the node's network interface"))?;
         let (mgmt, from) = match cfg.deployment.mgmt_mac {
             Some(m) => (m, "deployment.json"),
             None => (uplink.1, "the first Ethernet interface"),

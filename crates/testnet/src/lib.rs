@@ -8,7 +8,9 @@
 //! * [`status`] gathers registry, orchestrator and agent views per node;
 //! * [`upgrade`] builds a version, elects it and deploys it to a subnet by proposals and votes,
 //!   and follows the rollout until every node confirmed it (or rolled back);
-//! * [`down`] stops everything it started (agents power their VMs down first).
+//! * [`down`] stops everything it started (agents power their VMs down first);
+//! * [`install_node`] installs one more node as a node provider does, from a SetupOS stick
+//!   with a config folder for this network, and boots the installed HostOS.
 //!
 //! Everything lives in one folder (`out/testnet` by default): keys, registry data, packages,
 //! node disks and state, logs, and `testnet.json` with the ports and process ids.
@@ -39,6 +41,8 @@
 //! testnet::down(Path::new("out/testnet"), &Stderr).unwrap();
 //! ```
 
+mod setupos;
+
 pub use node_status::hostos::{AgentStatus, GuestState};
 pub use node_status::orchestrator::{OrchestratorStatus, UpgradeState};
 use registry_client::api::Api;
@@ -46,6 +50,7 @@ use registry_model::api::{ProposalRecord, ProposalStatus};
 use registry_model::*;
 use registry_server::localnet::LocalGovernance;
 use serde::{Deserialize, Serialize};
+pub use setupos::{install_node, Installed};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -478,7 +483,11 @@ fn start_services(
             .arg("--online-key")
             .arg(spec.dir.join("keys/online.key"))
             .arg("--listen")
-            .arg(format!("127.0.0.1:{registry_port}")),
+            .arg(format!("127.0.0.1:{registry_port}"))
+            // IPv6 too: a SetupOS VM on QEMU's static IPv6 network reaches the host's ::1 as
+            // its gateway fec0::2 (`install_node`).
+            .arg("--listen")
+            .arg(format!("[::1]:{registry_port}")),
         &spec.dir.join("logs/registry.log"),
     )?;
     let conf = write_nginx_conf(&spec.dir, package_port)?;

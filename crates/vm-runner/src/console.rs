@@ -5,26 +5,25 @@ use regex::Regex;
 use std::io::{Read, Seek, SeekFrom};
 
 impl Vm {
-    /// Read new complete lines from the serial log.
-    fn new_lines(&mut self) -> Vec<String> {
+    /// Read new complete lines from the serial log into `unseen`.
+    fn read_new_lines(&mut self) {
         let Ok(mut f) = std::fs::File::open(&self.serial_log) else {
-            return Vec::new();
+            return;
         };
         if f.seek(SeekFrom::Start(self.read_pos)).is_err() {
-            return Vec::new();
+            return;
         }
         let mut buf = Vec::new();
         if f.read_to_end(&mut buf).is_err() {
-            return Vec::new();
+            return;
         }
         self.read_pos += buf.len() as u64;
         self.partial.push_str(&String::from_utf8_lossy(&buf));
-        let mut lines = Vec::new();
         while let Some(i) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=i).collect();
-            lines.push(line.trim_end_matches(['\r', '\n']).to_string());
+            self.unseen
+                .push_back(line.trim_end_matches(['\r', '\n']).to_string());
         }
-        lines
     }
 
     /// Follow the serial console until one of `patterns` matches a line, QEMU exits, or
@@ -56,8 +55,10 @@ impl Vm {
         }
     }
 
+    /// The first unseen line that matches; the lines after it stay for the next wait.
     fn match_new_lines(&mut self, patterns: &[Regex]) -> Option<WaitOutcome> {
-        for line in self.new_lines() {
+        self.read_new_lines();
+        while let Some(line) = self.unseen.pop_front() {
             if let Some(index) = patterns.iter().position(|p| p.is_match(&line)) {
                 return Some(WaitOutcome::Matched {
                     index,
@@ -99,4 +100,52 @@ pub fn serial_tail(path: &Path, n: usize) -> String {
         .filter(|l| !l.trim().is_empty())
         .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower of `log` with no QEMU behind it.
+    fn follower(log: &Path) -> Vm {
+        Vm {
+            child: None,
+            serial_log: log.to_path_buf(),
+            qemu_log: log.with_extension("qemu"),
+            qmp_socket: log.with_extension("qmp"),
+            read_pos: 0,
+            partial: String::new(),
+            unseen: Default::default(),
+            started: Instant::now(),
+            accel: Accel::Tcg,
+        }
+    }
+
+    fn matched(vm: &mut Vm, patterns: &[Regex]) -> Option<String> {
+        match vm.wait_for(patterns, Duration::from_millis(300)).unwrap() {
+            WaitOutcome::Matched { line, .. } => Some(line),
+            _ => None,
+        }
+    }
+
+    /// Lines that arrive in one read after a match are seen by the next wait, in order;
+    /// a line split across reads is matched once complete.
+    #[test]
+    fn each_line_is_seen_once_even_when_many_arrive_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        std::fs::write(&log, "boot\r\nSTEP 1\nnoise\nSTEP 2\nSTEP 3\nDONE").unwrap();
+        let mut vm = follower(&log);
+        let step = [Regex::new("STEP|DONE").unwrap()];
+        assert_eq!(matched(&mut vm, &step).as_deref(), Some("STEP 1"));
+        assert_eq!(matched(&mut vm, &step).as_deref(), Some("STEP 2"));
+        assert_eq!(matched(&mut vm, &step).as_deref(), Some("STEP 3"));
+        // `DONE` has no newline yet: not a line.
+        assert_eq!(matched(&mut vm, &step), None);
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b" in 3 s\n").unwrap();
+        assert_eq!(matched(&mut vm, &step).as_deref(), Some("DONE in 3 s"));
+        assert_eq!(matched(&mut vm, &step), None);
+    }
 }

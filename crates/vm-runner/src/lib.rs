@@ -201,6 +201,8 @@ pub struct Vm {
     qmp_socket: PathBuf,
     read_pos: u64,
     partial: String,
+    /// Complete lines read but not yet looked at by a wait (a wait stops at its match).
+    unseen: std::collections::VecDeque<String>,
     started: Instant,
     accel: Accel,
 }
@@ -292,6 +294,7 @@ impl Vm {
             qmp_socket,
             read_pos: 0,
             partial: String::new(),
+            unseen: Default::default(),
             started: Instant::now(),
             accel,
         })

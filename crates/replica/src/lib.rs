@@ -1,0 +1,508 @@
+//! The Internet Computer's public HTTP interface on one node.
+//!
+//! * [`Replica::call`]: an ingress call is authenticated (`ingress`), routed to its canister
+//!   (or the management canister), inspected (`canister_inspect_message`), executed by
+//!   `canister-runtime`, and its outcome recorded under `/request_status/<id>` in the state
+//!   tree. A request id already recorded is never executed again.
+//! * [`Replica::query`]: executed against the canister's current memory, nothing kept; the
+//!   answer carries the certificate of the canister's certified data and is signed with the
+//!   node's Ed25519 key, as agents check by default.
+//! * [`Replica::read_state`]: a certificate (the subnet's BLS key, delegated from the
+//!   network's root key) over the asked paths; request statuses only for their sender.
+//!
+//! A subnet of more than one node refuses calls until subnets replicate (issue 14): calls
+//! executed on one node alone would make the nodes' states diverge. Queries and `read_state`
+//! still answer from the state there is.
+//!
+//! [`http::router`] puts the interface on `/api/v2`, `/api/v3` and `/api/v4`.
+
+pub mod http;
+mod management;
+mod query;
+pub mod state;
+
+use canister_runtime::{Context, Entry, Outcome, Runtime, Trap};
+use certified_state::{BlsKey, Delegation, Path, StateTree};
+use ic_principal::Principal;
+use ingress::{Authenticated, EnvelopeContent};
+use state::{Reject, Request, State, Status};
+use std::sync::Mutex;
+
+pub use query::QueryAnswer;
+
+/// Who this replica is and what it may do.
+pub struct Config {
+    pub subnet_id: Principal,
+    /// The subnet's certification key (one node: the whole key).
+    pub subnet_key: BlsKey,
+    /// The root key's delegation of `subnet_key` (none: `subnet_key` is the root key).
+    pub delegation: Option<Delegation>,
+    /// The network's root public key (DER), served by `/api/v2/status`.
+    pub root_key_der: Vec<u8>,
+    pub node_id: Principal,
+    pub node_key: ed25519_dalek::SigningKey,
+    /// The subnet's canister ids, first and last index.
+    pub canister_range: (u64, u64),
+    /// Nodes in the subnet (more than one: calls are refused until replication lands).
+    pub subnet_size: usize,
+    pub runtime: canister_runtime::Limits,
+    pub ingress: ingress::Limits,
+}
+
+/// Why a request got no interface-level answer (an HTTP error, not a reject).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ingress::IngressError> for RequestError {
+    fn from(e: ingress::IngressError) -> RequestError {
+        RequestError::BadRequest(e.to_string())
+    }
+}
+
+/// How a call ended for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallAnswer {
+    /// Executed (now or before): the certificate of its request status, CBOR.
+    Certified(Vec<u8>),
+    /// Refused before execution; nothing recorded.
+    NotExecuted(Reject),
+}
+
+/// One node's replica: its configuration, runtime and state.
+pub struct Replica {
+    config: Config,
+    runtime: Runtime,
+    state: Mutex<State>,
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// The system clock in nanoseconds since 1970.
+pub fn system_time_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Replica {
+    pub fn new(config: Config) -> Result<Replica, canister_runtime::RuntimeError> {
+        Replica::with_clock(config, Box::new(system_time_nanos))
+    }
+
+    /// A replica reading time from `clock` (tests move time forward).
+    pub fn with_clock(
+        config: Config,
+        clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<Replica, canister_runtime::RuntimeError> {
+        let runtime = Runtime::new(config.runtime.clone())?;
+        let mut state = State::default();
+        subnet_facts(&mut state.tree, &config);
+        Ok(Replica {
+            config,
+            runtime,
+            state: Mutex::new(state),
+            clock,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave half a message behind: every change
+        // is made after execution finished. So a poisoned lock is still a whole state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Executed calls so far.
+    pub fn height(&self) -> u64 {
+        self.lock().height
+    }
+
+    /// An ingress call to `effective` (the canister in the URL).
+    pub fn call(&self, body: &[u8], effective: &Principal) -> Result<CallAnswer, RequestError> {
+        let now = self.now();
+        let auth = ingress::authenticate(body, now, &self.config.ingress)?;
+        let EnvelopeContent::Call {
+            canister_id,
+            method_name,
+            arg,
+            ingress_expiry,
+            ..
+        } = &auth.content
+        else {
+            return Err(RequestError::BadRequest(
+                "the request to /call is not a call (request_type must be \"call\")".into(),
+            ));
+        };
+        let mut state = self.lock();
+        state.prune(now, self.config.ingress.clock_drift_nanos);
+        if state.requests.contains_key(&auth.request_id) {
+            return self.certified_status(&mut state, &auth.request_id, now);
+        }
+        if let Err(r) = self.admit(&state, &auth, canister_id, method_name, arg, effective) {
+            return Ok(CallAnswer::NotExecuted(r));
+        }
+        let status = match self.execute(&mut state, &auth, canister_id, method_name, arg, now) {
+            Ok(reply) => Status::Replied(reply),
+            Err(r) => Status::Rejected(r),
+        };
+        tracing::debug!(canister = %canister_id, method = %method_name, ?status, "call executed");
+        state.record(
+            auth.request_id,
+            Request {
+                status,
+                sender: auth.sender,
+                expiry: *ingress_expiry,
+            },
+        );
+        self.certified_status(&mut state, &auth.request_id, now)
+    }
+
+    /// Checks before a call is accepted: routing, the subnet's size, the canister's
+    /// existence and state, and its `canister_inspect_message`.
+    fn admit(
+        &self,
+        state: &State,
+        auth: &Authenticated,
+        canister_id: &Principal,
+        method: &str,
+        arg: &[u8],
+        effective: &Principal,
+    ) -> Result<(), Reject> {
+        if self.config.subnet_size > 1 {
+            return Err(Reject::new(
+                2,
+                "IC0208",
+                format!(
+                    "this subnet has {} nodes and does not replicate yet: a call executed on one node would make the nodes' states diverge, so calls are refused (queries and read_state still answer)",
+                    self.config.subnet_size
+                ),
+            ));
+        }
+        if *canister_id == Principal::management_canister() {
+            return self.admit_management(method, arg, effective);
+        }
+        if canister_id != effective {
+            return Err(Reject::new(
+                3,
+                "IC0301",
+                format!("the call is for canister {canister_id} but was sent to {effective}"),
+            ));
+        }
+        let c = canister(state, canister_id)?;
+        if c.status != ic_management_canister_types::CanisterStatusType::Running {
+            return Err(Reject::new(
+                5,
+                "IC0508",
+                format!("canister {canister_id} is not running"),
+            ));
+        }
+        let Some(installed) = &c.code else {
+            return Err(no_module(canister_id));
+        };
+        if !installed.code.methods().inspect_message {
+            return Ok(());
+        }
+        let ctx = context(c, &auth.sender, arg, self.now());
+        let e = self
+            .runtime
+            .execute(
+                &installed.code,
+                &c.memory,
+                &Entry::InspectMessage(method.into()),
+                &ctx,
+            )
+            .map_err(|e| Reject::new(1, "IC0502", e.to_string()))?;
+        match e.outcome {
+            Outcome::Trap(t) => Err(trap_reject(canister_id, &t)),
+            _ if !e.accepted => Err(Reject::new(
+                4,
+                "IC0406",
+                format!("canister {canister_id} did not accept the call to `{method}` (canister_inspect_message)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn admit_management(
+        &self,
+        method: &str,
+        arg: &[u8],
+        effective: &Principal,
+    ) -> Result<(), Reject> {
+        match management::target(method, arg) {
+            Some(target) if target != *effective => Err(Reject::new(
+                3,
+                "IC0301",
+                format!("the call to the management canister is about {target} but was sent to {effective}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn execute(
+        &self,
+        state: &mut State,
+        auth: &Authenticated,
+        canister_id: &Principal,
+        method: &str,
+        arg: &[u8],
+        now: u64,
+    ) -> Result<Vec<u8>, Reject> {
+        if *canister_id == Principal::management_canister() {
+            return management::call(
+                state,
+                &management::Call {
+                    runtime: &self.runtime,
+                    sender: auth.sender,
+                    method,
+                    arg,
+                    now,
+                    range: self.config.canister_range,
+                },
+            );
+        }
+        let c = state
+            .canisters
+            .get_mut(canister_id)
+            .ok_or_else(|| not_found(canister_id))?;
+        let installed = c.code.clone().ok_or_else(|| no_module(canister_id))?;
+        let ctx = context(c, &auth.sender, arg, now);
+        let e = self
+            .runtime
+            .execute(
+                &installed.code,
+                &c.memory,
+                &Entry::Update(method.into()),
+                &ctx,
+            )
+            .map_err(|e| Reject::new(1, "IC0502", e.to_string()))?;
+        if let Some(memory) = e.memory {
+            c.memory = memory;
+            if let Some(d) = e.certified_data {
+                c.certified_data = d;
+                state.refresh(canister_id);
+            }
+        }
+        answer(canister_id, e.outcome)
+    }
+
+    /// The certificate of a recorded request's status.
+    fn certified_status(
+        &self,
+        state: &mut State,
+        id: &[u8; 32],
+        now: u64,
+    ) -> Result<CallAnswer, RequestError> {
+        let path = vec![b"request_status".to_vec(), id.to_vec()];
+        self.certificate(state, &[path], now)
+            .map(CallAnswer::Certified)
+    }
+
+    /// A certificate over `paths` (and `/time`) of the current state, CBOR.
+    fn certificate(
+        &self,
+        state: &mut State,
+        paths: &[Path],
+        now: u64,
+    ) -> Result<Vec<u8>, RequestError> {
+        state.tree.set_time(now);
+        let cert = certified_state::certify(
+            &state.tree,
+            paths,
+            &self.config.subnet_key,
+            self.config.delegation.as_ref(),
+        )
+        .map_err(|e| RequestError::Internal(e.to_string()))?;
+        certified_state::to_cbor(&cert).map_err(|e| RequestError::Internal(e.to_string()))
+    }
+
+    /// `read_state` at `effective` (a canister, or the subnet when `subnet` is true).
+    pub fn read_state(
+        &self,
+        body: &[u8],
+        effective: &Principal,
+        subnet: bool,
+    ) -> Result<Vec<u8>, RequestError> {
+        let now = self.now();
+        let auth = ingress::authenticate(body, now, &self.config.ingress)?;
+        let EnvelopeContent::ReadState { paths, .. } = &auth.content else {
+            return Err(RequestError::BadRequest(
+                "the request to /read_state is not a read_state request".into(),
+            ));
+        };
+        let paths: Vec<Path> = paths
+            .iter()
+            .map(|p| p.iter().map(|l| l.as_bytes().to_vec()).collect())
+            .collect();
+        if subnet && *effective != self.config.subnet_id {
+            return Err(RequestError::BadRequest(format!(
+                "this replica serves subnet {}, not {effective}",
+                self.config.subnet_id
+            )));
+        }
+        let mut state = self.lock();
+        for p in &paths {
+            check_read_path(&state, p, &auth.sender, effective, subnet)?;
+        }
+        self.certificate(&mut state, &paths, now)
+    }
+}
+
+/// The subnet's facts in the tree: its key, its ranges, its node's key.
+fn subnet_facts(tree: &mut StateTree, c: &Config) {
+    let sid = c.subnet_id.as_slice().to_vec();
+    let subnet = |leaf: &[&[u8]]| {
+        let mut p = vec![b"subnet".to_vec(), sid.clone()];
+        p.extend(leaf.iter().map(|l| l.to_vec()));
+        p
+    };
+    tree.set(&subnet(&[b"public_key"]), c.subnet_key.public_der());
+    let range = vec![(
+        certified_state::canister_id(c.canister_range.0),
+        certified_state::canister_id(c.canister_range.1),
+    )];
+    let encoded = certified_state::to_cbor(&range).expect("ranges encode");
+    tree.set(&subnet(&[b"canister_ranges"]), encoded.clone());
+    tree.set(
+        &[
+            b"canister_ranges".to_vec(),
+            sid.clone(),
+            range[0].0.as_slice().to_vec(),
+        ],
+        encoded,
+    );
+    let node_der = query::node_public_der(&c.node_key);
+    tree.set(
+        &subnet(&[b"node", c.node_id.as_slice(), b"public_key"]),
+        node_der,
+    );
+}
+
+/// Who may read what (the interface's rules): `/time`, `/subnet` and `/canister_ranges`
+/// anyone; `/canister/<id>/...` only of the effective canister; `/request_status/<id>`
+/// only the request's own sender.
+fn check_read_path(
+    state: &State,
+    p: &Path,
+    sender: &Principal,
+    effective: &Principal,
+    subnet: bool,
+) -> Result<(), RequestError> {
+    let first = p.first().map(Vec::as_slice).unwrap_or_default();
+    match first {
+        b"time" | b"subnet" | b"canister_ranges" => Ok(()),
+        b"canister" if !subnet => {
+            let id = p.get(1).map(|b| Principal::from_slice(b));
+            if id.as_ref() != Some(effective) {
+                return Err(RequestError::BadRequest(format!(
+                    "read_state at {effective} may read /canister/{effective} only"
+                )));
+            }
+            Ok(())
+        }
+        b"request_status" if !subnet => {
+            let Some(id) = p
+                .get(1)
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            else {
+                return Err(RequestError::BadRequest(
+                    "a request_status path needs a 32-byte request id".into(),
+                ));
+            };
+            match state.requests.get(&id) {
+                Some(r) if r.sender != *sender => Err(RequestError::Forbidden(format!(
+                    "request {} was sent by {}, not by {sender}",
+                    hex(&id),
+                    r.sender
+                ))),
+                _ => Ok(()),
+            }
+        }
+        _ => Err(RequestError::BadRequest(format!(
+            "read_state cannot read the path /{}{}",
+            String::from_utf8_lossy(first),
+            if subnet { " at a subnet" } else { "" }
+        ))),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a message to canister `c` from `caller` sees.
+fn context(c: &state::Canister, caller: &Principal, arg: &[u8], now: u64) -> Context {
+    Context {
+        canister_id: c.id.as_slice().to_vec(),
+        caller: caller.as_slice().to_vec(),
+        arg: arg.to_vec(),
+        time_ns: now,
+        controllers: c
+            .settings
+            .controllers
+            .iter()
+            .map(|p| p.as_slice().to_vec())
+            .collect(),
+        status: 1,
+        version: c.version,
+        data_certificate: None,
+    }
+}
+
+/// An update's or query's outcome as the caller's answer.
+fn answer(id: &Principal, outcome: Outcome) -> Result<Vec<u8>, Reject> {
+    match outcome {
+        Outcome::Reply(r) => Ok(r),
+        Outcome::Reject(m) => Err(Reject::new(
+            4,
+            "IC0406",
+            format!("canister {id} rejected the message: {m}"),
+        )),
+        Outcome::Trap(t) => Err(trap_reject(id, &t)),
+        Outcome::Done => Err(Reject::new(5, "IC0506", "no response")),
+    }
+}
+
+fn canister<'s>(state: &'s State, id: &Principal) -> Result<&'s state::Canister, Reject> {
+    state.canisters.get(id).ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: &Principal) -> Reject {
+    Reject::new(3, "IC0301", format!("canister {id} not found"))
+}
+
+fn no_module(id: &Principal) -> Reject {
+    Reject::new(
+        3,
+        "IC0537",
+        format!("canister {id} has no Wasm module installed"),
+    )
+}
+
+/// A trap as the reject the caller sees.
+fn trap_reject(id: &Principal, t: &Trap) -> Reject {
+    let code = match t {
+        Trap::Explicit(_) => "IC0503",
+        Trap::InstructionLimit(_) => "IC0522",
+        Trap::Wasm(_) => "IC0502",
+        Trap::SystemApi(_) => "IC0504",
+        Trap::NoResponse => "IC0506",
+        Trap::NoMethod(_) => "IC0536",
+    };
+    let reject_code = if matches!(t, Trap::NoMethod(_)) { 3 } else { 5 };
+    Reject::new(reject_code, code, format!("canister {id}: {t}"))
+}

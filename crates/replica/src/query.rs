@@ -1,0 +1,194 @@
+//! Queries: executed on the canister's current memory (nothing kept), answered with the
+//! node's Ed25519 signature over the response, as agents verify by default.
+
+use crate::state::Reject;
+use crate::{answer, canister, context, no_module, Replica, RequestError};
+use canister_runtime::{Context, Entry};
+use ed25519_dalek::Signer;
+use ic_principal::Principal;
+use ingress::EnvelopeContent;
+use serde_cbor::Value;
+use std::collections::BTreeMap;
+
+/// The domain separator of a response signature.
+const RESPONSE_DOMAIN: &[u8] = b"\x0Bic-response";
+/// DER prefix of an Ed25519 public key (RFC 8410).
+const ED25519_DER_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+pub(crate) fn node_public_der(key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+    [&ED25519_DER_PREFIX[..], key.verifying_key().as_bytes()].concat()
+}
+
+/// A query's answer, signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryAnswer {
+    pub outcome: Result<Vec<u8>, Reject>,
+    pub timestamp: u64,
+    pub signature: Vec<u8>,
+    pub identity: Principal,
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+/// The response fields that are both sent and signed.
+fn fields(outcome: &Result<Vec<u8>, Reject>) -> BTreeMap<Value, Value> {
+    let mut m = BTreeMap::new();
+    match outcome {
+        Ok(reply) => {
+            m.insert(text("status"), text("replied"));
+            let arg = BTreeMap::from([(text("arg"), Value::Bytes(reply.clone()))]);
+            m.insert(text("reply"), Value::Map(arg));
+        }
+        Err(r) => {
+            m.insert(text("status"), text("rejected"));
+            m.insert(text("reject_code"), Value::Integer(r.code.into()));
+            m.insert(text("reject_message"), text(&r.message));
+            m.insert(text("error_code"), text(r.error_code));
+        }
+    }
+    m
+}
+
+impl QueryAnswer {
+    /// The response body (CBOR, self-described).
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut m = fields(&self.outcome);
+        let sig = BTreeMap::from([
+            (text("timestamp"), Value::Integer(self.timestamp.into())),
+            (text("signature"), Value::Bytes(self.signature.clone())),
+            (
+                text("identity"),
+                Value::Bytes(self.identity.as_slice().to_vec()),
+            ),
+        ]);
+        m.insert(text("signatures"), Value::Array(vec![Value::Map(sig)]));
+        certified_state::to_cbor(&Value::Map(m)).expect("a CBOR value encodes")
+    }
+}
+
+impl Replica {
+    /// A query to `effective` (the canister in the URL).
+    pub fn query(&self, body: &[u8], effective: &Principal) -> Result<QueryAnswer, RequestError> {
+        let now = self.now();
+        let auth = ingress::authenticate(body, now, &self.config.ingress)?;
+        let EnvelopeContent::Query {
+            canister_id,
+            method_name,
+            arg,
+            ..
+        } = &auth.content
+        else {
+            return Err(RequestError::BadRequest(
+                "the request to /query is not a query (request_type must be \"query\")".into(),
+            ));
+        };
+        let outcome = if *canister_id == Principal::management_canister() {
+            self.management_query(&auth.sender, method_name, arg, effective, now)
+        } else if canister_id != effective {
+            Err(Reject::new(
+                3,
+                "IC0301",
+                format!("the query is for canister {canister_id} but was sent to {effective}"),
+            ))
+        } else {
+            self.run_query(&auth.sender, canister_id, method_name, arg, now)
+        };
+        self.sign(outcome, &auth.request_id, now)
+    }
+
+    fn management_query(
+        &self,
+        sender: &Principal,
+        method: &str,
+        arg: &[u8],
+        effective: &Principal,
+        now: u64,
+    ) -> Result<Vec<u8>, Reject> {
+        match crate::management::target(method, arg) {
+            Some(t) if t != *effective => {
+                return Err(Reject::new(
+                    3,
+                    "IC0301",
+                    format!(
+                    "the query to the management canister is about {t} but was sent to {effective}"
+                ),
+                ))
+            }
+            _ => {}
+        }
+        let state = self.lock();
+        crate::management::query(
+            &state,
+            &crate::management::Call {
+                runtime: &self.runtime,
+                sender: *sender,
+                method,
+                arg,
+                now,
+                range: self.config.canister_range,
+            },
+        )
+    }
+
+    fn run_query(
+        &self,
+        sender: &Principal,
+        id: &Principal,
+        method: &str,
+        arg: &[u8],
+        now: u64,
+    ) -> Result<Vec<u8>, Reject> {
+        let mut state = self.lock();
+        let cert_path = vec![
+            b"canister".to_vec(),
+            id.as_slice().to_vec(),
+            b"certified_data".to_vec(),
+        ];
+        let data_certificate = self.certificate(&mut state, &[cert_path], now).ok();
+        let c = canister(&state, id)?;
+        let installed = c.code.as_ref().ok_or_else(|| no_module(id))?;
+        let ctx = Context {
+            data_certificate,
+            ..context(c, sender, arg, now)
+        };
+        let e = self
+            .runtime
+            .execute(
+                &installed.code,
+                &c.memory,
+                &Entry::Query(method.into()),
+                &ctx,
+            )
+            .map_err(|e| Reject::new(1, "IC0502", e.to_string()))?;
+        answer(id, e.outcome)
+    }
+
+    /// Sign the response: Ed25519 over the domain and the hash of the response map with
+    /// the timestamp and the request id.
+    fn sign(
+        &self,
+        outcome: Result<Vec<u8>, Reject>,
+        request_id: &[u8; 32],
+        now: u64,
+    ) -> Result<QueryAnswer, RequestError> {
+        let mut m = fields(&outcome);
+        m.insert(text("timestamp"), Value::Integer(now.into()));
+        m.insert(text("request_id"), Value::Bytes(request_id.to_vec()));
+        let hash = ingress::hash_value(&Value::Map(m))
+            .map_err(|e| RequestError::Internal(format!("hashing the response: {e}")))?;
+        let signature = self
+            .config
+            .node_key
+            .sign(&[RESPONSE_DOMAIN, &hash[..]].concat());
+        Ok(QueryAnswer {
+            outcome,
+            timestamp: now,
+            signature: signature.to_bytes().to_vec(),
+            identity: self.config.node_id,
+        })
+    }
+}
