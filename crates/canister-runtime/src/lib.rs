@@ -228,19 +228,20 @@ impl Code {
     pub fn methods(&self) -> &Methods {
         &self.prepared.methods
     }
+
+    /// Whether the module imports `ic0.<name>` (a replica skips work for an API never called).
+    pub fn imports(&self, name: &str) -> bool {
+        self.prepared.imports.contains(name)
+    }
 }
 
 impl fmt::Debug for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Code")
-            .field("module_hash", &hex(&self.module_hash))
+            .field("module_hash", &hex::encode(self.module_hash))
             .field("methods", &self.prepared.methods)
             .finish()
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The engine, the system API linked once, and the limits.
@@ -351,14 +352,11 @@ impl Runtime {
                 some(m.updates.contains(n), &format!("canister_update {n}")),
                 false,
             ),
-            Entry::Query(n) => {
-                let name = if code.prepared.methods.queries.contains(n) {
-                    Some(format!("canister_query {n}"))
-                } else {
-                    None
-                };
-                (EntryKind::Query, name, false)
-            }
+            Entry::Query(n) => (
+                EntryKind::Query,
+                some(m.queries.contains(n), &format!("canister_query {n}")),
+                false,
+            ),
             Entry::InspectMessage(_) => (
                 EntryKind::InspectMessage,
                 some(m.inspect_message, "canister_inspect_message"),
@@ -378,7 +376,7 @@ impl Runtime {
     ) -> wasmtime::Result<RunEnd> {
         let instance = code.pre.instantiate(&mut *store)?;
         if fresh {
-            if code.prepared.start.is_some() {
+            if code.prepared.has_start {
                 run_start(store, &instance)?;
             }
         } else {

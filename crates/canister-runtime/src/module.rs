@@ -83,7 +83,10 @@ pub(crate) struct SavedGlobal {
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     pub wasm: Vec<u8>,
-    pub start: Option<u32>,
+    /// The module had a start function (exported as [`START_EXPORT`]).
+    pub has_start: bool,
+    /// The `ic0` functions it imports.
+    pub imports: BTreeSet<String>,
     pub globals: Vec<SavedGlobal>,
     pub methods: Methods,
 }
@@ -97,6 +100,7 @@ struct Reading<'a> {
     memories: u32,
     exports: Vec<(&'a str, ExternalKind, u32)>,
     start: Option<u32>,
+    imports: BTreeSet<String>,
 }
 
 /// Check `wasm` and rewrite it (see the module doc).
@@ -118,10 +122,11 @@ pub(crate) fn prepare(wasm: &[u8]) -> Result<Prepared, ModuleError> {
         read_payload(&mut r, payload)?;
     }
     let methods = methods(&r)?;
-    let wasm = rewrite(wasm, &sections, &r)?;
+    let wasm = rewrite(wasm, &sections, &r);
     Ok(Prepared {
         wasm,
-        start: r.start,
+        has_start: r.start.is_some(),
+        imports: r.imports,
         globals: r.globals,
         methods,
     })
@@ -144,6 +149,7 @@ fn read_payload<'a>(r: &mut Reading<'a>, payload: Payload<'a>) -> Result<(), Mod
                 match i.ty {
                     TypeRef::Func(t) => {
                         check_import(r, i.module, i.name, t)?;
+                        r.imports.insert(i.name.to_string());
                         r.funcs.push(t);
                     }
                     TypeRef::Memory(_) => return Err(ModuleError::ImportedNonFunction("memory")),
@@ -265,11 +271,7 @@ fn after_exports(id: u8) -> bool {
     (8..=12).contains(&id)
 }
 
-fn rewrite(
-    wasm: &[u8],
-    sections: &[(u8, std::ops::Range<usize>)],
-    r: &Reading,
-) -> Result<Vec<u8>, ModuleError> {
+fn rewrite(wasm: &[u8], sections: &[(u8, std::ops::Range<usize>)], r: &Reading) -> Vec<u8> {
     let mut exports = ExportSection::new();
     for &(name, kind, index) in &r.exports {
         let kind = match kind {
@@ -313,5 +315,5 @@ fn rewrite(
     if !exported {
         out.section(&exports);
     }
-    Ok(out.finish())
+    out.finish()
 }

@@ -51,15 +51,7 @@ pub fn setupos_benchmark(
     let folder = work.join("config");
     write_config(&folder, &g.hash(), addr.port(), &gov)?;
     let stick = work.join("stick.img");
-    let st = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(setupos.join("disk.img"))
-        .arg(&stick)
-        .status()
-        .map_err(|e| fail(e.to_string()))?;
-    if !st.success() {
-        return Err(fail("copying the SetupOS image"));
-    }
+    testnet::copy_sparse(&setupos.join("disk.img"), &stick)?;
     let out = std::process::Command::new(icos)
         .args(["setupos", "inject-config", "--image"])
         .arg(&stick)

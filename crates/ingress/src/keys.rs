@@ -2,7 +2,7 @@
 //! secp256k1 and on P-256, each over SHA-256 of the message as the interface defines.
 
 /// DER heads of the key kinds we accept; the raw key follows.
-const ED25519: &[u8] = &[
+pub(crate) const ED25519: &[u8] = &[
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 const SECP256K1: &[u8] = &[
@@ -18,6 +18,11 @@ const P256: &[u8] = &[
 const CANISTER_SIG_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xb8, 0x43, 0x01, 0x02];
 
 /// A key or signature that was refused, and why.
+/// An Ed25519 public key as DER (how agents send it and how node keys are published).
+pub fn ed25519_der(raw: &[u8; 32]) -> Vec<u8> {
+    [ED25519, &raw[..]].concat()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("canister signature keys (Internet Identity) are not supported by this replica")]

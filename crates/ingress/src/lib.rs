@@ -35,7 +35,7 @@ mod keys;
 
 pub use hash::{hash_value, HashError};
 pub use ic_transport_types::{EnvelopeContent, SignedDelegation};
-pub use keys::{KeyError, PublicKey};
+pub use keys::{ed25519_der, KeyError, PublicKey};
 
 use ic_principal::Principal;
 use serde::Deserialize;

@@ -152,7 +152,13 @@ impl Replica {
         if state.requests.contains_key(&auth.request_id) {
             return self.certified_status(&mut state, &auth.request_id, now);
         }
-        if let Err(r) = self.admit(&state, &auth, canister_id, method_name, arg, effective) {
+        if let Err(r) = self.admit(
+            &state,
+            &auth,
+            (canister_id, method_name, arg),
+            effective,
+            now,
+        ) {
             return Ok(CallAnswer::NotExecuted(r));
         }
         let status = match self.execute(&mut state, &auth, canister_id, method_name, arg, now) {
@@ -177,10 +183,9 @@ impl Replica {
         &self,
         state: &State,
         auth: &Authenticated,
-        canister_id: &Principal,
-        method: &str,
-        arg: &[u8],
+        (canister_id, method, arg): (&Principal, &str, &[u8]),
         effective: &Principal,
+        now: u64,
     ) -> Result<(), Reject> {
         if self.config.subnet_size > 1 {
             return Err(Reject::new(
@@ -216,7 +221,7 @@ impl Replica {
         if !installed.code.methods().inspect_message {
             return Ok(());
         }
-        let ctx = context(c, &auth.sender, arg, self.now());
+        let ctx = context(c, &auth.sender, arg, now);
         let e = self
             .runtime
             .execute(
@@ -426,7 +431,7 @@ fn check_read_path(
             match state.requests.get(&id) {
                 Some(r) if r.sender != *sender => Err(RequestError::Forbidden(format!(
                     "request {} was sent by {}, not by {sender}",
-                    hex(&id),
+                    hex::encode(id),
                     r.sender
                 ))),
                 _ => Ok(()),
@@ -440,12 +445,8 @@ fn check_read_path(
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// What a message to canister `c` from `caller` sees.
-fn context(c: &state::Canister, caller: &Principal, arg: &[u8], now: u64) -> Context {
+pub(crate) fn context(c: &state::Canister, caller: &Principal, arg: &[u8], now: u64) -> Context {
     Context {
         canister_id: c.id.as_slice().to_vec(),
         caller: caller.as_slice().to_vec(),
@@ -481,7 +482,7 @@ fn canister<'s>(state: &'s State, id: &Principal) -> Result<&'s state::Canister,
     state.canisters.get(id).ok_or_else(|| not_found(id))
 }
 
-fn not_found(id: &Principal) -> Reject {
+pub(crate) fn not_found(id: &Principal) -> Reject {
     Reject::new(3, "IC0301", format!("canister {id} not found"))
 }
 

@@ -4,6 +4,7 @@
 //! `ic-utils` uses), so the agents' encodings match by construction. Every method but create
 //! is for the canister's controllers only.
 
+use crate::not_found;
 use crate::state::{Canister, Installed, Reject, State};
 use candid::{CandidType, Decode, Encode, Nat};
 use canister_runtime::{CanisterMemory, Context, Entry, Outcome, Runtime};
@@ -132,10 +133,6 @@ fn check_controller(c: &Canister, sender: &Principal) -> Result<(), Reject> {
     ))
 }
 
-fn not_found(id: &Principal) -> Reject {
-    Reject::new(3, "IC0301", format!("canister {id} not found"))
-}
-
 /// The canister `id`, if `sender` controls it.
 fn controlled<'s>(
     state: &'s mut State,
@@ -159,14 +156,8 @@ fn install(state: &mut State, c: &Call) -> Result<Vec<u8>, Reject> {
         code,
     };
     let ctx = Context {
-        canister_id: canister.id.as_slice().to_vec(),
-        caller: c.sender.as_slice().to_vec(),
-        arg: a.arg,
-        time_ns: c.now,
-        controllers: controllers(canister),
-        status: 1,
         version: canister.version + 1,
-        ..Default::default()
+        ..crate::context(canister, &c.sender, &a.arg, c.now)
     };
     let stable = match a.mode {
         CanisterInstallMode::Install if canister.code.is_some() => {
@@ -240,14 +231,6 @@ fn install(state: &mut State, c: &Call) -> Result<Vec<u8>, Reject> {
             format!("installing code: unexpected outcome {other:?}"),
         )),
     }
-}
-
-fn controllers(c: &Canister) -> Vec<Vec<u8>> {
-    c.settings
-        .controllers
-        .iter()
-        .map(|p| p.as_slice().to_vec())
-        .collect()
 }
 
 /// Run `canister_pre_upgrade` on the old code; the stable memory it leaves.

@@ -10,15 +10,17 @@ use ingress::EnvelopeContent;
 use serde_cbor::Value;
 use std::collections::BTreeMap;
 
-/// The domain separator of a response signature.
-const RESPONSE_DOMAIN: &[u8] = b"\x0Bic-response";
-/// DER prefix of an Ed25519 public key (RFC 8410).
-const ED25519_DER_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+/// The system API that reads a query's data certificate.
+const DATA_CERTIFICATE_API: [&str; 3] = [
+    "data_certificate_present",
+    "data_certificate_size",
+    "data_certificate_copy",
 ];
 
+/// The domain separator of a response signature.
+const RESPONSE_DOMAIN: &[u8] = b"\x0Bic-response";
 pub(crate) fn node_public_der(key: &ed25519_dalek::SigningKey) -> Vec<u8> {
-    [&ED25519_DER_PREFIX[..], key.verifying_key().as_bytes()].concat()
+    ingress::ed25519_der(key.verifying_key().as_bytes())
 }
 
 /// A query's answer, signed.
@@ -143,14 +145,25 @@ impl Replica {
         now: u64,
     ) -> Result<Vec<u8>, Reject> {
         let mut state = self.lock();
-        let cert_path = vec![
-            b"canister".to_vec(),
-            id.as_slice().to_vec(),
-            b"certified_data".to_vec(),
-        ];
-        let data_certificate = self.certificate(&mut state, &[cert_path], now).ok();
+        let installed = canister(&state, id)?
+            .code
+            .clone()
+            .ok_or_else(|| no_module(id))?;
+        // A BLS signature per query is the expensive part: only for modules that read it.
+        let reads_certificate = DATA_CERTIFICATE_API
+            .iter()
+            .any(|name| installed.code.imports(name));
+        let data_certificate = if reads_certificate {
+            let cert_path = vec![
+                b"canister".to_vec(),
+                id.as_slice().to_vec(),
+                b"certified_data".to_vec(),
+            ];
+            self.certificate(&mut state, &[cert_path], now).ok()
+        } else {
+            None
+        };
         let c = canister(&state, id)?;
-        let installed = c.code.as_ref().ok_or_else(|| no_module(id))?;
         let ctx = Context {
             data_certificate,
             ..context(c, sender, arg, now)

@@ -35,13 +35,7 @@ fn start(subnet_size: usize) -> Net {
     )
     .unwrap();
     let node_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let node_der = [
-        &[
-            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-        ][..],
-        node_key.verifying_key().as_bytes(),
-    ]
-    .concat();
+    let node_der = ingress::ed25519_der(node_key.verifying_key().as_bytes());
     let root_der = root.public_der();
     let config = Config {
         subnet_id,

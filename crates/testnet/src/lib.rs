@@ -303,6 +303,25 @@ pub fn image(
     Ok(out)
 }
 
+/// Copy a disk image keeping its holes (images are mostly zeros).
+pub fn copy_sparse(from: &Path, to: &Path) -> Result<(), TestnetError> {
+    let ok = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(io(format!("running cp for {}", from.display())))?
+        .success();
+    if !ok {
+        return Err(msg(format!(
+            "copying {} to {} failed",
+            from.display(),
+            to.display()
+        )));
+    }
+    Ok(())
+}
+
 fn write_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf, TestnetError> {
     let conf = dir.join("nginx.conf");
     // Started by root, nginx's worker drops to `nobody`, which cannot read a network folder
@@ -544,15 +563,7 @@ fn start_node(
     let ndir = spec.dir.join("nodes").join(&name);
     std::fs::create_dir_all(ndir.join("state")).map_err(io("creating the node folder"))?;
     let disk = ndir.join("guest.img");
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(base.join("disk.img"))
-        .arg(&disk)
-        .status()
-        .map_err(io("copying the GuestOS disk"))?;
-    if !st.success() {
-        return Err(msg("copying the GuestOS disk failed"));
-    }
+    copy_sparse(&base.join("disk.img"), &disk)?;
     let (agent_port, status_port, payload_port) = (free_port()?, free_port()?, free_port()?);
     let cfg = node_config(
         state,

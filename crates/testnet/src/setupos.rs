@@ -8,7 +8,7 @@
 //! too slowly to wait for; the VM is stopped once HostOS has shown its status. (The test
 //! suite's SetupOS test runs the installed GuestOS and sees the node register.)
 
-use crate::{image, io, msg, Report, State, TestnetError};
+use crate::{copy_sparse, image, io, msg, Report, State, TestnetError};
 use node_status::hostos::AgentStatus;
 use regex::Regex;
 use std::path::{Path, PathBuf};
@@ -170,24 +170,6 @@ fn run_icos(
     }
     if !out.status.success() {
         return Err(msg(format!("`{shown}` failed ({})", out.status)));
-    }
-    Ok(())
-}
-
-fn copy_sparse(from: &Path, to: &Path) -> Result<(), TestnetError> {
-    let ok = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(from)
-        .arg(to)
-        .status()
-        .map_err(io("running cp"))?
-        .success();
-    if !ok {
-        return Err(msg(format!(
-            "copying {} to {} failed",
-            from.display(),
-            to.display()
-        )));
     }
     Ok(())
 }
