@@ -32,10 +32,30 @@ fi
 step "icos testnet status"
 "$ICOS" testnet status --dir "$DIR"
 
+step "a canister on a local replica (icos replica run, a process on this machine until the GuestOS runs it)"
+REPLICA_DIR="$DIR/replica"
+if [ -f "$REPLICA_DIR.pid" ]; then kill "$(cat "$REPLICA_DIR.pid")" 2>/dev/null || true; fi
+mkdir -p "$REPLICA_DIR"
+"$ICOS" replica run --dir "$REPLICA_DIR" --listen 127.0.0.1:0 >"$REPLICA_DIR.log" 2>&1 &
+echo $! >"$REPLICA_DIR.pid"
+for _ in $(seq 100); do grep -q "listening on" "$REPLICA_DIR.log" && break; sleep 0.1; done
+cat "$REPLICA_DIR.log"
+URL=$(sed -n 's/^replica: listening on \([^ ]*\).*/\1/p' "$REPLICA_DIR.log")
+CANISTER="$ICOS canister --url $URL --identity $DIR/identity.pem"
+ID=$($CANISTER create)
+echo "created canister $ID"
+$CANISTER install "$ID" canisters/counter.wat
+echo "call inc: $($CANISTER call "$ID" inc)"
+echo "call inc: $($CANISTER call "$ID" inc)"
+echo "query get: $($CANISTER query "$ID" get)"
+$CANISTER status "$ID"
+
 cat <<MSG
 
 The network is running. Try:
   $ICOS testnet upgrade --dir $DIR --subnet subnet-1 --to 1.1.0   # build, propose, vote, watch the rollout
   $ICOS testnet status --dir $DIR
   $ICOS testnet down --dir $DIR                                   # stop everything
+  $CANISTER call $ID inc                 # the local replica ($URL)
+  kill \$(cat $REPLICA_DIR.pid)                                      # stop the local replica
 MSG

@@ -1,6 +1,8 @@
 //! `icos`: the command-line entry point. Thin: parses arguments and calls the libraries.
 
+mod canister;
 mod gov;
+mod replica;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -50,6 +52,13 @@ enum Cmd {
         /// The testnet's folder.
         #[arg(long, global = true, default_value = "out/testnet")]
         dir: PathBuf,
+    },
+    /// A developer's commands against a node or network: create, install, call, query, status.
+    Canister(canister::CanisterArgs),
+    /// A replica on its own (a developer's local node).
+    Replica {
+        #[command(subcommand)]
+        cmd: replica::ReplicaCmd,
     },
     /// Benchmarks (each runs a baseline in the same run and prints the ratio).
     Bench {
@@ -294,6 +303,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Gov { cmd } => gov::gov(cmd),
         Cmd::Testnet { cmd, dir } => testnet_cmd(cmd, dir),
         Cmd::Registry { cmd } => gov::registry(cmd),
+        Cmd::Replica { cmd } => replica::replica(cmd),
+        Cmd::Canister(a) => canister::canister(a),
         Cmd::Bench {
             cmd: BenchCmd::Registry { versions, work },
         } => {

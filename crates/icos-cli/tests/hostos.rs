@@ -114,11 +114,21 @@ fn agent_runs_the_guest_serves_the_channel_and_restarts_a_killed_vm() {
             status_failure("the guest's hello", hello, &s)
         );
     }
-    let serial = std::fs::read_to_string(&s.guest.serial_log).unwrap();
-    assert!(
-        serial.contains("GUESTOS HOST hostos=0.9.0-dev"),
-        "guest did not print the host version"
-    );
+    // The guest writes the line before it notifies, but the console drains asynchronously.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let serial = std::fs::read_to_string(&s.guest.serial_log).unwrap_or_default();
+        if serial.contains("GUESTOS HOST hostos=0.9.0-dev") {
+            break;
+        }
+        let tail: Vec<&str> = serial.lines().rev().take(20).collect();
+        assert!(
+            Instant::now() < end,
+            "guest did not print the host version; serial tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // From inside the real guest: requests, and hostile bytes on the channel device.
     let mut sh = GuestShell::connect(&dir.join("test.sock"));

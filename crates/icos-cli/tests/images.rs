@@ -3,39 +3,6 @@
 mod common;
 use common::*;
 
-fn boots_to_success(kind: &str, banner: &str) {
-    let out = image(kind);
-    let log = run_dir().join(format!("{kind}-boot.log"));
-    let success = format!("{banner} BOOT SUCCESS version={VERSION}");
-    let failure = format!("{banner} BOOT FAILURE");
-    let (i, line, t) = boot_until(&out.join("disk.img"), &log, &[&success, &failure], true);
-    assert_eq!(
-        i,
-        0,
-        "{kind} reported failure: {line}\n{}",
-        vm_runner::serial_tail(&log, 60)
-    );
-    if kind != "setupos" {
-        assert!(line.ends_with("slot=A"), "{line}");
-    }
-    eprintln!("{kind} booted to SUCCESS in {:.1} s", t.as_secs_f64());
-}
-
-#[test]
-fn guestos_boots_to_success() {
-    boots_to_success("guestos", "GUESTOS");
-}
-
-#[test]
-fn hostos_boots_to_success() {
-    boots_to_success("hostos", "HOSTOS");
-}
-
-#[test]
-fn setupos_boots_to_success() {
-    boots_to_success("setupos", "SETUPOS");
-}
-
 /// Physical byte range of a file inside an erofs image (first extent), via dump.erofs.
 fn first_extent(erofs: &std::path::Path, path: &str) -> (u64, u64) {
     let out = std::process::Command::new("dump.erofs")

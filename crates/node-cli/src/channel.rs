@@ -54,14 +54,16 @@ fn hello(c: &mut Client<std::fs::File>) -> Result<i32> {
         Reply::HostosVersion { version } => version,
         other => bail!("unexpected answer {other:?}"),
     };
+    // The console line comes first: whoever sees the notification on the host can then
+    // count on the line being in the serial log.
+    let line = format!("{} HOST hostos={hostos}", release.banner);
+    println!("{line}");
+    daemon_support::Console::system().line(&line);
     c.call(Request::Notify {
         message: format!(
             "{} {} booted on slot {slot}",
             release.banner, release.version
         ),
     })?;
-    let line = format!("{} HOST hostos={hostos}", release.banner);
-    println!("{line}");
-    daemon_support::Console::system().line(&line);
     Ok(0)
 }

@@ -104,7 +104,7 @@ fn reject_map(r: &crate::state::Reject) -> BTreeMap<Value, Value> {
     BTreeMap::from([
         (t("reject_code"), Value::Integer(r.code.into())),
         (t("reject_message"), t(&r.message)),
-        (t("error_code"), t(r.error_code)),
+        (t("error_code"), t(&r.error_code)),
     ])
 }
 

@@ -14,9 +14,15 @@
 //! executed on one node alone would make the nodes' states diverge. Queries and `read_state`
 //! still answer from the state there is.
 //!
+//! A replica opened on a state directory ([`Replica::open`]) takes a [`checkpoint`] after every
+//! executed call, before the caller hears of it: an answered call is never lost to a power
+//! cut, and a request id answered before a restart is not executed again after it.
+//!
 //! [`http::router`] puts the interface on `/api/v2`, `/api/v3` and `/api/v4`.
 
+pub mod checkpoint;
 pub mod http;
+pub mod local;
 mod management;
 mod query;
 pub mod state;
@@ -80,7 +86,20 @@ pub struct Replica {
     config: Config,
     runtime: Runtime,
     state: Mutex<State>,
+    /// Where checkpoints go (none: the state lives in memory only). Locked after `state`.
+    store: Option<Mutex<checkpoint::Store>>,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the Wasm runtime: {0}")]
+    Runtime(#[from] canister_runtime::RuntimeError),
+    #[error("the state directory: {0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("the state directory: {0}")]
+    Restore(#[from] state::RestoreError),
 }
 
 /// The system clock in nanoseconds since 1970.
@@ -108,8 +127,47 @@ impl Replica {
             config,
             runtime,
             state: Mutex::new(state),
+            store: None,
             clock,
         })
+    }
+
+    /// A replica keeping its state in `dir`: the newest sound checkpoint there is taken up,
+    /// and what was found is returned to be reported.
+    pub fn open(
+        config: Config,
+        dir: &std::path::Path,
+        clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<(Replica, checkpoint::Recovery), OpenError> {
+        let mut replica = Replica::with_clock(config, clock)?;
+        let (store, manifest, recovery) = checkpoint::Store::open(dir)?;
+        if let Some(m) = manifest {
+            let mut tree = StateTree::default();
+            subnet_facts(&mut tree, &replica.config);
+            let state = State::restore(&m, &store, &replica.runtime, tree)?;
+            replica.state = Mutex::new(state);
+        }
+        replica.store = Some(Mutex::new(store));
+        Ok((replica, recovery))
+    }
+
+    /// Stop checkpoint writes after `step` more durable steps (power-cut tests).
+    pub fn cut_checkpoints_after(&self, step: usize) {
+        if let Some(s) = &self.store {
+            s.lock().unwrap_or_else(|p| p.into_inner()).cut_after(step);
+        }
+    }
+
+    /// Write the state as the newest checkpoint (nothing without a state directory).
+    fn persist(&self, state: &State) -> Result<(), checkpoint::CheckpointError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let (manifest, data) = state.manifest();
+        store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(&manifest, &data)
     }
 
     pub fn config(&self) -> &Config {
@@ -174,6 +232,12 @@ impl Replica {
                 expiry: *ingress_expiry,
             },
         );
+        if let Err(e) = self.persist(&state) {
+            tracing::error!(error = %e, "checkpoint failed");
+            return Err(RequestError::Internal(format!(
+                "the call was executed but its checkpoint could not be written ({e}); it is kept in memory and goes into the next checkpoint"
+            )));
+        }
         self.certified_status(&mut state, &auth.request_id, now)
     }
 

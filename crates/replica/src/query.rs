@@ -49,7 +49,7 @@ fn fields(outcome: &Result<Vec<u8>, Reject>) -> BTreeMap<Value, Value> {
             m.insert(text("status"), text("rejected"));
             m.insert(text("reject_code"), Value::Integer(r.code.into()));
             m.insert(text("reject_message"), text(&r.message));
-            m.insert(text("error_code"), text(r.error_code));
+            m.insert(text("error_code"), text(&r.error_code));
         }
     }
     m

@@ -1,8 +1,11 @@
 //! The replicated state of one subnet: its canisters, the status of every request still
 //! within its expiry, and the state tree that certifies both.
 
+use crate::checkpoint::{
+    self, CanisterRecord, GlobalRecord, Manifest, RequestOutcome, RequestRecord, Store,
+};
 use candid::Nat;
-use canister_runtime::{CanisterMemory, Code};
+use canister_runtime::{CanisterMemory, Code, GlobalValue, Runtime};
 use certified_state::{leb128, StateTree};
 use ic_management_canister_types::{CanisterStatusType, DefiniteCanisterSettings};
 use ic_principal::Principal;
@@ -15,15 +18,15 @@ pub struct Reject {
     /// 1 SYS_FATAL, 2 SYS_TRANSIENT, 3 DESTINATION_INVALID, 4 CANISTER_REJECT, 5 CANISTER_ERROR.
     pub code: u64,
     pub message: String,
-    pub error_code: &'static str,
+    pub error_code: String,
 }
 
 impl Reject {
-    pub fn new(code: u64, error_code: &'static str, message: impl Into<String>) -> Reject {
+    pub fn new(code: u64, error_code: &str, message: impl Into<String>) -> Reject {
         Reject {
             code,
             message: message.into(),
-            error_code,
+            error_code: error_code.to_string(),
         }
     }
 }
@@ -113,7 +116,7 @@ impl State {
                 self.tree.set(&at("status"), label("rejected"));
                 self.tree.set(&at("reject_code"), leb128(r.code));
                 self.tree.set(&at("reject_message"), label(&r.message));
-                self.tree.set(&at("error_code"), label(r.error_code));
+                self.tree.set(&at("error_code"), label(&r.error_code));
             }
         }
         self.requests.insert(id, request);
@@ -161,4 +164,175 @@ impl State {
                 .set(&at("module_hash"), i.code.module_hash.to_vec());
         }
     }
+}
+
+/// Why a checkpoint could not be taken up.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("the checkpoint's canister {id}: {reason}")]
+    Canister { id: String, reason: String },
+}
+
+fn global_record(g: &GlobalValue) -> GlobalRecord {
+    match *g {
+        GlobalValue::I32(x) => (0, x as u32 as u64),
+        GlobalValue::I64(x) => (1, x as u64),
+        GlobalValue::F32(x) => (2, u64::from(x)),
+        GlobalValue::F64(x) => (3, x),
+    }
+}
+
+fn global_value((kind, bits): GlobalRecord) -> Option<GlobalValue> {
+    Some(match kind {
+        0 => GlobalValue::I32(bits as u32 as i32),
+        1 => GlobalValue::I64(bits as i64),
+        2 => GlobalValue::F32(u32::try_from(bits).ok()?),
+        3 => GlobalValue::F64(bits),
+        _ => return None,
+    })
+}
+
+impl State {
+    /// The checkpoint of this state, and the bytes of the blobs it names in its order.
+    pub fn manifest(&self) -> (Manifest, Vec<&[u8]>) {
+        let mut data: Vec<&[u8]> = Vec::new();
+        let canisters = self
+            .canisters
+            .values()
+            .map(|c| {
+                let wasm = c.code.as_ref().map(|i| {
+                    data.push(i.wasm.as_slice());
+                    Store::blob_of(&i.wasm)
+                });
+                data.push(&c.memory.heap);
+                data.push(&c.memory.stable);
+                CanisterRecord {
+                    id: c.id.as_slice().to_vec(),
+                    settings: c.settings.clone(),
+                    wasm,
+                    heap: Store::blob_of(&c.memory.heap),
+                    globals: c.memory.globals.iter().map(global_record).collect(),
+                    stable: Store::blob_of(&c.memory.stable),
+                    certified_data: c.certified_data.clone(),
+                    status: c.status,
+                    version: c.version,
+                }
+            })
+            .collect();
+        let requests = self
+            .requests
+            .iter()
+            .map(|(id, r)| RequestRecord {
+                id: id.to_vec(),
+                sender: r.sender.as_slice().to_vec(),
+                expiry: r.expiry,
+                outcome: match &r.status {
+                    Status::Replied(b) => RequestOutcome::Replied(b.clone()),
+                    Status::Rejected(r) => RequestOutcome::Rejected {
+                        code: r.code,
+                        message: r.message.clone(),
+                        error_code: r.error_code.clone(),
+                    },
+                },
+            })
+            .collect();
+        let manifest = Manifest {
+            format: checkpoint::FORMAT,
+            height: self.height,
+            canisters,
+            requests,
+        };
+        (manifest, data)
+    }
+
+    /// Take up a checkpoint: read its blobs, compile its modules, rebuild the tree over it
+    /// (`tree` holds the subnet's facts already).
+    pub fn restore(
+        m: &Manifest,
+        store: &Store,
+        runtime: &Runtime,
+        tree: StateTree,
+    ) -> Result<State, RestoreError> {
+        let mut state = State {
+            tree,
+            height: m.height,
+            ..State::default()
+        };
+        for r in &m.canisters {
+            let c = restore_canister(r, store, runtime)?;
+            let id = c.id;
+            state.canisters.insert(id, c);
+            state.refresh(&id);
+        }
+        for r in &m.requests {
+            let Ok(id) = <[u8; 32]>::try_from(r.id.as_slice()) else {
+                continue;
+            };
+            let status = match &r.outcome {
+                RequestOutcome::Replied(b) => Status::Replied(b.clone()),
+                RequestOutcome::Rejected {
+                    code,
+                    message,
+                    error_code,
+                } => Status::Rejected(Reject::new(*code, error_code, message.clone())),
+            };
+            let request = Request {
+                status,
+                sender: Principal::from_slice(&r.sender),
+                expiry: r.expiry,
+            };
+            state.record(id, request);
+        }
+        // `record` counts executions; these were counted when they ran.
+        state.height = m.height;
+        Ok(state)
+    }
+}
+
+fn restore_canister(
+    r: &CanisterRecord,
+    store: &Store,
+    runtime: &Runtime,
+) -> Result<Canister, RestoreError> {
+    let id = Principal::try_from_slice(&r.id).map_err(|e| RestoreError::Canister {
+        id: hex::encode(&r.id),
+        reason: e.to_string(),
+    })?;
+    let bad = |reason: String| RestoreError::Canister {
+        id: id.to_string(),
+        reason,
+    };
+    let code = match &r.wasm {
+        Some(b) => {
+            let wasm = store.read(b)?;
+            let code = runtime
+                .compile(&wasm)
+                .map_err(|e| bad(format!("its module no longer compiles: {e}")))?;
+            Some(Installed {
+                wasm: Arc::new(wasm),
+                code,
+            })
+        }
+        None => None,
+    };
+    let globals = r
+        .globals
+        .iter()
+        .map(|g| global_value(*g).ok_or_else(|| bad(format!("a global of unknown type {}", g.0))))
+        .collect::<Result<_, _>>()?;
+    Ok(Canister {
+        id,
+        settings: r.settings.clone(),
+        code,
+        memory: CanisterMemory {
+            heap: store.read(&r.heap)?,
+            globals,
+            stable: store.read(&r.stable)?,
+        },
+        certified_data: r.certified_data.clone(),
+        status: r.status,
+        version: r.version,
+    })
 }

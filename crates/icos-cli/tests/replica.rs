@@ -1,0 +1,249 @@
+//! `icos replica run` as a developer runs it, reached with DFINITY's `ic-agent`: the process
+//! is killed (SIGKILL) during a stream of update calls, started again on the same directory,
+//! says what it recovered, and no answered call is lost or run twice.
+
+use candid::{Decode, Encode};
+use ic_agent::identity::BasicIdentity;
+use ic_agent::Agent;
+use ic_principal::Principal;
+use ic_utils::interfaces::ManagementCanister;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const COUNTER: &str = include_str!("../../../canisters/counter.wat");
+
+/// A running `icos replica run`: the process, its URL, and what it printed before listening.
+struct Running {
+    child: Child,
+    url: String,
+    said: Vec<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_icos"))
+        .args(["replica", "run", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the replica ended after printing {said:?}"))
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("replica: listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        said.push(line);
+    };
+    Running { child, url, said }
+}
+
+async fn agent(url: &str) -> Agent {
+    let a = Agent::builder()
+        .with_url(url)
+        .with_identity(BasicIdentity::from_raw_key(&[5; 32]))
+        .with_ingress_expiry(Duration::from_secs(240))
+        .build()
+        .unwrap();
+    a.fetch_root_key().await.unwrap();
+    a
+}
+
+async fn get(a: &Agent, id: &Principal) -> u64 {
+    let r = a
+        .query(id, "get")
+        .with_arg(Encode!().unwrap())
+        .call()
+        .await
+        .unwrap();
+    Decode!(&r, u64).unwrap()
+}
+
+async fn inc(a: &Agent, id: &Principal) -> Result<u64, ic_agent::AgentError> {
+    let r = a
+        .update(id, "inc")
+        .with_arg(Encode!().unwrap())
+        .call_and_wait()
+        .await?;
+    Ok(Decode!(&r, u64).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_during_a_stream_of_calls_the_replica_restarts_with_every_answered_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("replica");
+    let first = start(&dir);
+    assert!(
+        first.said[0].contains("no checkpoint found"),
+        "{:?}",
+        first.said
+    );
+    let a = agent(&first.url).await;
+    let mgmt = ManagementCanister::create(&a);
+    let (id,) = mgmt
+        .create_canister()
+        .as_provisional_create_with_amount(None)
+        .with_effective_canister_id(certified_state::canister_id(0))
+        .call_and_wait()
+        .await
+        .unwrap();
+    mgmt.install_code(&id, &wat::parse_str(COUNTER).unwrap())
+        .call_and_wait()
+        .await
+        .unwrap();
+
+    // Two clients increment until the process dies under them.
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (a, answered) = (a.clone(), answered.clone());
+        clients.push(tokio::spawn(async move {
+            while inc(&a, &id).await.is_ok() {
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    while answered.load(Ordering::SeqCst) < 30 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut first = first;
+    first.child.kill().unwrap(); // SIGKILL: no chance to flush anything
+    first.child.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let answered = answered.load(Ordering::SeqCst);
+
+    let second = start(&dir);
+    let a = agent(&second.url).await;
+    let value = get(&a, &id).await;
+    // Answered calls were checkpointed before their answer; each client may have had one more
+    // executed and checkpointed whose answer the kill cut off.
+    assert!(
+        (answered..=answered + 2).contains(&value),
+        "{answered} calls answered before the kill, the counter says {value}"
+    );
+    let said = second.said.join("\n");
+    assert!(
+        said.contains(&format!(
+            "recovered the checkpoint at height {}: 1 canister(s)",
+            value + 2
+        )),
+        "{said}"
+    );
+    assert_eq!(inc(&a, &id).await.unwrap(), value + 1);
+}
+
+#[test]
+fn a_damaged_key_file_stops_the_start_and_says_which() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("node.ed25519"), b"short").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_icos"))
+        .args(["replica", "run", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("node.ed25519") && err.contains("not a 32-byte key (5 bytes)"),
+        "{err}"
+    );
+}
+
+/// `icos canister ...` against the running replica; the output a developer reads.
+fn canister_cmd(url: &str, identity: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_icos"))
+        .args(["canister", "--url", url, "--identity"])
+        .arg(identity)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn the_canister_commands_create_install_call_query_upgrade_and_show_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(&tmp.path().join("replica"));
+    let me = tmp.path().join("me.pem");
+    let run = |args: &[&str]| {
+        let (ok, out, err) = canister_cmd(&node.url, &me, args);
+        assert!(ok, "icos canister {args:?}: {err}");
+        out
+    };
+    let principal = run(&["whoami"]);
+    assert!(std::fs::read_to_string(&me)
+        .unwrap()
+        .contains("PRIVATE KEY"));
+    let id = run(&["create"]);
+    let wat_file = tmp.path().join("counter.wat");
+    std::fs::write(&wat_file, COUNTER).unwrap();
+    run(&["install", &id, wat_file.to_str().unwrap()]);
+    assert_eq!(run(&["call", &id, "inc"]), "(1 : nat64)");
+    assert_eq!(run(&["call", &id, "inc"]), "(2 : nat64)");
+    assert_eq!(run(&["query", &id, "get"]), "(2 : nat64)");
+    // An upgrade keeps what the counter keeps in stable memory.
+    run(&[
+        "install",
+        &id,
+        wat_file.to_str().unwrap(),
+        "--mode",
+        "upgrade",
+    ]);
+    assert_eq!(run(&["query", &id, "get"]), "(2 : nat64)");
+    let status = run(&["status", &id]);
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        wat::parse_str(COUNTER).unwrap(),
+    ));
+    assert!(status.contains("status: Running"), "{status}");
+    assert!(status.contains(&format!("module hash: {hash}")), "{status}");
+    assert!(
+        status.contains(&format!("controllers: {principal}")),
+        "{status}"
+    );
+
+    // What goes wrong is said: another identity is no controller, a canister that does not
+    // exist, a module that is not one, an argument that is not Candid.
+    let other = tmp.path().join("other.pem");
+    let (ok, _, err) = canister_cmd(&node.url, &other, &["status", &id]);
+    assert!(
+        !ok && err.contains("only the controllers of canister"),
+        "{err}"
+    );
+    let (ok, _, err) = canister_cmd(&node.url, &me, &["call", "aaaaa-aa", "nothing"]);
+    assert!(!ok && err.contains("calling nothing on aaaaa-aa"), "{err}");
+    let missing = Principal::from_slice(&[0, 0, 0, 0, 0, 0, 0, 9, 1, 1]).to_text();
+    let (ok, _, err) = canister_cmd(&node.url, &me, &["call", &missing, "inc"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let junk = tmp.path().join("junk.wasm");
+    std::fs::write(&junk, b"\x01\x02 not a module").unwrap();
+    let (ok, _, err) = canister_cmd(&node.url, &me, &["install", &id, junk.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("is neither Wasm nor WebAssembly text"),
+        "{err}"
+    );
+    let (ok, _, err) = canister_cmd(&node.url, &me, &["call", &id, "inc", "--arg-hex", "00ff"]);
+    assert!(!ok && err.contains("must be Candid bytes"), "{err}");
+}
