@@ -26,6 +26,11 @@ STABLE_PKGS=(
   nginx-light        # baseline static server for the registry benchmark
   wrk                # HTTP load generator for benchmarks
 )
+# Node.js runs the @dfinity/agent test; this machine kind ships it (NodeSource), Debian's
+# own is the fallback.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  STABLE_PKGS+=(nodejs npm)
+fi
 # QEMU must come from backports: the preinstalled qemu-utils is from there and the
 # bookworm qemu-system conflicts with it.
 BACKPORTS_PKGS=(qemu-system-x86)
@@ -37,8 +42,22 @@ for p in "${STABLE_PKGS[@]}" "${BACKPORTS_PKGS[@]}"; do
   fi
 done
 
+# The JavaScript agent the tests use, exactly as locked; again only when the lockfile changed.
+npm_packages() {
+  local dir stamp want
+  dir="$(dirname "$0")/../js/agent-test"
+  stamp="$dir/node_modules/.icos-lock-sha256"
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "npm ci in js/agent-test (@dfinity/agent, as locked)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+    echo "$want" >"$stamp"
+  fi
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   log "all host packages present"
+  npm_packages
   exit 0
 fi
 log "missing packages: ${missing[*]}"
@@ -67,4 +86,5 @@ log "installing stable packages"
 $SUDO apt-get install -y -q --no-install-recommends "${STABLE_PKGS[@]}"
 log "installing QEMU from bookworm-backports"
 $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports "${BACKPORTS_PKGS[@]}"
+npm_packages
 log "done"

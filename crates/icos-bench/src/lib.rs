@@ -8,7 +8,8 @@
 //!
 //! The other benchmarks live in modules: [`install`] (upgrade install throughput against
 //! `sha256sum` + `dd`), [`registry`] (sync, incremental sync, server throughput against
-//! nginx) and [`rollout`] (a testnet rollout from adoption until every node confirmed,
+//! nginx), [`replica`] (queries and calls under load against a bare HTTP and CBOR floor,
+//! one message against a direct wasmtime call) and [`rollout`] (a testnet rollout from adoption until every node confirmed,
 //! against one plain reboot of the same VM).
 //!
 //! ```no_run
@@ -18,6 +19,7 @@
 
 pub mod install;
 pub mod registry;
+pub mod replica;
 pub mod rollout;
 pub mod setupos;
 
@@ -56,6 +58,8 @@ pub enum BenchError {
     },
     #[error("testnet: {0}")]
     Testnet(#[from] testnet::TestnetError),
+    #[error("replica benchmark: {what}: {message}")]
+    Replica { what: String, message: String },
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BenchError {

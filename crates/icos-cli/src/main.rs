@@ -134,6 +134,13 @@ enum BenchCmd {
         #[arg(long, default_value = "/var/tmp/icos-bench-registry")]
         work: PathBuf,
     },
+    /// Replica: queries and calls per second with p50/p99 at 1 and 64 clients against a bare
+    /// HTTP + CBOR floor; one message through the runtime against a direct wasmtime call.
+    Replica {
+        /// Requests of each kind at each concurrency.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+    },
     /// Install throughput of a package (default 1 GiB) against sha256sum + dd.
     Install {
         #[arg(long, default_value_t = 1024)]
@@ -305,6 +312,33 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Registry { cmd } => gov::registry(cmd),
         Cmd::Replica { cmd } => replica::replica(cmd),
         Cmd::Canister(a) => canister::canister(a),
+        Cmd::Bench {
+            cmd: BenchCmd::Replica { requests },
+        } => {
+            let r = icos_bench::replica::replica_benchmark(requests)?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            for row in &r.rows {
+                println!(
+                    "{} x{:>2} clients: icos {:>7.0}/s p50 {:.2} ms p99 {:.2} ms | floor {:>7.0}/s p50 {:.2} ms p99 {:.2} ms | ratio {:.3}",
+                    row.kind,
+                    row.clients,
+                    row.ours.per_sec,
+                    ms(row.ours.p50),
+                    ms(row.ours.p99),
+                    row.floor.per_sec,
+                    ms(row.floor.p50),
+                    ms(row.floor.p99),
+                    row.ours.per_sec / row.floor.per_sec
+                );
+            }
+            println!(
+                "one query message: through the runtime {:.1} us, direct wasmtime call {:.2} us, ratio {:.1}",
+                r.message_ns / 1000.0,
+                r.direct_ns / 1000.0,
+                r.message_ns / r.direct_ns
+            );
+            Ok(0)
+        }
         Cmd::Bench {
             cmd: BenchCmd::Registry { versions, work },
         } => {

@@ -247,3 +247,36 @@ fn the_canister_commands_create_install_call_query_upgrade_and_show_status() {
     let (ok, _, err) = canister_cmd(&node.url, &me, &["call", &id, "inc", "--arg-hex", "00ff"]);
     assert!(!ok && err.contains("must be Candid bytes"), "{err}");
 }
+
+/// The same story from JavaScript: `js/agent-test/story.mjs` on DFINITY's `@dfinity/agent`
+/// 3.4 (installed by `scripts/setup.sh` from the lockfile), its default checks on.
+#[test]
+fn dfinity_agent_js_creates_installs_calls_queries_reads_state_and_is_refused_where_it_should() {
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../js/agent-test");
+    assert!(
+        js.join("node_modules/@dfinity/agent").is_dir(),
+        "@dfinity/agent is not installed in {}: ./scripts/setup.sh installs it (npm ci)",
+        js.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(&tmp.path().join("replica"));
+    let other = start(&tmp.path().join("other"));
+    let wasm = tmp.path().join("counter.wasm");
+    std::fs::write(&wasm, wat::parse_str(COUNTER).unwrap()).unwrap();
+    let out = Command::new("node")
+        .arg(js.join("story.mjs"))
+        .arg(&node.url)
+        .arg(&wasm)
+        .arg(&other.url)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("js: story complete"),
+        "{stdout}\n{stderr}"
+    );
+}

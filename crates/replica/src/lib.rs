@@ -360,7 +360,7 @@ impl Replica {
             )
             .map_err(|e| Reject::new(1, "IC0502", e.to_string()))?;
         if let Some(memory) = e.memory {
-            c.memory = memory;
+            c.memory = std::sync::Arc::new(memory);
             if let Some(d) = e.certified_data {
                 c.certified_data = d;
                 state.refresh(canister_id);

@@ -205,7 +205,7 @@ fn install(state: &mut State, c: &Call) -> Result<Vec<u8>, Reject> {
         .map_err(|e| Reject::new(1, "IC0502", e.to_string()))?;
     match (e.outcome, e.memory) {
         (Outcome::Done, Some(memory)) => {
-            canister.memory = memory;
+            canister.memory = std::sync::Arc::new(memory);
             canister.code = Some(installed);
             canister.version += 1;
             if let Some(d) = e.certified_data {

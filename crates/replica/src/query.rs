@@ -144,6 +144,8 @@ impl Replica {
         arg: &[u8],
         now: u64,
     ) -> Result<Vec<u8>, Reject> {
+        // What the query needs is taken under the lock; it runs outside it, so queries run
+        // side by side and never wait for one another.
         let mut state = self.lock();
         let installed = canister(&state, id)?
             .code
@@ -168,14 +170,11 @@ impl Replica {
             data_certificate,
             ..context(c, sender, arg, now)
         };
+        let memory = c.memory.clone();
+        drop(state);
         let e = self
             .runtime
-            .execute(
-                &installed.code,
-                &c.memory,
-                &Entry::Query(method.into()),
-                &ctx,
-            )
+            .execute(&installed.code, &memory, &Entry::Query(method.into()), &ctx)
             .map_err(|e| Reject::new(1, "IC0502", e.to_string()))?;
         answer(id, e.outcome)
     }

@@ -44,7 +44,8 @@ pub struct Canister {
     pub id: Principal,
     pub settings: DefiniteCanisterSettings,
     pub code: Option<Installed>,
-    pub memory: CanisterMemory,
+    /// Shared with queries running outside the state lock; an update replaces it whole.
+    pub memory: Arc<CanisterMemory>,
     pub certified_data: Vec<u8>,
     pub status: CanisterStatusType,
     /// Incremented by every install, upgrade, settings change (the canister version).
@@ -61,7 +62,7 @@ impl Canister {
                 ..Default::default()
             },
             code: None,
-            memory: CanisterMemory::default(),
+            memory: Arc::default(),
             certified_data: Vec::new(),
             status: CanisterStatusType::Running,
             version: 0,
@@ -326,11 +327,11 @@ fn restore_canister(
         id,
         settings: r.settings.clone(),
         code,
-        memory: CanisterMemory {
+        memory: Arc::new(CanisterMemory {
             heap: store.read(&r.heap)?,
             globals,
             stable: store.read(&r.stable)?,
-        },
+        }),
         certified_data: r.certified_data.clone(),
         status: r.status,
         version: r.version,
