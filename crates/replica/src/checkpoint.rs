@@ -8,19 +8,24 @@
 //! * `checkpoints/<height, 20 digits>.cbor`: a [`Manifest`] naming each canister's pieces and
 //!   every request status still within its expiry.
 //!
-//! Every file is written under a temporary name, synced, renamed, and its directory synced;
-//! each of those syncs ends a *durable step*, and [`Store::cut_after`] stops a write after any
-//! of them, as a power cut would (the tests cut after every one). A checkpoint exists once its
-//! manifest is renamed into place: pieces come first, the manifest last, and old checkpoints
-//! and pieces no kept checkpoint names go only after that.
+//! Every file is written under a temporary name, synced and renamed; the directory is synced
+//! after the pieces (always, so a piece renamed by an earlier, failed write is durable before
+//! a manifest names it) and after the manifest. Each sync ends a *durable step*, and
+//! [`Store::cut_after`] stops a write after any of them, as a power cut would (the tests cut
+//! after every one). A checkpoint exists once its manifest is renamed into place; old
+//! checkpoints and pieces no manifest names go only after that, and only when every
+//! manifest in the directory could be read (a piece is never deleted on a guess).
 //!
-//! [`Store::open`] takes the newest manifest whose pieces are all present and hash right,
-//! sets aside manifests that are not (`<name>.corrupt`), removes unfinished files and unused
-//! pieces, and says all of that in its [`Recovery`].
+//! [`Store::open`] checks every piece against its name (a damaged one is moved to
+//! `damaged/`), takes the newest manifest that is whole (it parses, its pieces are there with
+//! the sizes it says, its ids and lengths make sense), sets aside newer ones that are damaged
+//! (`<name>.corrupt`, still counted when pieces are collected), and says all of that in its
+//! [`Recovery`]. It refuses to start rather than guess: on an I/O error, on a manifest from a
+//! newer format, and when checkpoints exist but none is whole.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,6 +37,8 @@ const KEEP: usize = 2;
 /// The manifest format this code writes and reads.
 pub(crate) const FORMAT: u32 = 1;
 const TMP: &str = ".tmp-";
+/// Where pieces that fail their hash are moved.
+const DAMAGED: &str = "damaged";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -42,6 +49,10 @@ pub enum CheckpointError {
     },
     #[error("{}: {reason}", path.display())]
     Damaged { path: PathBuf, reason: String },
+    #[error("{}: written in checkpoint format {format}; this replica reads format {FORMAT} (an older replica must not take up a newer one's state)", path.display())]
+    NewerFormat { path: PathBuf, format: u32 },
+    #[error("the checkpoint does not encode: {0}")]
+    Encode(String),
     #[error("no checkpoint here is sound, and starting empty would lose every canister: {0}")]
     NoneSound(String),
     #[error("checkpoint write stopped after durable step {0} (an injected power cut)")]
@@ -114,14 +125,65 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    fn chunks(&self) -> impl Iterator<Item = &String> {
-        self.canisters.iter().flat_map(|c| {
-            c.wasm
-                .iter()
-                .chain([&c.heap, &c.stable])
-                .flat_map(|b| b.chunks.iter())
-        })
+    fn blobs(&self) -> impl Iterator<Item = &Blob> {
+        self.canisters
+            .iter()
+            .flat_map(|c| c.wasm.iter().chain([&c.heap, &c.stable]))
     }
+
+    fn chunks(&self) -> impl Iterator<Item = &String> {
+        self.blobs().flat_map(|b| b.chunks.iter())
+    }
+
+    /// Whether everything in the manifest makes sense against the pieces present (name to
+    /// size): the reason when it does not.
+    fn validate(&self, pieces: &BTreeMap<String, u64>) -> Result<(), String> {
+        for b in self.blobs() {
+            let mut total = 0u64;
+            for (i, name) in b.chunks.iter().enumerate() {
+                if !is_piece_name(name) {
+                    return Err(format!("{name:?} is not a piece name"));
+                }
+                let size = *pieces
+                    .get(name)
+                    .ok_or_else(|| format!("piece {name} is missing or damaged"))?;
+                if i + 1 < b.chunks.len() && size != CHUNK as u64 {
+                    return Err(format!("piece {name} is {size} bytes inside a blob"));
+                }
+                total += size;
+            }
+            if total != b.len {
+                return Err(format!(
+                    "pieces hold {total} bytes, the blob says {}",
+                    b.len
+                ));
+            }
+        }
+        for c in &self.canisters {
+            ic_principal::Principal::try_from_slice(&c.id)
+                .map_err(|e| format!("canister id {}: {e}", hex::encode(&c.id)))?;
+            if let Some(g) = c
+                .globals
+                .iter()
+                .find(|(kind, bits)| *kind > 3 || (*kind == 2 && *bits > u64::from(u32::MAX)))
+            {
+                return Err(format!("a global of unknown type or size {g:?}"));
+            }
+        }
+        for r in &self.requests {
+            if r.id.len() != 32 {
+                return Err(format!("a request id of {} bytes", r.id.len()));
+            }
+            ic_principal::Principal::try_from_slice(&r.sender)
+                .map_err(|e| format!("request sender {}: {e}", hex::encode(&r.sender)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Pieces are named by their SHA-256 in lowercase hex; nothing else in `chunks/` is ours.
+fn is_piece_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// What opening the state directory found.
@@ -155,30 +217,38 @@ impl fmt::Display for Recovery {
 /// The state directory.
 pub struct Store {
     dir: PathBuf,
-    steps: usize,
+    /// The durable steps of the current write, by name.
+    steps: Vec<&'static str>,
     cut_at: Option<usize>,
 }
 
 impl Store {
-    /// Open (creating if needed) the state directory and take up its newest sound checkpoint.
+    /// Open (creating if needed) the state directory and take up its newest whole checkpoint.
     pub fn open(dir: &Path) -> Result<(Store, Option<Manifest>, Recovery), CheckpointError> {
         let store = Store {
             dir: dir.to_path_buf(),
-            steps: 0,
+            steps: Vec::new(),
             cut_at: None,
         };
         for d in [store.chunk_dir(), store.manifest_dir()] {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
         let mut discarded = store.remove_unfinished()?;
+        let (pieces, damaged) = store.verify_pieces()?;
+        discarded.extend(damaged);
+        let mut newer_damaged: Vec<(PathBuf, CheckpointError)> = Vec::new();
         let mut found = None;
-        let mut newer_damaged = Vec::new();
-        for (height, path) in store.manifests()?.into_iter().rev() {
-            match store.check(&path) {
-                Ok(m) if found.is_none() => found = Some((height, m)),
+        for (_, path) in store.manifests()?.into_iter().rev() {
+            let checked = store.check(&path, &pieces);
+            match checked {
+                Ok(m) if found.is_none() => found = Some(m),
                 Ok(_) => {}
+                // Not damage: what is on disk may be fine. Refuse rather than set it aside.
+                Err(e @ (CheckpointError::Io { .. } | CheckpointError::NewerFormat { .. })) => {
+                    return Err(e)
+                }
                 Err(e) if found.is_none() => newer_damaged.push((path, e)),
-                Err(_) => {}
+                Err(e) => discarded.push(format!("an older checkpoint is damaged too: {e}")),
             }
         }
         if found.is_none() && !newer_damaged.is_empty() {
@@ -187,71 +257,73 @@ impl Store {
             return Err(CheckpointError::NoneSound(reasons.join("; ")));
         }
         for (path, e) in newer_damaged {
-            let aside = path.with_extension("cbor.corrupt");
-            std::fs::rename(&path, &aside).map_err(io(&path))?;
+            let aside = set_aside(&path)?;
             discarded.push(format!("{e} (set aside as {})", aside.display()));
         }
-        let manifest = found.map(|(_, m)| m);
-        discarded.extend(store.collect_garbage(manifest.as_ref())?);
         let recovery = Recovery {
-            height: manifest.as_ref().map(|m| m.height),
-            canisters: manifest.as_ref().map_or(0, |m| m.canisters.len()),
-            requests: manifest.as_ref().map_or(0, |m| m.requests.len()),
+            height: found.as_ref().map(|m| m.height),
+            canisters: found.as_ref().map_or(0, |m| m.canisters.len()),
+            requests: found.as_ref().map_or(0, |m| m.requests.len()),
             discarded,
         };
-        Ok((store, manifest, recovery))
+        Ok((store, found, recovery))
     }
 
-    /// Stop every later write after `step` more durable steps, as a power cut would.
+    /// Stop the writes after `step` more durable steps, as a power cut would.
     pub fn cut_after(&mut self, step: usize) {
-        self.steps = 0;
+        self.steps.clear();
         self.cut_at = Some(step);
     }
 
-    /// Durable steps since the last [`Store::cut_after`] (or since opening).
-    pub fn steps(&self) -> usize {
-        self.steps
+    /// The durable steps of the last write (or since [`Store::cut_after`]), by name.
+    pub fn steps(&self) -> &[&'static str] {
+        &self.steps
     }
 
     /// Write `manifest` as the newest checkpoint; `data` gives the bytes of each blob it
-    /// names, in the order [`Manifest`] lists them (wasm if any, heap, stable per canister).
+    /// names, in the order [`Manifest`] lists them (wasm if any, heap, stable per canister),
+    /// cut and named as [`Store::blob_of`] does.
+    /// Ok once the manifest is durable (a failed clean-up after that is logged).
     pub fn write(&mut self, manifest: &Manifest, data: &[&[u8]]) -> Result<(), CheckpointError> {
-        let mut written = false;
-        let present = self.present_chunks()?;
-        for bytes in data {
-            for piece in bytes.chunks(CHUNK) {
-                let name = hex::encode(Sha256::digest(piece));
-                if !present.contains(&name) {
-                    self.write_file(&self.chunk_dir(), &name, piece)?;
-                    written = true;
+        if self.cut_at.is_none() {
+            self.steps.clear();
+        }
+        let mut present = self.present_chunks()?;
+        // The manifest names each piece already (its hash): no second pass over the bytes.
+        debug_assert_eq!(manifest.blobs().count(), data.len());
+        for (blob, bytes) in manifest.blobs().zip(data) {
+            for (name, piece) in blob.chunks.iter().zip(bytes.chunks(CHUNK)) {
+                if !present.contains(name) {
+                    self.write_file(&self.chunk_dir(), name, piece, "piece")?;
+                    present.insert(name.clone());
                 }
             }
         }
-        if written {
-            self.sync_dir(&self.chunk_dir())?;
+        self.sync_dir(&self.chunk_dir(), "pieces directory")?;
+        let bytes =
+            serde_cbor::to_vec(manifest).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        let name = manifest_name(manifest.height);
+        self.write_file(&self.manifest_dir(), &name, &bytes, "manifest")?;
+        self.sync_dir(&self.manifest_dir(), "checkpoints directory")?;
+        match self.prune(manifest) {
+            Err(CheckpointError::Cut(n)) => Err(CheckpointError::Cut(n)),
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint {name} is written; removing old ones failed");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
-        let bytes = serde_cbor::to_vec(manifest).map_err(|e| CheckpointError::Damaged {
-            path: self.manifest_dir(),
-            reason: format!("the manifest does not encode: {e}"),
-        })?;
-        self.write_file(
-            &self.manifest_dir(),
-            &manifest_name(manifest.height),
-            &bytes,
-        )?;
-        self.sync_dir(&self.manifest_dir())?;
-        self.prune()
     }
 
     /// The bytes of `blob`, each piece checked against its hash.
     pub fn read(&self, blob: &Blob) -> Result<Vec<u8>, CheckpointError> {
-        let mut out = Vec::with_capacity(blob.len as usize);
+        let mut out = Vec::new();
         for name in &blob.chunks {
             out.extend(self.read_chunk(name)?);
         }
         if out.len() as u64 != blob.len {
             return Err(CheckpointError::Damaged {
-                path: self.chunk_dir(),
+                path: self.manifest_dir(),
                 reason: format!(
                     "pieces hold {} bytes, the manifest says {}",
                     out.len(),
@@ -281,29 +353,35 @@ impl Store {
         self.dir.join("checkpoints")
     }
 
-    fn step(&mut self) -> Result<(), CheckpointError> {
-        self.steps += 1;
+    fn step(&mut self, name: &'static str) -> Result<(), CheckpointError> {
+        self.steps.push(name);
         match self.cut_at {
-            Some(n) if self.steps >= n => Err(CheckpointError::Cut(self.steps)),
+            Some(n) if self.steps.len() >= n => Err(CheckpointError::Cut(self.steps.len())),
             _ => Ok(()),
         }
     }
 
-    fn write_file(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
+    fn write_file(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+        step: &'static str,
+    ) -> Result<(), CheckpointError> {
         let tmp = dir.join(format!("{TMP}{name}"));
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
-        self.step()?;
+        self.step(step)?;
         let path = dir.join(name);
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
 
-    fn sync_dir(&mut self, dir: &Path) -> Result<(), CheckpointError> {
+    fn sync_dir(&mut self, dir: &Path, step: &'static str) -> Result<(), CheckpointError> {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
-        self.step()
+        self.step(step)
     }
 
     /// Manifests by height, oldest first.
@@ -319,17 +397,60 @@ impl Store {
         Ok(out)
     }
 
+    /// Every piece file (by its name; files of other names are not ours and stay).
     fn present_chunks(&self) -> Result<BTreeSet<String>, CheckpointError> {
         Ok(listing(&self.chunk_dir())?
             .into_iter()
             .map(|(_, name)| name)
-            .filter(|n| !n.starts_with(TMP))
+            .filter(|n| is_piece_name(n))
             .collect())
+    }
+
+    /// Read every piece and check it against its name: the sizes of the sound ones, and what
+    /// was moved to `damaged/`.
+    fn verify_pieces(&self) -> Result<(BTreeMap<String, u64>, Vec<String>), CheckpointError> {
+        let mut sound = BTreeMap::new();
+        let mut moved = Vec::new();
+        for name in self.present_chunks()? {
+            match self.read_chunk(&name) {
+                Ok(bytes) => {
+                    sound.insert(name, bytes.len() as u64);
+                }
+                Err(CheckpointError::Damaged { path, reason }) => {
+                    let dir = self.dir.join(DAMAGED);
+                    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                    let to = dir.join(&name);
+                    std::fs::rename(&path, &to).map_err(io(&path))?;
+                    moved.push(format!(
+                        "{} {reason} (moved to {})",
+                        path.display(),
+                        to.display()
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((sound, moved))
     }
 
     fn read_chunk(&self, name: &str) -> Result<Vec<u8>, CheckpointError> {
         let path = self.chunk_dir().join(name);
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        if !is_piece_name(name) {
+            return Err(CheckpointError::Damaged {
+                path,
+                reason: "not a piece name".into(),
+            });
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CheckpointError::Damaged {
+                    path,
+                    reason: "the piece is missing".into(),
+                })
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
         if hex::encode(Sha256::digest(&bytes)) != name {
             return Err(CheckpointError::Damaged {
                 path,
@@ -339,8 +460,12 @@ impl Store {
         Ok(bytes)
     }
 
-    /// A manifest that parses, is of our format, and whose pieces are all sound.
-    fn check(&self, path: &Path) -> Result<Manifest, CheckpointError> {
+    /// A manifest that parses, is of our format and makes sense against the sound pieces.
+    fn check(
+        &self,
+        path: &Path,
+        pieces: &BTreeMap<String, u64>,
+    ) -> Result<Manifest, CheckpointError> {
         let bytes = std::fs::read(path).map_err(io(path))?;
         let damaged = |reason: String| CheckpointError::Damaged {
             path: path.to_path_buf(),
@@ -348,15 +473,16 @@ impl Store {
         };
         let m: Manifest = serde_cbor::from_slice(&bytes)
             .map_err(|e| damaged(format!("not a checkpoint manifest: {e}")))?;
+        if m.format > FORMAT {
+            return Err(CheckpointError::NewerFormat {
+                path: path.to_path_buf(),
+                format: m.format,
+            });
+        }
         if m.format != FORMAT {
-            return Err(damaged(format!(
-                "manifest format {} (this replica reads {FORMAT})",
-                m.format
-            )));
+            return Err(damaged(format!("unknown checkpoint format {}", m.format)));
         }
-        for name in m.chunks() {
-            self.read_chunk(name)?;
-        }
+        m.validate(pieces).map_err(damaged)?;
         Ok(m)
     }
 
@@ -374,45 +500,61 @@ impl Store {
         Ok(out)
     }
 
-    /// Keep the newest [`KEEP`] manifests and the pieces they name.
-    fn prune(&mut self) -> Result<(), CheckpointError> {
+    /// Keep the newest [`KEEP`] manifests and the pieces any manifest names.
+    fn prune(&mut self, written: &Manifest) -> Result<(), CheckpointError> {
         let all = self.manifests()?;
         let old = all.len().saturating_sub(KEEP);
         for (_, path) in &all[..old] {
             std::fs::remove_file(path).map_err(io(path))?;
         }
         if old > 0 {
-            self.sync_dir(&self.manifest_dir())?;
+            self.sync_dir(&self.manifest_dir(), "old checkpoints removed")?;
         }
-        self.collect_garbage(None).map(|_| ())
+        self.collect_garbage(written)
     }
 
-    /// Remove pieces no kept manifest names (`taken` is the one just taken up, when other
-    /// manifests may not parse).
-    fn collect_garbage(&self, taken: Option<&Manifest>) -> Result<Vec<String>, CheckpointError> {
-        let mut used: BTreeSet<String> = taken.iter().flat_map(|m| m.chunks()).cloned().collect();
-        for (_, path) in self.manifests()? {
-            if let Ok(bytes) = std::fs::read(&path) {
-                if let Ok(m) = serde_cbor::from_slice::<Manifest>(&bytes) {
-                    used.extend(m.chunks().cloned());
+    /// Remove pieces that no manifest names, set-aside ones included; if any manifest cannot
+    /// be read, remove nothing.
+    fn collect_garbage(&self, written: &Manifest) -> Result<(), CheckpointError> {
+        let mut used: BTreeSet<&str> = written.chunks().map(String::as_str).collect();
+        let mut others = Vec::new();
+        for (path, name) in listing(&self.manifest_dir())? {
+            if name.ends_with(".cbor") || name.ends_with(".corrupt") {
+                let parsed = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_cbor::from_slice::<Manifest>(&b).ok());
+                match parsed {
+                    Some(m) => others.push(m),
+                    // A set-aside manifest may not parse: the pieces it named are gone with it.
+                    None if name.ends_with(".corrupt") => {}
+                    None => {
+                        tracing::warn!(path = %path.display(), "unreadable manifest: no piece is removed");
+                        return Ok(());
+                    }
                 }
             }
         }
-        let unused: Vec<String> = self
-            .present_chunks()?
-            .into_iter()
-            .filter(|c| !used.contains(c))
-            .collect();
-        for name in &unused {
-            let path = self.chunk_dir().join(name);
-            std::fs::remove_file(&path).map_err(io(&path))?;
+        used.extend(others.iter().flat_map(|m| m.chunks().map(String::as_str)));
+        for name in self.present_chunks()? {
+            if !used.contains(name.as_str()) {
+                let path = self.chunk_dir().join(&name);
+                std::fs::remove_file(&path).map_err(io(&path))?;
+            }
         }
-        Ok(if unused.is_empty() {
-            Vec::new()
-        } else {
-            vec![format!("{} piece(s) no checkpoint names", unused.len())]
-        })
+        Ok(())
     }
+}
+
+/// Move a damaged manifest out of the way under a name no other one has.
+fn set_aside(path: &Path) -> Result<PathBuf, CheckpointError> {
+    let mut aside = path.with_extension("cbor.corrupt");
+    let mut n = 1;
+    while aside.exists() {
+        aside = path.with_extension(format!("cbor.{n}.corrupt"));
+        n += 1;
+    }
+    std::fs::rename(path, &aside).map_err(io(path))?;
+    Ok(aside)
 }
 
 /// The files in `dir` with their names (names that are not UTF-8 are no file of ours).

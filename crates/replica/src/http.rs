@@ -44,6 +44,7 @@ impl IntoResponse for RequestError {
             RequestError::BadRequest(_) => StatusCode::BAD_REQUEST,
             RequestError::Forbidden(_) => StatusCode::FORBIDDEN,
             RequestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RequestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         text_error(status, self.to_string())
     }

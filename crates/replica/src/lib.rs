@@ -64,6 +64,9 @@ pub enum RequestError {
     Forbidden(String),
     #[error("{0}")]
     Internal(String),
+    /// Not now (the state could not be made durable); the same request may be sent again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<ingress::IngressError> for RequestError {
@@ -158,16 +161,41 @@ impl Replica {
         }
     }
 
-    /// Write the state as the newest checkpoint (nothing without a state directory).
-    fn persist(&self, state: &State) -> Result<(), checkpoint::CheckpointError> {
+    /// The durable steps of the last checkpoint write, by name (none without a state
+    /// directory).
+    pub fn checkpoint_steps(&self) -> Vec<&'static str> {
+        self.store.as_ref().map_or_else(Vec::new, |s| {
+            s.lock().unwrap_or_else(|p| p.into_inner()).steps().to_vec()
+        })
+    }
+
+    /// Write a checkpoint if calls ran since the last one (nothing without a state
+    /// directory). Until it is written nothing above the last checkpoint is certified: a
+    /// caller told "executed" must find the call after a power cut.
+    fn make_durable(&self, state: &mut State) -> Result<(), RequestError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        if state.height <= state.durable_height {
+            return Ok(());
+        }
         let (manifest, data) = state.manifest();
-        store
+        let written = store
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .write(&manifest, &data)
+            .write(&manifest, &data);
+        match written {
+            Ok(()) => {
+                state.durable_height = state.height;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, height = state.height, "checkpoint failed");
+                Err(RequestError::Unavailable(format!(
+                    "the state could not be checkpointed ({e}); calls executed since the last checkpoint are answered once one is written: send the request again"
+                )))
+            }
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -206,9 +234,18 @@ impl Replica {
             ));
         };
         let mut state = self.lock();
-        state.prune(now, self.config.ingress.clock_drift_nanos);
+        let drift = self.config.ingress.clock_drift_nanos;
+        state.prune(now, drift);
         if state.requests.contains_key(&auth.request_id) {
+            self.make_durable(&mut state)?;
             return self.certified_status(&mut state, &auth.request_id, now);
+        }
+        if ingress_expiry.saturating_add(drift) < state.prune_mark {
+            // Another call pruned with a later clock: this id may be gone from the records.
+            return Err(RequestError::BadRequest(format!(
+                "the request expired (ingress_expiry {ingress_expiry} ns is before the replica's time {} ns, with {drift} ns of drift allowed)",
+                state.prune_mark
+            )));
         }
         if let Err(r) = self.admit(
             &state,
@@ -232,12 +269,7 @@ impl Replica {
                 expiry: *ingress_expiry,
             },
         );
-        if let Err(e) = self.persist(&state) {
-            tracing::error!(error = %e, "checkpoint failed");
-            return Err(RequestError::Internal(format!(
-                "the call was executed but its checkpoint could not be written ({e}); it is kept in memory and goes into the next checkpoint"
-            )));
-        }
+        self.make_durable(&mut state)?;
         self.certified_status(&mut state, &auth.request_id, now)
     }
 
@@ -427,6 +459,7 @@ impl Replica {
         for p in &paths {
             check_read_path(&state, p, &auth.sender, effective, subnet)?;
         }
+        self.make_durable(&mut state)?;
         self.certificate(&mut state, &paths, now)
     }
 }
@@ -475,7 +508,7 @@ fn check_read_path(
     match first {
         b"time" | b"subnet" | b"canister_ranges" => Ok(()),
         b"canister" if !subnet => {
-            let id = p.get(1).map(|b| Principal::from_slice(b));
+            let id = p.get(1).and_then(|b| Principal::try_from_slice(b).ok());
             if id.as_ref() != Some(effective) {
                 return Err(RequestError::BadRequest(format!(
                     "read_state at {effective} may read /canister/{effective} only"

@@ -96,6 +96,11 @@ pub struct State {
     pub tree: StateTree,
     /// Executed calls so far: the height of the state certified.
     pub height: u64,
+    /// The height of the newest checkpoint written: nothing above it is certified to anyone.
+    pub durable_height: u64,
+    /// The latest time requests were pruned at: a request expired before it is refused even
+    /// if its caller read the clock earlier (its id may have been pruned already).
+    pub prune_mark: u64,
 }
 
 fn label(s: &str) -> Vec<u8> {
@@ -128,10 +133,12 @@ impl State {
     /// (the ingress check refuses expired requests), so nothing is executed twice.
     /// `drift` is the clock drift the ingress check tolerates past an expiry.
     pub fn prune(&mut self, now: u64, drift: u64) {
+        self.prune_mark = self.prune_mark.max(now);
+        let mark = self.prune_mark;
         let old: Vec<[u8; 32]> = self
             .requests
             .iter()
-            .filter(|(_, r)| r.expiry.saturating_add(drift) < now)
+            .filter(|(_, r)| r.expiry.saturating_add(drift) < mark)
             .map(|(id, _)| *id)
             .collect();
         for id in old {
@@ -279,15 +286,21 @@ impl State {
                     error_code,
                 } => Status::Rejected(Reject::new(*code, error_code, message.clone())),
             };
+            let sender =
+                Principal::try_from_slice(&r.sender).map_err(|e| RestoreError::Canister {
+                    id: "(a request status)".into(),
+                    reason: format!("its sender: {e}"),
+                })?;
             let request = Request {
                 status,
-                sender: Principal::from_slice(&r.sender),
+                sender,
                 expiry: r.expiry,
             };
             state.record(id, request);
         }
         // `record` counts executions; these were counted when they ran.
         state.height = m.height;
+        state.durable_height = m.height;
         Ok(state)
     }
 }

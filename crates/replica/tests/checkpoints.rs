@@ -150,7 +150,7 @@ fn a_power_cut_after_any_durable_step_leaves_a_consistent_state_that_says_what_i
             break;
         }
         let e = answer.unwrap_err().to_string();
-        assert!(e.contains("checkpoint could not be written"), "{e}");
+        assert!(e.contains("could not be checkpointed"), "{e}");
         cuts += 1;
         // Power back: the state opens, is one of the two checkpoints, and is consistent.
         let (r, rec) = open(&dir).unwrap();
@@ -164,6 +164,9 @@ fn a_power_cut_after_any_durable_step_leaves_a_consistent_state_that_says_what_i
             )),
             "{text}"
         );
+        if k == 1 {
+            assert!(text.contains("unfinished write"), "{text}");
+        }
         // The same request again: executed only if its checkpoint did not make it.
         call(&r, &inc, &first_canister()).unwrap();
         assert_eq!(
@@ -175,11 +178,59 @@ fn a_power_cut_after_any_durable_step_leaves_a_consistent_state_that_says_what_i
         eprintln!("cut after step {k}: {text}");
     }
     assert!(cuts >= 4, "only {cuts} durable steps in a checkpoint");
+
+    // The order that makes the cuts safe: pieces synced, their directory synced, then the
+    // manifest and its directory, and only then old checkpoints removed.
+    let dir = tmp.path().join("order");
+    copy_dir(&base, &dir);
+    let (r, _) = open(&dir).unwrap();
+    call(&r, &inc, &first_canister()).unwrap();
+    let steps = r.checkpoint_steps();
+    let at = |name: &str| steps.iter().position(|s| *s == name).unwrap_or(usize::MAX);
+    let last_piece = steps
+        .iter()
+        .rposition(|s| *s == "piece")
+        .expect("a piece written");
+    assert!(
+        last_piece < at("pieces directory")
+            && at("pieces directory") < at("manifest")
+            && at("manifest") < at("checkpoints directory")
+            && at("checkpoints directory") < at("old checkpoints removed")
+            && at("old checkpoints removed") != usize::MAX,
+        "{steps:?}"
+    );
     assert_eq!(
         outcomes.into_iter().collect::<Vec<_>>(),
         vec![5, 6],
         "cuts should land both before and after the new checkpoint"
     );
+}
+
+#[test]
+fn a_call_whose_checkpoint_failed_is_not_certified_until_one_is_written_and_runs_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let a = signer();
+    counter_state(&dir, &a, 3);
+    let (r, _) = open(&dir).unwrap();
+    let inc = inc_body(&a);
+    r.cut_checkpoints_after(1);
+    let e = call(&r, &inc, &first_canister()).unwrap_err();
+    assert!(matches!(e, replica::RequestError::Unavailable(_)), "{e}");
+    // Sent again while the disk still fails: still no certificate.
+    let e = call(&r, &inc, &first_canister()).unwrap_err();
+    assert!(e.to_string().contains("send the request again"), "{e}");
+    // The disk is back: the same request is answered, from its record, executed once.
+    r.cut_checkpoints_after(usize::MAX);
+    assert!(matches!(
+        call(&r, &inc, &first_canister()).unwrap(),
+        CallAnswer::Certified(_)
+    ));
+    assert_eq!(value(&r, &a), 4);
+    drop(r);
+    let (r, rec) = open(&dir).unwrap();
+    assert_eq!(rec.height, Some(6), "{rec}");
+    assert_eq!(value(&r, &a), 4);
 }
 
 #[test]
@@ -221,18 +272,58 @@ fn damaged_checkpoints_are_set_aside_and_with_none_sound_the_replica_refuses_to_
     assert!(newest.with_extension("cbor.corrupt").is_file());
 
     // A flipped byte in a piece the newest checkpoint alone names: the same.
+    // The piece is moved to damaged/, the manifest naming it set aside.
     let flipped = tmp.path().join("flipped");
     copy_dir(&dir, &flipped);
-    let (r, _) = open(&flipped).unwrap();
-    drop(r);
     let piece = newest_only_piece(&flipped);
     let mut bytes = std::fs::read(&piece).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&piece, bytes).unwrap();
+    std::fs::write(flipped.join("chunks/README"), b"not ours").unwrap();
     let (r, rec) = open(&flipped).unwrap();
-    assert_eq!(rec.height, Some(3), "{rec}");
+    let text = rec.to_string();
+    assert_eq!(rec.height, Some(3), "{text}");
     assert_eq!(value(&r, &a), 1);
-    assert!(rec.to_string().contains("does not match its hash"), "{rec}");
+    assert!(text.contains("does not match its hash (moved to"), "{text}");
+    assert!(text.contains("is missing or damaged"), "{text}");
+    assert!(flipped
+        .join("damaged")
+        .join(piece.file_name().unwrap())
+        .is_file());
+    // The next checkpoint collects pieces but keeps those the set-aside manifest names, and
+    // files in chunks/ that are not pieces.
+    let aside_pieces = pieces_of(&flipped.join("checkpoints/00000000000000000004.cbor.corrupt"));
+    call(&r, &inc_body(&a), &first_canister()).unwrap();
+    for p in aside_pieces
+        .iter()
+        .filter(|p| **p != *piece.file_name().unwrap())
+    {
+        assert!(
+            flipped.join("chunks").join(p).is_file(),
+            "piece {p:?} was collected"
+        );
+    }
+    assert!(flipped.join("chunks/README").is_file());
+
+    // A piece name that is no hash (a path, say) is damage, never a file to read.
+    let named = tmp.path().join("named");
+    copy_dir(&dir, &named);
+    rewrite_newest(&named, |m| {
+        m.canisters[0].heap.chunks[0] = "../../keys/root.bls".into()
+    });
+    let (_, rec) = open(&named).unwrap();
+    assert_eq!(rec.height, Some(3), "{rec}");
+    assert!(rec.to_string().contains("is not a piece name"), "{rec}");
+
+    // A newer format: no start, and nothing set aside (a newer replica may read it).
+    let newer = tmp.path().join("newer");
+    copy_dir(&dir, &newer);
+    rewrite_newest(&newer, |m| m.format = 2);
+    let e = open(&newer)
+        .err()
+        .expect("an older replica must not take up newer state");
+    assert!(e.to_string().contains("checkpoint format 2"), "{e}");
+    assert_eq!(manifests(&newer).len(), 2);
 
     // Every checkpoint damaged: no start, and the error names each one.
     let ruined = tmp.path().join("ruined");
@@ -250,6 +341,32 @@ fn damaged_checkpoints_are_set_aside_and_with_none_sound_the_replica_refuses_to_
         2,
         "{text}"
     );
+}
+
+fn read_manifest(p: &Path) -> replica::checkpoint::Manifest {
+    serde_cbor::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn pieces_of(p: &Path) -> Vec<std::ffi::OsString> {
+    read_manifest(p)
+        .canisters
+        .iter()
+        .flat_map(|c| c.wasm.iter().chain([&c.heap, &c.stable]))
+        .flat_map(|b| b.chunks.iter().map(std::ffi::OsString::from))
+        .collect()
+}
+
+/// Change the newest manifest in place.
+fn rewrite_newest(dir: &Path, change: impl FnOnce(&mut replica::checkpoint::Manifest)) {
+    let mut all: Vec<_> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    all.sort();
+    let newest = all.pop().unwrap();
+    let mut m = read_manifest(&newest);
+    change(&mut m);
+    std::fs::write(&newest, serde_cbor::to_vec(&m).unwrap()).unwrap();
 }
 
 /// A piece the newest checkpoint names and the one before does not.
