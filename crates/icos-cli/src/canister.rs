@@ -233,22 +233,9 @@ fn load_identity(path: &Path) -> Result<BasicIdentity> {
 }
 
 fn make_identity(path: &Path) -> Result<()> {
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-    let pem = key
-        .to_pkcs8_pem(Default::default())
-        .context("encoding the new identity")?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(pem.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    registry_model::keys::write_key(path, &registry_model::keys::generate())?;
+    Ok(())
 }

@@ -239,15 +239,6 @@ fn damaged_checkpoints_are_set_aside_and_with_none_sound_the_replica_refuses_to_
     let dir = tmp.path().join("state");
     let a = signer();
     counter_state(&dir, &a, 2);
-    let manifests = |d: &Path| {
-        let mut v: Vec<_> = std::fs::read_dir(d.join("checkpoints"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "cbor"))
-            .collect();
-        v.sort();
-        v
-    };
     assert_eq!(manifests(&dir).len(), 2, "two checkpoints are kept");
 
     // A truncated newest manifest: the one before is taken up, and the report says why.
@@ -356,14 +347,20 @@ fn pieces_of(p: &Path) -> Vec<std::ffi::OsString> {
         .collect()
 }
 
-/// Change the newest manifest in place.
-fn rewrite_newest(dir: &Path, change: impl FnOnce(&mut replica::checkpoint::Manifest)) {
+/// The checkpoint manifests in `dir`, oldest first (set-aside ones are not).
+fn manifests(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut all: Vec<_> = std::fs::read_dir(dir.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cbor"))
         .collect();
     all.sort();
-    let newest = all.pop().unwrap();
+    all
+}
+
+/// Change the newest manifest in place.
+fn rewrite_newest(dir: &Path, change: impl FnOnce(&mut replica::checkpoint::Manifest)) {
+    let newest = manifests(dir).pop().unwrap();
     let mut m = read_manifest(&newest);
     change(&mut m);
     std::fs::write(&newest, serde_cbor::to_vec(&m).unwrap()).unwrap();
@@ -371,22 +368,8 @@ fn rewrite_newest(dir: &Path, change: impl FnOnce(&mut replica::checkpoint::Mani
 
 /// A piece the newest checkpoint names and the one before does not.
 fn newest_only_piece(dir: &Path) -> std::path::PathBuf {
-    let mut all: Vec<_> = std::fs::read_dir(dir.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    all.sort();
-    let read = |p: &Path| -> replica::checkpoint::Manifest {
-        serde_cbor::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let pieces = |m: &replica::checkpoint::Manifest| -> Vec<String> {
-        m.canisters
-            .iter()
-            .flat_map(|c| c.wasm.iter().chain([&c.heap, &c.stable]))
-            .flat_map(|b| b.chunks.clone())
-            .collect()
-    };
-    let (older, newer) = (pieces(&read(&all[0])), pieces(&read(&all[1])));
+    let all = manifests(dir);
+    let (older, newer) = (pieces_of(&all[0]), pieces_of(&all[1]));
     let only = newer
         .into_iter()
         .find(|p| !older.contains(p))
