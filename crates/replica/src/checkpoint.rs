@@ -220,15 +220,19 @@ pub struct Store {
     /// The durable steps of the current write, by name.
     steps: Vec<&'static str>,
     cut_at: Option<usize>,
+    /// The piece files, read from the directory once at open and kept up to date, so a
+    /// checkpoint does not list a directory of thousands of pieces.
+    present: BTreeSet<String>,
 }
 
 impl Store {
     /// Open (creating if needed) the state directory and take up its newest whole checkpoint.
     pub fn open(dir: &Path) -> Result<(Store, Option<Manifest>, Recovery), CheckpointError> {
-        let store = Store {
+        let mut store = Store {
             dir: dir.to_path_buf(),
             steps: Vec::new(),
             cut_at: None,
+            present: BTreeSet::new(),
         };
         for d in [store.chunk_dir(), store.manifest_dir()] {
             std::fs::create_dir_all(&d).map_err(io(&d))?;
@@ -236,6 +240,7 @@ impl Store {
         let mut discarded = store.remove_unfinished()?;
         let (pieces, damaged) = store.verify_pieces()?;
         discarded.extend(damaged);
+        store.present = pieces.keys().cloned().collect();
         let mut newer_damaged: Vec<(PathBuf, CheckpointError)> = Vec::new();
         let mut found = None;
         for (_, path) in store.manifests()?.into_iter().rev() {
@@ -288,14 +293,13 @@ impl Store {
         if self.cut_at.is_none() {
             self.steps.clear();
         }
-        let mut present = self.present_chunks()?;
         // The manifest names each piece already (its hash): no second pass over the bytes.
         debug_assert_eq!(manifest.blobs().count(), data.len());
         for (blob, bytes) in manifest.blobs().zip(data) {
             for (name, piece) in blob.chunks.iter().zip(bytes.chunks(CHUNK)) {
-                if !present.contains(name) {
+                if !self.present.contains(name) {
                     self.write_file(&self.chunk_dir(), name, piece, "piece")?;
-                    present.insert(name.clone());
+                    self.present.insert(name.clone());
                 }
             }
         }
@@ -515,7 +519,7 @@ impl Store {
 
     /// Remove pieces that no manifest names, set-aside ones included; if any manifest cannot
     /// be read, remove nothing.
-    fn collect_garbage(&self, written: &Manifest) -> Result<(), CheckpointError> {
+    fn collect_garbage(&mut self, written: &Manifest) -> Result<(), CheckpointError> {
         let mut used: BTreeSet<&str> = written.chunks().map(String::as_str).collect();
         let mut others = Vec::new();
         for (path, name) in listing(&self.manifest_dir())? {
@@ -535,11 +539,16 @@ impl Store {
             }
         }
         used.extend(others.iter().flat_map(|m| m.chunks().map(String::as_str)));
-        for name in self.present_chunks()? {
-            if !used.contains(name.as_str()) {
-                let path = self.chunk_dir().join(&name);
-                std::fs::remove_file(&path).map_err(io(&path))?;
-            }
+        let unused: Vec<String> = self
+            .present
+            .iter()
+            .filter(|n| !used.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in unused {
+            let path = self.chunk_dir().join(&name);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            self.present.remove(&name);
         }
         Ok(())
     }
