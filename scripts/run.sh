@@ -50,6 +50,12 @@ echo "call inc: $($CANISTER call "$ID" inc)"
 echo "query get: $($CANISTER query "$ID" get)"
 $CANISTER status "$ID"
 
+step "the asset canister: a certified page, checked as an HTTP gateway checks it"
+$CANISTER examples "$DIR/canisters" >/dev/null
+ASSETS=$($CANISTER create)
+$CANISTER install "$ASSETS" "$DIR/canisters/assets.wasm"
+$CANISTER http "$ASSETS" /
+
 cat <<MSG
 
 The network is running. Try:
@@ -57,5 +63,6 @@ The network is running. Try:
   $ICOS testnet status --dir $DIR
   $ICOS testnet down --dir $DIR                                   # stop everything
   $CANISTER call $ID inc                 # the local replica ($URL)
+  $CANISTER upload $ASSETS <dir>         # publish a site; then: $CANISTER http $ASSETS /
   kill \$(cat $REPLICA_DIR.pid)                                      # stop the local replica
 MSG

@@ -25,6 +25,8 @@ STABLE_PKGS=(
   libc6-dev          # static glibc for the initramfs's icos-init
   nginx-light        # baseline static server for the registry benchmark
   wrk                # HTTP load generator for benchmarks
+  clang              # the C example canisters, built for wasm32 (crates/example-canisters)
+  lld                # wasm-ld, clang's linker for wasm32
 )
 # Node.js runs the @dfinity/agent test; this machine kind ships it (NodeSource), Debian's
 # own is the fallback.

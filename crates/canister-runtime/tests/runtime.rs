@@ -4,7 +4,7 @@
 
 use canister_runtime::*;
 
-const COUNTER: &str = include_str!("../../../canisters/counter.wat");
+const COUNTER: &str = example_canisters::COUNTER_WAT;
 
 fn rt() -> Runtime {
     Runtime::new(Limits {

@@ -15,7 +15,7 @@ use crate::BenchError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const COUNTER: &str = include_str!("../../../canisters/counter.wat");
+const COUNTER: &str = example_canisters::COUNTER_WAT;
 
 fn err(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
     move |message| BenchError::Replica {

@@ -1,6 +1,7 @@
 //! `icos canister`: a developer's commands against a node or network URL, on DFINITY's
 //! `ic-agent` and `ic-utils` (so what works here works with every other agent).
 
+use crate::assets;
 use anyhow::{bail, Context, Result};
 use candid::IDLArgs;
 use clap::{Args, Subcommand, ValueEnum};
@@ -50,9 +51,8 @@ enum CanisterCmd {
         module: PathBuf,
         #[arg(long, value_enum, default_value = "install")]
         mode: Mode,
-        /// The init argument, Candid bytes in hex (default: no arguments).
-        #[arg(long, default_value = "4449444c0000")]
-        arg_hex: String,
+        #[command(flatten)]
+        arg: CandidArg,
     },
     /// An update call; prints the reply as Candid.
     Call(MethodArgs),
@@ -60,15 +60,53 @@ enum CanisterCmd {
     Query(MethodArgs),
     /// Status, module hash, controllers and memory of a canister (controllers only).
     Status { canister: Principal },
+    /// GET a path from a canister's `http_request`, as an HTTP gateway does: the body is
+    /// printed only if it verifies against the subnet's certificate.
+    Http {
+        canister: Principal,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Upload every file under a directory to an asset canister (its `put` method), each
+    /// with the content type its name implies.
+    Upload {
+        canister: Principal,
+        dir: PathBuf,
+        /// The path the directory's files are served under.
+        #[arg(long, default_value = "/")]
+        prefix: String,
+    },
+    /// Write the example canisters' Wasm modules (counter.wasm, assets.wasm) into a directory.
+    Examples { dir: PathBuf },
 }
 
 #[derive(Args)]
 struct MethodArgs {
     canister: Principal,
     method: String,
-    /// The argument, Candid bytes in hex (default: no arguments).
-    #[arg(long, default_value = "4449444c0000")]
-    arg_hex: String,
+    #[command(flatten)]
+    arg: CandidArg,
+}
+
+/// A message's argument: Candid text or Candid bytes; no arguments when neither is given.
+#[derive(Args)]
+struct CandidArg {
+    /// The argument as Candid text, e.g. '(42 : nat64, "text", blob "\\00\\01")'.
+    #[arg(long)]
+    arg: Option<String>,
+    /// The argument as Candid bytes in hex.
+    #[arg(long, conflicts_with = "arg")]
+    arg_hex: Option<String>,
+}
+
+impl CandidArg {
+    fn bytes(&self) -> Result<Vec<u8>> {
+        match (&self.arg, &self.arg_hex) {
+            (Some(text), _) => candid_arg(text),
+            (None, Some(h)) => hex_arg(h),
+            (None, None) => Ok(candid::encode_args(()).expect("no arguments always encode")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,6 +117,9 @@ enum Mode {
 }
 
 pub fn canister(a: CanisterArgs) -> Result<i32> {
+    if let CanisterCmd::Examples { dir } = &a.cmd {
+        return write_examples(dir);
+    }
     let identity = load_identity(&a.identity)?;
     if let CanisterCmd::Whoami = a.cmd {
         println!(
@@ -119,7 +160,9 @@ fn is_mainnet(url: &str) -> bool {
 async fn run(agent: &Agent, cmd: CanisterCmd) -> Result<i32> {
     let mgmt = ManagementCanister::create(agent);
     match cmd {
-        CanisterCmd::Whoami => unreachable!("answered without a network"),
+        CanisterCmd::Whoami | CanisterCmd::Examples { .. } => {
+            unreachable!("answered without a network")
+        }
         CanisterCmd::Create { effective } => {
             let (id,) = mgmt
                 .create_canister()
@@ -134,7 +177,7 @@ async fn run(agent: &Agent, cmd: CanisterCmd) -> Result<i32> {
             canister,
             module,
             mode,
-            arg_hex,
+            arg,
         } => {
             let wasm = read_module(&module)?;
             let mode = match mode {
@@ -144,7 +187,7 @@ async fn run(agent: &Agent, cmd: CanisterCmd) -> Result<i32> {
             };
             mgmt.install_code(&canister, &wasm)
                 .with_mode(mode)
-                .with_raw_arg(hex_arg(&arg_hex)?)
+                .with_raw_arg(arg.bytes()?)
                 .call_and_wait()
                 .await
                 .with_context(|| format!("installing {} on {canister}", module.display()))?;
@@ -153,7 +196,7 @@ async fn run(agent: &Agent, cmd: CanisterCmd) -> Result<i32> {
         CanisterCmd::Call(m) => {
             let reply = agent
                 .update(&m.canister, &m.method)
-                .with_arg(hex_arg(&m.arg_hex)?)
+                .with_arg(m.arg.bytes()?)
                 .call_and_wait()
                 .await
                 .with_context(|| format!("calling {} on {}", m.method, m.canister))?;
@@ -162,7 +205,7 @@ async fn run(agent: &Agent, cmd: CanisterCmd) -> Result<i32> {
         CanisterCmd::Query(m) => {
             let reply = agent
                 .query(&m.canister, &m.method)
-                .with_arg(hex_arg(&m.arg_hex)?)
+                .with_arg(m.arg.bytes()?)
                 .call()
                 .await
                 .with_context(|| format!("querying {} on {}", m.method, m.canister))?;
@@ -191,6 +234,38 @@ async fn run(agent: &Agent, cmd: CanisterCmd) -> Result<i32> {
             println!("controllers: {}", controllers.join(", "));
             println!("memory size: {} bytes", s.memory_size);
         }
+        CanisterCmd::Http { canister, path } => {
+            let page = assets::http_get(agent, &canister, &path).await?;
+            eprintln!(
+                "HTTP {} from {canister}{path}: body verified (response verification v{}, \
+                 which certifies the body only) against the root key with sha256 {}...",
+                page.status, page.version, page.root_key_source
+            );
+            for (name, value) in &page.headers {
+                eprintln!("{name}: {}", assets::abbreviate(value));
+            }
+            std::io::Write::write_all(&mut std::io::stdout(), &page.body)
+                .context("writing the body to stdout")?;
+        }
+        CanisterCmd::Upload {
+            canister,
+            dir,
+            prefix,
+        } => {
+            for f in assets::upload(agent, &canister, &dir, &prefix).await? {
+                println!("{} ({} bytes, {})", f.path, f.size, f.content_type);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn write_examples(dir: &Path) -> Result<i32> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, wasm) in example_canisters::all() {
+        let path = dir.join(format!("{name}.wasm"));
+        std::fs::write(&path, wasm).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
     }
     Ok(0)
 }
@@ -212,6 +287,13 @@ fn hex_arg(s: &str) -> Result<Vec<u8>> {
         bail!("--arg-hex must be Candid bytes (they start with 4449444c, \"DIDL\")");
     }
     Ok(bytes)
+}
+
+fn candid_arg(text: &str) -> Result<Vec<u8>> {
+    let args = candid_parser::parse_idl_args(text)
+        .with_context(|| format!("--arg {text:?} is not Candid text"))?;
+    args.to_bytes()
+        .with_context(|| format!("--arg {text:?} could not be encoded"))
 }
 
 /// A reply as Candid text, or as hex when it is not Candid.

@@ -1,5 +1,6 @@
 //! `icos`: the command-line entry point. Thin: parses arguments and calls the libraries.
 
+mod assets;
 mod canister;
 mod gov;
 mod replica;

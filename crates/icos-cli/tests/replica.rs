@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const COUNTER: &str = include_str!("../../../canisters/counter.wat");
+const COUNTER: &str = example_canisters::COUNTER_WAT;
 
 /// A running `icos replica run`: the process, its URL, and what it printed before listening.
 struct Running {
@@ -246,6 +246,59 @@ fn the_canister_commands_create_install_call_query_upgrade_and_show_status() {
     );
     let (ok, _, err) = canister_cmd(&node.url, &me, &["call", &id, "inc", "--arg-hex", "00ff"]);
     assert!(!ok && err.contains("must be Candid bytes"), "{err}");
+    let (ok, _, err) = canister_cmd(&node.url, &me, &["call", &id, "inc", "--arg", "(1 +"]);
+    assert!(!ok && err.contains("is not Candid text"), "{err}");
+
+    // The asset canister: the examples as Wasm, a site uploaded from a directory, pages that
+    // are shown only once they verify, an argument given as Candid text.
+    let examples = tmp.path().join("examples");
+    run(&["examples", examples.to_str().unwrap()]);
+    let assets = run(&["create"]);
+    run(&[
+        "install",
+        &assets,
+        examples.join("assets.wasm").to_str().unwrap(),
+    ]);
+    let (ok, page, err) = canister_cmd(&node.url, &me, &["http", &assets]);
+    assert!(ok && page.contains("Hello from an icos canister"), "{err}");
+    assert!(
+        err.contains("HTTP 200") && err.contains("body verified"),
+        "{err}"
+    );
+    let site = tmp.path().join("site");
+    std::fs::create_dir_all(site.join("css")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>My dApp</h1>").unwrap();
+    std::fs::write(site.join("css/site.css"), "h1 { color: teal }").unwrap();
+    let uploaded = run(&["upload", &assets, site.to_str().unwrap()]);
+    assert!(
+        uploaded.contains("/css/site.css (18 bytes, text/css; charset=utf-8)"),
+        "{uploaded}"
+    );
+    assert_eq!(run(&["http", &assets, "/"]), "<h1>My dApp</h1>");
+    assert_eq!(
+        run(&["http", &assets, "/css/site.css"]),
+        "h1 { color: teal }"
+    );
+    run(&[
+        "call",
+        &assets,
+        "put",
+        "--arg",
+        r#"("/hi.txt", "text/plain", blob "hi\0a")"#,
+    ]);
+    assert_eq!(run(&["http", &assets, "/hi.txt"]), "hi");
+    std::fs::write(site.join("big.bin"), vec![0u8; (1 << 20) + 1]).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>changed</h1>").unwrap();
+    let (ok, _, err) = canister_cmd(&node.url, &me, &["upload", &assets, site.to_str().unwrap()]);
+    assert!(!ok && err.contains("big.bin is 1048577 bytes"), "{err}");
+    assert_eq!(
+        run(&["http", &assets, "/"]),
+        "<h1>My dApp</h1>",
+        "a refused upload changed the site"
+    );
+    // A canister that is no asset canister has no page to verify.
+    let (ok, _, err) = canister_cmd(&node.url, &me, &["http", &id, "/"]);
+    assert!(!ok && err.contains("querying http_request on"), "{err}");
 }
 
 /// The same story from JavaScript: `js/agent-test/story.mjs` on DFINITY's `@dfinity/agent`

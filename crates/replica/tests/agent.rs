@@ -8,13 +8,14 @@ use candid::{Decode, Encode};
 use certified_state::{canister_id, delegate, BlsKey};
 use ic_agent::identity::BasicIdentity;
 use ic_agent::{Agent, AgentError};
+use ic_http_certification::{HttpRequest, HttpResponse};
 use ic_principal::Principal;
 use ic_utils::interfaces::management_canister::builders::CanisterInstallMode;
 use ic_utils::interfaces::ManagementCanister;
 use replica::{Config, Replica};
 use std::sync::Arc;
 
-const COUNTER: &str = include_str!("../../../canisters/counter.wat");
+const COUNTER: &str = example_canisters::COUNTER_WAT;
 
 struct Net {
     url: String,
@@ -356,4 +357,214 @@ async fn forged_expired_misrouted_oversized_and_replayed_requests_are_refused() 
     });
     eprintln!("4 MiB body: {refused}");
     assert_eq!(get(&a, &id).await.unwrap(), 1);
+}
+
+/// `http_request` as an HTTP gateway sends it, through ic-agent's query (signature checked).
+async fn http_get(
+    a: &Agent,
+    id: &Principal,
+    url: &str,
+) -> (HttpRequest<'static>, HttpResponse<'static>) {
+    let request = HttpRequest::get(url).with_certificate_version(2).build();
+    let reply = a
+        .query(id, "http_request")
+        .with_arg(Encode!(&request).unwrap())
+        .call()
+        .await
+        .unwrap();
+    (request, Decode!(&reply, HttpResponse<'static>).unwrap())
+}
+
+/// What a gateway does before it serves an answer: DFINITY's response verification, against
+/// the network's root key, for canister `id`.
+fn verify(
+    net: &Net,
+    id: &Principal,
+    request: HttpRequest<'static>,
+    response: HttpResponse<'static>,
+) -> Result<Vec<u8>, ic_response_verification::ResponseVerificationError> {
+    let info = ic_response_verification::verify_request_response_pair(
+        request,
+        response,
+        id.as_slice(),
+        replica::system_time_nanos() as u128,
+        300_000_000_000,
+        &net.root_der,
+        ic_response_verification::MIN_VERIFICATION_VERSION,
+    )?;
+    assert_eq!(info.verification_version, 1);
+    Ok(info
+        .response
+        .expect("a verified answer carries its body")
+        .body)
+}
+
+fn respond(status: u16, headers: Vec<(String, String)>, body: &[u8]) -> HttpResponse<'static> {
+    HttpResponse::builder()
+        .with_status_code(status.try_into().unwrap())
+        .with_headers(headers)
+        .with_body(body.to_vec())
+        .build()
+}
+
+async fn put_asset(
+    a: &Agent,
+    id: &Principal,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(), AgentError> {
+    a.update(id, "put")
+        .with_arg(Encode!(&path, &content_type, &serde_bytes::ByteBuf::from(body)).unwrap())
+        .call_and_wait()
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_asset_canister_serves_bodies_that_response_verification_accepts() {
+    let net = start(1);
+    let a = agent(&net, 7).await;
+    let id = create_with(&a, example_canisters::ASSETS_WASM).await;
+
+    // The page it is installed with, for `/` (the index fallback, as the verifier applies it).
+    let (request, response) = http_get(&a, &id, "/").await;
+    assert_eq!(response.status_code().as_u16(), 200);
+    let header = |r: &HttpResponse, name: &str| {
+        r.headers()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header(&response, "content-type").unwrap(),
+        "text/html; charset=utf-8"
+    );
+    let body = verify(&net, &id, request, response).unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("Hello from an icos canister"));
+
+    // A new asset, with a query string and percent-encoding in the URL.
+    put_asset(&a, &id, "/app v1.js", "text/javascript", b"console.log(1)")
+        .await
+        .unwrap();
+    let (request, response) = http_get(&a, &id, "/app%20v1.js?cache=no").await;
+    assert_eq!(
+        header(&response, "content-type").unwrap(),
+        "text/javascript"
+    );
+    assert_eq!(
+        verify(&net, &id, request, response).unwrap(),
+        b"console.log(1)"
+    );
+
+    // Replaced in place (shorter), and replaced by a longer one (moved): both certified.
+    put_asset(&a, &id, "/app v1.js", "text/javascript", b"go()")
+        .await
+        .unwrap();
+    let (request, response) = http_get(&a, &id, "/app%20v1.js").await;
+    assert_eq!(verify(&net, &id, request, response).unwrap(), b"go()");
+    let long = vec![b'x'; 300_000];
+    put_asset(&a, &id, "/app v1.js", "text/javascript", &long)
+        .await
+        .unwrap();
+    let (request, response) = http_get(&a, &id, "/app%20v1.js").await;
+    assert_eq!(verify(&net, &id, request, response).unwrap(), long);
+
+    // A body changed on the way: refused. So is a true answer presented as another canister's.
+    let (request, response) = http_get(&a, &id, "/index.html").await;
+    let tampered = respond(200, response.headers().to_vec(), b"<h1>pay here</h1>");
+    let refused = verify(&net, &id, request.clone(), tampered).unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("InvalidResponseBody"),
+        "{refused:?}"
+    );
+    let other = create_with(&a, example_canisters::ASSETS_WASM).await;
+    put_asset(&a, &other, "/index.html", "text/html", b"<h1>pay here</h1>")
+        .await
+        .unwrap();
+    let (_, forged) = http_get(&a, &other, "/index.html").await;
+    assert!(verify(&net, &id, request.clone(), forged.clone()).is_err());
+    let borrowed = respond(200, forged.headers().to_vec(), forged.body());
+    let refused = verify(&net, &id, request.clone(), borrowed).unwrap_err();
+    eprintln!("another canister's certified page presented as this one's: {refused}");
+    let mut headers = response.headers().to_vec();
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("ic-certificate"));
+    let stripped = respond(200, headers, response.body());
+    assert!(verify(&net, &id, request, stripped).is_err());
+
+    // Only controllers change assets; bad paths and content types are named and refused.
+    let stranger = agent(&net, 8).await;
+    let e = reject_text(
+        put_asset(&stranger, &id, "/index.html", "text/html", b"x")
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("put: only a controller"), "{e}");
+    for (path, content_type, why) in [
+        ("index.html", "text/html", "must start with '/'"),
+        ("/a b?c", "text/html", "may not hold"),
+        ("/x", "text/html\r\nset-cookie: a=b", "printable ASCII"),
+        ("/x", "", "1 to 95 bytes"),
+    ] {
+        let e = reject_text(
+            put_asset(&a, &id, path, content_type, b"x")
+                .await
+                .unwrap_err(),
+        );
+        assert!(e.contains(why), "{path:?} {content_type:?}: {e}");
+    }
+    let e = reject_text(
+        put_asset(
+            &a,
+            &id,
+            "/big",
+            "application/octet-stream",
+            &vec![0; (1 << 20) + 1],
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(e.contains("at most 1 MiB"), "{e}");
+    for (arg, why) in [
+        (b"GET / HTTP/1.1".to_vec(), "not Candid"),
+        (Encode!(&"/").unwrap(), "expected an HttpRequest record"),
+        (b"DIDL\x01\x6c\x01\x00\x7f\x01\x00".to_vec(), "has no url"),
+        (
+            b"DIDL\x01\x6d\x00\x01\x00\x05".to_vec(),
+            "expected an HttpRequest record",
+        ),
+        (
+            b"DIDL\x00\x01\x71\xff\xff\xff\xff\x0f".to_vec(),
+            "expected an HttpRequest record",
+        ),
+    ] {
+        let e = reject_text(
+            a.query(&id, "http_request")
+                .with_arg(arg)
+                .call()
+                .await
+                .unwrap_err(),
+        );
+        assert!(e.contains(why), "{why}: {e}");
+    }
+
+    // A code upgrade keeps every asset (they live in stable memory) and their certification.
+    ManagementCanister::create(&a)
+        .install_code(&id, example_canisters::ASSETS_WASM)
+        .with_mode(CanisterInstallMode::Upgrade(None))
+        .call_and_wait()
+        .await
+        .unwrap();
+    let (request, response) = http_get(&a, &id, "/app%20v1.js").await;
+    assert_eq!(verify(&net, &id, request, response).unwrap(), long);
+
+    // Deleted: the path falls back to the index page, still verified.
+    a.update(&id, "delete")
+        .with_arg(Encode!(&"/app v1.js").unwrap())
+        .call_and_wait()
+        .await
+        .unwrap();
+    let (request, response) = http_get(&a, &id, "/app%20v1.js").await;
+    let body = verify(&net, &id, request, response).unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("Hello from an icos canister"));
 }

@@ -13,7 +13,7 @@ use replica::checkpoint::Recovery;
 use replica::{CallAnswer, Config, OpenError, Replica};
 use std::path::Path;
 
-const COUNTER: &str = include_str!("../../../canisters/counter.wat");
+const COUNTER: &str = example_canisters::COUNTER_WAT;
 
 fn config() -> Config {
     let key = BlsKey::generate();

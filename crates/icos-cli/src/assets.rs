@@ -1,0 +1,194 @@
+//! `icos canister http` and `icos canister upload`: the HTTP gateway protocol from the
+//! command line. A page is fetched with `http_request` (a query, its signature checked by
+//! ic-agent) and shown only if DFINITY's response verification accepts it against the
+//! network's root key, as a gateway would; files are uploaded through the asset canister's
+//! `put` method (see `canisters/assets.c`).
+
+use anyhow::{bail, Context, Result};
+use candid::{Decode, Encode};
+use ic_agent::Agent;
+use ic_http_certification::{HttpRequest, HttpResponse};
+use ic_principal::Principal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How far a certificate's time may be from ours (as gateways allow).
+const MAX_CERT_AGE: Duration = Duration::from_secs(300);
+/// The asset canister takes bodies up to this size in one `put`.
+const MAX_BODY: u64 = 1 << 20;
+
+/// A page whose body verified.
+pub struct Page {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub version: u8,
+    /// Where the root key came from, for the reader to judge.
+    pub root_key_source: String,
+}
+
+pub async fn http_get(agent: &Agent, canister: &Principal, path: &str) -> Result<Page> {
+    let request = HttpRequest::get(path).with_certificate_version(2).build();
+    let reply = agent
+        .query(canister, "http_request")
+        .with_arg(Encode!(&request).context("encoding the HttpRequest")?)
+        .call()
+        .await
+        .with_context(|| format!("querying http_request on {canister}"))?;
+    let response = Decode!(&reply, HttpResponse<'static>)
+        .with_context(|| format!("{canister}'s http_request answer is no HttpResponse"))?;
+    let status = response.status_code().as_u16();
+    let headers = response.headers().to_vec();
+    let root_key = agent.read_root_key();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    let info = ic_response_verification::verify_request_response_pair(
+        request,
+        response,
+        canister.as_slice(),
+        now.as_nanos(),
+        MAX_CERT_AGE.as_nanos(),
+        &root_key,
+        ic_response_verification::MIN_VERIFICATION_VERSION,
+    )
+    .with_context(|| {
+        format!("the answer for {path} from {canister} failed verification; it is not shown")
+    })?;
+    let body = info
+        .response
+        .map(|r| r.body)
+        .context("verification returned no body")?;
+    Ok(Page {
+        status,
+        headers,
+        body,
+        version: info.verification_version as u8,
+        root_key_source: short_hash(&root_key),
+    })
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(bytes)[..8])
+}
+
+/// A long header value (a certificate) cut to something a terminal can show.
+pub fn abbreviate(value: &str) -> String {
+    match value.char_indices().nth(96) {
+        Some((i, _)) => format!("{}... ({} bytes)", &value[..i], value.len()),
+        None => value.to_string(),
+    }
+}
+
+/// A file as uploaded.
+pub struct Uploaded {
+    pub path: String,
+    pub size: u64,
+    pub content_type: String,
+}
+
+/// Uploads every file under `dir`, served under `prefix`. Every file is checked before the
+/// first is sent, so a directory with one file too large uploads nothing.
+pub async fn upload(
+    agent: &Agent,
+    canister: &Principal,
+    dir: &Path,
+    prefix: &str,
+) -> Result<Vec<Uploaded>> {
+    if !prefix.starts_with('/') {
+        bail!("--prefix {prefix:?} must start with '/'");
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files).with_context(|| format!("reading {}", dir.display()))?;
+    files.sort();
+    if files.is_empty() {
+        bail!("{} holds no files", dir.display());
+    }
+    let mut plan = Vec::new();
+    for file in files {
+        let size = std::fs::metadata(&file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .len();
+        if size > MAX_BODY {
+            bail!(
+                "{} is {size} bytes; the asset canister takes at most {MAX_BODY} per file",
+                file.display()
+            );
+        }
+        let relative = file.strip_prefix(dir).expect("walk stays under dir");
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let path = format!("{}/{}", prefix.trim_end_matches('/'), parts.join("/"));
+        let content_type = content_type(&file);
+        plan.push((file, path, size, content_type));
+    }
+    let mut done = Vec::new();
+    for (file, path, size, content_type) in plan {
+        let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        agent
+            .update(canister, "put")
+            .with_arg(
+                Encode!(&path, &content_type, &serde_bytes::ByteBuf::from(body))
+                    .context("encoding put")?,
+            )
+            .call_and_wait()
+            .await
+            .with_context(|| format!("uploading {} as {path} to {canister}", file.display()))?;
+        done.push(Uploaded {
+            path,
+            size,
+            content_type,
+        });
+    }
+    Ok(done)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// The type a file's name implies; text types say their charset, as browsers need.
+fn content_type(file: &Path) -> String {
+    let mime = mime_guess::from_path(file).first_or_octet_stream();
+    match mime.type_() {
+        mime_guess::mime::TEXT => format!("{mime}; charset=utf-8"),
+        _ => mime.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_follow_the_name() {
+        assert_eq!(
+            content_type(Path::new("a/index.html")),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(content_type(Path::new("logo.png")), "image/png");
+        assert_eq!(
+            content_type(Path::new("no-extension")),
+            "application/octet-stream"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_on_a_character() {
+        assert_eq!(abbreviate("short"), "short");
+        let long = "é".repeat(200);
+        let cut = abbreviate(&long);
+        assert!(cut.ends_with("... (400 bytes)"), "{cut}");
+    }
+}
