@@ -35,7 +35,8 @@ pub enum ToolError {
     Failed {
         program: String,
         purpose: String,
-        status: String,
+        /// How it ended; some tools' exit codes mean something (`blkid`: 2 = nothing found).
+        status: std::process::ExitStatus,
         stderr: String,
     },
 }
@@ -141,6 +142,10 @@ pub fn run(cmd: &mut Command, purpose: &str) -> Result<String, ToolError> {
             purpose: purpose.to_string(),
             source,
         })?;
+    finish(program, purpose, out)
+}
+
+fn finish(program: String, purpose: &str, out: std::process::Output) -> Result<String, ToolError> {
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -152,11 +157,34 @@ pub fn run(cmd: &mut Command, purpose: &str) -> Result<String, ToolError> {
         return Err(ToolError::Failed {
             program,
             purpose: purpose.to_string(),
-            status: out.status.to_string(),
+            status: out.status,
             stderr: msg,
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// [`run`], with `input` written to the command's stdin (a key, so it never touches a file).
+pub fn run_with_input(cmd: &mut Command, input: &[u8], purpose: &str) -> Result<String, ToolError> {
+    use std::io::Write;
+    let program = describe(cmd);
+    let spawn_err = |source| ToolError::Spawn {
+        program: program.clone(),
+        purpose: purpose.to_string(),
+        source,
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // A tool that exits without reading (bad arguments) closes the pipe: its status says why.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    finish(program, purpose, out)
 }
 
 /// Check that every listed tool is installed; report all missing ones at once.

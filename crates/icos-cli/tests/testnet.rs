@@ -364,6 +364,28 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
             })
         },
     );
+    // Each node said on its console why it went back: the health check's own words.
+    for n in &state.nodes {
+        let logs = ["state/guest-serial.log.1", "state/guest-serial.log"]
+            .map(|f| std::fs::read_to_string(n.dir.join(f)).unwrap_or_default())
+            .concat();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("GUESTOS UPGRADE ROLLBACK"))
+            .unwrap_or_else(|| {
+                panic!("{} printed no rollback line\n{}", n.name, diagnostics(&dir))
+            });
+        assert!(
+            line.contains("from=1.2.0") && line.contains("to=1.1.0"),
+            "{}: {line}",
+            n.name
+        );
+        assert!(
+            line.contains("health check failed") && line.contains("payload is not healthy"),
+            "{}: {line}",
+            n.name
+        );
+    }
     // A few more loop rounds: nobody tries 1.2.0 again.
     std::thread::sleep(Duration::from_secs(40));
     for r in rows(&state) {

@@ -18,10 +18,6 @@ fn next() -> PathBuf {
     test_image("agent", "1.1.0", &[])
 }
 
-fn broken() -> PathBuf {
-    broken_image()
-}
-
 fn up(disk: &Path, args: &[&str]) -> Output {
     icos()
         .arg("upgrade")
@@ -439,112 +435,16 @@ fn power_cut_at_every_step_recovers() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// (a) 1.0.0 installs 1.1.0 from an HTTP server on the host, reboots into it and confirms;
-/// (b) then 1.2.0, whose health check fails, rolls back to 1.1.0 by itself.
+/// One VM life for the HTTP path of `icos upgrade` as an operator runs it on a node:
+/// (a) a package with one flipped byte and a truncated one are refused while the node keeps
+/// running; (b) QEMU killed in the middle of an install: the node boots its old version and
+/// the half-written slot is never activated; (c) 1.0.0 then installs 1.1.0 from an HTTP
+/// server on the host, reboots into it and confirms. Along the way, the encrypted data
+/// partition: made on the first boot, opened after the cut, kept across the upgrade, and
+/// unreadable on the raw disk. (A version whose health check fails
+/// rolls back in the testnet test, through the orchestrator, with the same images.)
 #[test]
-fn upgrade_over_http_then_unhealthy_version_rolls_back() {
-    let (base, next, broken) = (base(), next(), broken());
-    let dir = run_dir();
-    let disk = dir.join("http-upgrade.img");
-    sparse_copy(&base.join("disk.img"), &disk);
-    let server = HttpServer::start(
-        vec![
-            ("/1.1.0.tar", next.join("update.tar")),
-            ("/1.2.0.tar", broken.join("update.tar")),
-        ],
-        None,
-    );
-    let (mut vm, log, sock) = start_vm(&disk, "http-upgrade");
-    expect_line(
-        &mut vm,
-        &log,
-        "GUESTOS BOOT SUCCESS version=1.0.0 slot=A",
-        BOOT_TIMEOUT,
-    );
-    let mut agent = GuestShell::connect(&sock);
-    agent.wait_online();
-    let (rc, out) = agent.run(
-        &format!(
-            "icos upgrade install {} --sha256 {}",
-            server.guest_url("/1.1.0.tar"),
-            sha256_of(&next.join("update.tar"))
-        ),
-        INSTALL_TIMEOUT,
-    );
-    assert_eq!(rc, 0, "{out}");
-    assert!(out.contains("installed guestos 1.1.0 into slot B"), "{out}");
-    agent.send("icos upgrade activate --reboot");
-    drop(agent);
-    expect_line(
-        &mut vm,
-        &log,
-        "GUESTOS BOOT SUCCESS version=1.1.0 slot=B",
-        BOOT_TIMEOUT,
-    );
-    expect_line(
-        &mut vm,
-        &log,
-        "GUESTOS UPGRADE CONFIRMED version=1.1.0 slot=B",
-        BOOT_TIMEOUT,
-    );
-
-    let mut agent = GuestShell::connect(&sock);
-    let (rc, out) = agent.run("icos upgrade status", Duration::from_secs(60));
-    assert_eq!(rc, 0, "{out}");
-    assert!(out.contains("slot B: 1.1.0      confirmed"), "{out}");
-
-    let (rc, out) = agent.run(
-        &format!(
-            "icos upgrade install {} --sha256 {}",
-            server.guest_url("/1.2.0.tar"),
-            sha256_of(&broken.join("update.tar"))
-        ),
-        INSTALL_TIMEOUT,
-    );
-    assert_eq!(rc, 0, "{out}");
-    agent.send("icos upgrade activate --reboot");
-    drop(agent);
-    expect_line(
-        &mut vm,
-        &log,
-        "GUESTOS BOOT SUCCESS version=1.2.0 slot=A",
-        BOOT_TIMEOUT,
-    );
-    let line = expect_line(&mut vm, &log, "GUESTOS UPGRADE ROLLBACK", BOOT_TIMEOUT);
-    assert!(line.contains("from=1.2.0 slot=A to=1.1.0 slot=B"), "{line}");
-    assert!(
-        line.contains("health check failed") && line.contains("payload is not healthy"),
-        "{line}"
-    );
-    expect_line(
-        &mut vm,
-        &log,
-        "GUESTOS BOOT SUCCESS version=1.1.0 slot=B",
-        BOOT_TIMEOUT,
-    );
-
-    let mut agent = GuestShell::connect(&sock);
-    let (rc, out) = agent.run("icos upgrade status --json", Duration::from_secs(60));
-    assert_eq!(rc, 0, "{out}");
-    let s: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(s["current_slot"], "B");
-    assert_eq!(s["state"]["rollback_count"], 1);
-    assert_eq!(s["state"]["failed_versions"][0], "1.2.0");
-    assert_eq!(s["slots"][0]["state"], "bad");
-    let (_, metrics) = agent.run("icos upgrade metrics", Duration::from_secs(60));
-    assert!(
-        metrics.contains("icos_upgrade_rollbacks_total{kind=\"guestos\"} 1"),
-        "{metrics}"
-    );
-    drop(agent);
-    vm.shutdown(Duration::from_secs(60)).unwrap();
-}
-
-/// (d) a package with one flipped byte and a truncated one are refused while the node keeps
-/// running; (c) QEMU killed in the middle of an install: the node boots its old version and
-/// the half-written slot is never activated.
-#[test]
-fn bad_downloads_are_refused_and_a_killed_install_never_boots() {
+fn http_installs_refuse_bad_packages_survive_a_cut_and_confirm() {
     let (base, next) = (base(), next());
     let dir = run_dir();
     let pkg = next.join("update.tar");
@@ -561,15 +461,22 @@ fn bad_downloads_are_refused_and_a_killed_install_never_boots() {
         vec![
             ("/flipped.tar", flipped.clone()),
             ("/truncated.tar", truncated.clone()),
+            ("/1.1.0.tar", pkg.clone()),
         ],
         None,
     );
     // About 20 s for the whole package: long enough to pull the plug in the middle.
     let slow = HttpServer::start(vec![("/1.1.0.tar", pkg.clone())], Some(6 << 20));
 
-    let disk = dir.join("bad-downloads.img");
+    let disk = dir.join("http-upgrade.img");
     sparse_copy(&base.join("disk.img"), &disk);
-    let (mut vm, log, sock) = start_vm(&disk, "bad-downloads");
+    let (mut vm, log, sock) = start_vm(&disk, "http-upgrade");
+    // The first boot makes the data partition: a key, LUKS2, ext4 inside.
+    let line = expect_line(&mut vm, &log, "GUESTOS DATA", BOOT_TIMEOUT);
+    assert_eq!(
+        line,
+        "GUESTOS DATA READY luks2=new filesystem=new key=new at /var/lib/icos/data"
+    );
     expect_line(
         &mut vm,
         &log,
@@ -578,6 +485,16 @@ fn bad_downloads_are_refused_and_a_killed_install_never_boots() {
     );
     let mut agent = GuestShell::connect(&sock);
     agent.wait_online();
+    let (rc, out) = agent.run(
+        &format!(
+            "findmnt -no SOURCE,FSTYPE /var/lib/icos/data && cryptsetup status icos-data \
+             && echo {DATA_MARKER} > /var/lib/icos/data/marker && sync"
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("/dev/mapper/icos-data ext4"), "{out}");
+    assert!(out.contains("type:    LUKS2"), "{out}");
     let (rc, out) = agent.run(
         &format!(
             "icos upgrade install {} --sha256 {sha}",
@@ -612,7 +529,12 @@ fn bad_downloads_are_refused_and_a_killed_install_never_boots() {
     vm.kill();
     drop(vm);
 
-    let (mut vm, log, sock) = start_vm(&disk, "bad-downloads-after-cut");
+    let (mut vm, log, sock) = start_vm(&disk, "http-upgrade-after-cut");
+    let line = expect_line(&mut vm, &log, "GUESTOS DATA", BOOT_TIMEOUT);
+    assert_eq!(
+        line,
+        "GUESTOS DATA READY luks2=existing filesystem=existing key=existing at /var/lib/icos/data"
+    );
     let line = expect_line(
         &mut vm,
         &log,
@@ -628,9 +550,69 @@ fn bad_downloads_are_refused_and_a_killed_install_never_boots() {
         out.contains("interrupted"),
         "the cut install is reported: {out}"
     );
+
+    agent.wait_online();
+    let (rc, out) = agent.run(
+        &format!(
+            "icos upgrade install {} --sha256 {sha}",
+            server.guest_url("/1.1.0.tar")
+        ),
+        INSTALL_TIMEOUT,
+    );
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("installed guestos 1.1.0 into slot B"), "{out}");
+    agent.send("icos upgrade activate --reboot");
+    drop(agent);
+    expect_line(
+        &mut vm,
+        &log,
+        "GUESTOS BOOT SUCCESS version=1.1.0 slot=B",
+        BOOT_TIMEOUT,
+    );
+    expect_line(
+        &mut vm,
+        &log,
+        "GUESTOS UPGRADE CONFIRMED version=1.1.0 slot=B",
+        BOOT_TIMEOUT,
+    );
+    let mut agent = GuestShell::connect(&sock);
+    let (rc, out) = agent.run("icos upgrade status", Duration::from_secs(60));
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("slot B: 1.1.0      confirmed"), "{out}");
+    // The data partition belongs to no slot: what 1.0.0 wrote, 1.1.0 reads.
+    let (rc, out) = agent.run("cat /var/lib/icos/data/marker", Duration::from_secs(60));
+    assert_eq!((rc, out.trim()), (0, DATA_MARKER), "{out}");
     drop(agent);
     vm.shutdown(Duration::from_secs(60)).unwrap();
+    // On the disk the partition is LUKS2 and the marker is nowhere in it.
+    let data = disk_layout::read_partitions(&disk)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.label == "data")
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(&disk).unwrap();
+    let mut magic = [0u8; 6];
+    f.read_exact_at(&mut magic, data.start).unwrap();
+    assert_eq!(&magic, b"LUKS\xba\xbe", "the data partition is not LUKS");
+    // In 16 MiB windows that overlap by the marker's length.
+    let (chunk, overlap) = (16u64 << 20, DATA_MARKER.len() as u64);
+    let mut at = data.start;
+    while at < data.start + data.size {
+        let len = chunk.min(data.start + data.size - at) as usize;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, at).unwrap();
+        assert!(
+            !buf.windows(DATA_MARKER.len())
+                .any(|w| w == DATA_MARKER.as_bytes()),
+            "the marker is readable on the raw data partition near byte {at}"
+        );
+        at += chunk - overlap;
+    }
 }
+
+/// Written to the data partition by 1.0.0, read by 1.1.0, never seen on the raw disk.
+const DATA_MARKER: &str = "kept-across-upgrades-5c1e";
 
 /// A version whose kernel never reaches userspace (its root fails verification at boot)
 /// burns its boot tries; systemd-boot then starts the old slot, which records the rollback

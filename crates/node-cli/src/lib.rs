@@ -1,5 +1,5 @@
 //! The commands that run on a node: `upgrade` (the A/B engine), `hostos` (the HostOS agent),
-//! `orchestrator` (the GuestOS orchestrator), `channel` (the guest side of the host
+//! `orchestrator` (the GuestOS orchestrator), `data` (the GuestOS data partition), `channel` (the guest side of the host
 //! channel) and `setupos` (check and inject an operator's config, install a node). The node binary (`icos-node`, installed as `/usr/bin/icos` in every image) has
 //! only these; the developer tool `icos` flattens the same [`NodeCmd`] into its own commands,
 //! so both speak the same words.
@@ -17,6 +17,7 @@
 //! ```
 
 mod channel;
+mod data;
 mod hostos;
 mod orchestrator;
 mod report;
@@ -24,6 +25,7 @@ mod setupos;
 mod upgrade;
 
 pub use channel::ChannelCmd;
+pub use data::DataCmd;
 pub use hostos::HostosCmd;
 pub use orchestrator::OrchestratorCmd;
 pub use report::report;
@@ -58,6 +60,11 @@ pub enum NodeCmd {
         #[command(subcommand)]
         cmd: SetuposCmd,
     },
+    /// The GuestOS data partition (LUKS2, key on the config partition).
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
     /// Guest side of the host-guest channel.
     Channel {
         #[command(subcommand)]
@@ -80,6 +87,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<i32> {
         NodeCmd::Orchestrator { cmd } => orchestrator::orchestrator(cmd),
         NodeCmd::Channel { cmd, device } => channel::channel(cmd, device),
         NodeCmd::Setupos { cmd } => setupos::setupos(cmd),
+        NodeCmd::Data { cmd } => data::data(cmd),
     }
 }
 

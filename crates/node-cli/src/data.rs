@@ -1,0 +1,49 @@
+//! `icos data open`: the GuestOS data partition at boot (see the `data-volume` crate). Its
+//! console line is what the boot log shows; a failure names the stage and what to do.
+
+use anyhow::Result;
+use clap::Subcommand;
+use data_volume::DataVolume;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum DataCmd {
+    /// Open the encrypted data partition and mount it (formatting it only when blank).
+    Open {
+        /// The config partition holding the key.
+        #[arg(long, default_value = "/dev/disk/by-partlabel/config")]
+        config_store: PathBuf,
+        /// The raw data partition.
+        #[arg(long, default_value = "/dev/disk/by-partlabel/data")]
+        device: PathBuf,
+        #[arg(long, default_value = "/var/lib/icos/data")]
+        mount_point: PathBuf,
+    },
+}
+
+pub fn data(cmd: DataCmd) -> Result<i32> {
+    match cmd {
+        DataCmd::Open {
+            config_store,
+            device,
+            mount_point,
+        } => {
+            let v = DataVolume {
+                config_store,
+                device,
+                mount_point,
+                ..DataVolume::default()
+            };
+            match data_volume::open(&v) {
+                Ok(opened) => {
+                    println!("GUESTOS DATA READY {opened}");
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("GUESTOS DATA FAILURE: {e}");
+                    Ok(1)
+                }
+            }
+        }
+    }
+}
