@@ -34,13 +34,16 @@ pub fn data(cmd: DataCmd) -> Result<i32> {
                 mount_point,
                 ..DataVolume::default()
             };
+            // Straight to the console, as the boot status lines are: the line reads the same
+            // in a serial log as on a screen.
+            let console = daemon_support::Console::system();
             match data_volume::open(&v) {
                 Ok(opened) => {
-                    println!("GUESTOS DATA READY {opened}");
+                    console.line(&format!("GUESTOS DATA READY {opened}"));
                     Ok(0)
                 }
                 Err(e) => {
-                    println!("GUESTOS DATA FAILURE: {e}");
+                    console.line(&format!("GUESTOS DATA FAILURE: {e}"));
                     Ok(1)
                 }
             }
