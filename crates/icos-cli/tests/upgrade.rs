@@ -552,13 +552,25 @@ fn http_installs_refuse_bad_packages_survive_a_cut_and_confirm() {
     );
 
     agent.wait_online();
-    let (rc, out) = agent.run(
-        &format!(
-            "icos upgrade install {} --sha256 {sha}",
-            server.guest_url("/1.1.0.tar")
-        ),
-        INSTALL_TIMEOUT,
+    // Right after boot the boot-time reconcile may still hold the engine's lock; the engine
+    // says so and an operator tries again, as this does (bounded).
+    let install = format!(
+        "icos upgrade install {} --sha256 {sha}",
+        server.guest_url("/1.1.0.tar")
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (rc, out) = loop {
+        let (rc, out) = agent.run(&install, INSTALL_TIMEOUT);
+        if rc != 0
+            && out.contains("another icos upgrade operation is running")
+            && std::time::Instant::now() < deadline
+        {
+            eprintln!("install refused while another operation runs; trying again in 5 s");
+            std::thread::sleep(Duration::from_secs(5));
+            continue;
+        }
+        break (rc, out);
+    };
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("installed guestos 1.1.0 into slot B"), "{out}");
     agent.send("icos upgrade activate --reboot");
