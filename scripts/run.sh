@@ -32,6 +32,12 @@ fi
 step "icos testnet status"
 "$ICOS" testnet status --dir "$DIR"
 
+step "each node's data partition (LUKS2, its key on the config partition), from its GuestOS console"
+for log in "$DIR"/nodes/*/state/guest-serial.log; do
+  node=$(basename "$(dirname "$(dirname "$log")")")
+  grep -a -m1 -o "GUESTOS DATA.*" "$log" | sed "s/^/$node: /" || echo "$node: no data line yet"
+done
+
 step "a canister on a local replica (icos replica run, a process on this machine until the GuestOS runs it)"
 REPLICA_DIR="$DIR/replica"
 if [ -f "$REPLICA_DIR.pid" ]; then kill "$(cat "$REPLICA_DIR.pid")" 2>/dev/null || true; fi

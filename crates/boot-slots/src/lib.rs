@@ -82,6 +82,26 @@ pub fn open_fat(
     Esp::open(disk_layout::Window::whole(f).map_err(io_err(what()))?)
 }
 
+/// A new, empty FAT file system in a file of `size` bytes at `path` (created, or emptied if
+/// it exists): config disks, and config partitions in tests.
+pub fn create_fat(
+    path: &std::path::Path,
+    size: u64,
+    volume_id: u32,
+    label: &str,
+) -> Result<Esp<std::fs::File>, EspError> {
+    let what = || format!("{}", path.display());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(what()))?;
+    f.set_len(size).map_err(io_err(what()))?;
+    Esp::format(f, volume_id, label)
+}
+
 /// [`open_fat`] without write access (nothing can be changed through it).
 pub fn open_fat_read_only(
     path: &std::path::Path,

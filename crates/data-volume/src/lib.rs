@@ -293,15 +293,7 @@ mod tests {
 
     fn config_store(dir: &Path) -> PathBuf {
         let p = dir.join("config.img");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        f.set_len(16 << 20).unwrap();
-        boot_slots::Esp::format(f, 1, "CONFIG")
+        boot_slots::create_fat(&p, 16 << 20, 1, "CONFIG")
             .unwrap()
             .close()
             .unwrap();

@@ -23,8 +23,9 @@ pub struct Page {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub version: u8,
-    /// Where the root key came from, for the reader to judge.
-    pub root_key_source: String,
+    /// The first bytes of the SHA-256 of the root key it verified against, for the reader
+    /// to compare with the network's.
+    pub root_key_hash: String,
 }
 
 pub async fn http_get(agent: &Agent, canister: &Principal, path: &str) -> Result<Page> {
@@ -64,7 +65,7 @@ pub async fn http_get(agent: &Agent, canister: &Principal, path: &str) -> Result
         headers,
         body,
         version: info.verification_version as u8,
-        root_key_source: short_hash(&root_key),
+        root_key_hash: short_hash(&root_key),
     })
 }
 

@@ -239,7 +239,7 @@ async fn run(agent: &Agent, cmd: CanisterCmd) -> Result<i32> {
             eprintln!(
                 "HTTP {} from {canister}{path}: body verified (response verification v{}, \
                  which certifies the body only) against the root key with sha256 {}...",
-                page.status, page.version, page.root_key_source
+                page.status, page.version, page.root_key_hash
             );
             for (name, value) in &page.headers {
                 eprintln!("{name}: {}", assets::abbreviate(value));

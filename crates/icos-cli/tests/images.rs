@@ -194,6 +194,29 @@ fn builds_are_reproducible_and_verifiable() {
         .join(format!("guestos-{VERSION}"));
     let req = image_builder::BuildRequest::new(recipes().join("guestos"), VERSION, &again);
     let second = image_builder::build(&req).unwrap();
+    // What the testnet asks before it reuses an image folder: built from the recipe as it
+    // is now. A changed overlay file makes the folder stale; no manifest, no build.
+    assert!(req.is_built().unwrap());
+    let edited = run_dir().join("recipes-edited");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(recipes())
+        .arg(&edited)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::write(edited.join("guestos/files/etc/fstab"), "# edited\n").unwrap();
+    let stale = image_builder::BuildRequest::new(edited.join("guestos"), VERSION, &again);
+    assert!(
+        !stale.is_built().unwrap(),
+        "a changed recipe counts as built"
+    );
+    let none = image_builder::BuildRequest::new(recipes().join("guestos"), VERSION, &edited);
+    assert!(
+        !none.is_built().unwrap(),
+        "a folder without a manifest counts as built"
+    );
+    std::fs::remove_dir_all(&edited).unwrap();
     assert_eq!(
         first.outputs["disk.img"], second.outputs["disk.img"],
         "disk.img differs"

@@ -205,6 +205,16 @@ pub struct BuildRequest {
 }
 
 impl BuildRequest {
+    /// Whether `out` already holds a build of this recipe as it is now (the manifest's
+    /// recipe content hash). A missing or unreadable manifest is no build; a folder built
+    /// from an older recipe is stale.
+    pub fn is_built(&self) -> Result<bool, BuildError> {
+        let Ok(built) = BuildManifest::load(&self.out.join("manifest.json")) else {
+            return Ok(false);
+        };
+        Ok(built.recipe.content_hash == Recipe::load(&self.recipe_dir)?.content_hash()?)
+    }
+
     pub fn new(recipe_dir: impl Into<PathBuf>, version: &str, out: impl Into<PathBuf>) -> Self {
         BuildRequest {
             recipe_dir: recipe_dir.into(),

@@ -9,15 +9,16 @@ use std::path::PathBuf;
 #[derive(Subcommand)]
 pub enum DataCmd {
     /// Open the encrypted data partition and mount it (formatting it only when blank).
+    /// Without options, the GuestOS's own partitions and /var/lib/icos/data.
     Open {
         /// The config partition holding the key.
-        #[arg(long, default_value = "/dev/disk/by-partlabel/config")]
-        config_store: PathBuf,
+        #[arg(long)]
+        config_store: Option<PathBuf>,
         /// The raw data partition.
-        #[arg(long, default_value = "/dev/disk/by-partlabel/data")]
-        device: PathBuf,
-        #[arg(long, default_value = "/var/lib/icos/data")]
-        mount_point: PathBuf,
+        #[arg(long)]
+        device: Option<PathBuf>,
+        #[arg(long)]
+        mount_point: Option<PathBuf>,
     },
 }
 
@@ -28,11 +29,12 @@ pub fn data(cmd: DataCmd) -> Result<i32> {
             device,
             mount_point,
         } => {
+            let d = DataVolume::default();
             let v = DataVolume {
-                config_store,
-                device,
-                mount_point,
-                ..DataVolume::default()
+                config_store: config_store.unwrap_or(d.config_store),
+                device: device.unwrap_or(d.device),
+                mount_point: mount_point.unwrap_or(d.mount_point),
+                name: d.name,
             };
             // Straight to the console, as the boot status lines are: the line reads the same
             // in a serial log as on a screen.

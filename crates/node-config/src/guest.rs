@@ -95,16 +95,8 @@ fn disk_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> ConfigDiskError +
 pub fn write_config_disk(path: &Path, cfg: &GuestConfig) -> Result<(), ConfigDiskError> {
     let err = disk_err(path);
     let tmp = path.with_extension("tmp");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
+    let mut fat = boot_slots::create_fat(&tmp, DISK_SIZE, 0x1c05_c0f6, GUEST_CONFIG_LABEL)
         .map_err(|e| err(&e))?;
-    f.set_len(DISK_SIZE).map_err(|e| err(&e))?;
-    let mut fat =
-        boot_slots::Esp::format(f, 0x1c05_c0f6, GUEST_CONFIG_LABEL).map_err(|e| err(&e))?;
     let json = serde_json::to_vec_pretty(cfg).map_err(|e| err(&e))?;
     fat.write_file(GUEST_CONFIG_FILE, &mut json.as_slice())
         .map_err(|e| err(&e))?;

@@ -618,15 +618,7 @@ mod tests {
     use super::*;
 
     fn fat(path: &std::path::Path, files: &[(&str, &[u8])]) {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .unwrap();
-        f.set_len(8 << 20).unwrap();
-        let mut esp = boot_slots::Esp::format(f, 7, "ICOSCFG").unwrap();
+        let mut esp = boot_slots::create_fat(path, 8 << 20, 7, "ICOSCFG").unwrap();
         for (name, data) in files {
             esp.write_file(name, &mut &data[..]).unwrap();
         }

@@ -286,7 +286,8 @@ impl Report for Stderr {
     }
 }
 
-/// A GuestOS image folder for `version`: from `images` if built there, else built now.
+/// A GuestOS image folder for `version`: from `images` if built there from the recipe as it
+/// is now, else built now.
 pub fn image(
     state_images: &Path,
     recipes: &Path,
@@ -294,13 +295,30 @@ pub fn image(
     report: &dyn Report,
 ) -> Result<PathBuf, TestnetError> {
     let out = state_images.join(format!("guestos-{version}"));
-    if out.join("manifest.json").is_file() {
-        return Ok(out);
-    }
-    report.line(&format!("building GuestOS {version} (a minute or two)"));
     let req = image_builder::BuildRequest::new(recipes.join("guestos"), version, &out);
-    image_builder::build(&req).map_err(|e| msg(format!("building GuestOS {version}: {e}")))?;
+    ensure_built(&req, &format!("GuestOS {version}"), report)?;
     Ok(out)
+}
+
+/// Builds `req` unless its folder holds a build of its recipe as it is now (a changed recipe
+/// is rebuilt, and said so); whether it built.
+pub(crate) fn ensure_built(
+    req: &image_builder::BuildRequest,
+    what: &str,
+    report: &dyn Report,
+) -> Result<bool, TestnetError> {
+    let fail = |e: image_builder::BuildError| msg(format!("building {what}: {e}"));
+    if req.is_built().map_err(fail)? {
+        return Ok(false);
+    }
+    let why = if req.out.join("manifest.json").is_file() {
+        "its recipe changed since the last build"
+    } else {
+        "a minute or two"
+    };
+    report.line(&format!("building {what} ({why})"));
+    image_builder::build(req).map_err(fail)?;
+    Ok(true)
 }
 
 /// Copy a disk image keeping its holes (images are mostly zeros).

@@ -8,7 +8,7 @@
 //! too slowly to wait for; the VM is stopped once HostOS has shown its status. (The test
 //! suite's SetupOS test runs the installed GuestOS and sees the node register.)
 
-use crate::{copy_sparse, image, io, msg, Report, State, TestnetError};
+use crate::{copy_sparse, ensure_built, io, msg, Report, State, TestnetError};
 use node_status::hostos::AgentStatus;
 use regex::Regex;
 use std::path::{Path, PathBuf};
@@ -79,32 +79,34 @@ pub fn install_node(
 }
 
 /// The SetupOS image for `version` (HostOS and GuestOS of that version on it), built here
-/// when the images folder does not have it yet.
+/// when the images folder has none built from the recipes as they are now.
 fn setupos_image(
     state: &State,
     version: &str,
     report: &dyn Report,
 ) -> Result<PathBuf, TestnetError> {
-    let guestos = image(&state.images, &state.recipes, version, report)?;
     let built = |kind: &str| state.images.join(format!("{kind}-{version}"));
-    let hostos = built("hostos");
-    if !hostos.join("manifest.json").is_file() {
-        report.line(&format!("building HostOS {version} (a minute or two)"));
-        let req = image_builder::BuildRequest::new(state.recipes.join("hostos"), version, &hostos);
-        image_builder::build(&req).map_err(|e| msg(format!("building HostOS {version}: {e}")))?;
-    }
-    let setupos = built("setupos");
-    if !setupos.join("manifest.json").is_file() {
+    let request = |kind: &str| {
+        image_builder::BuildRequest::new(state.recipes.join(kind), version, built(kind))
+    };
+    let guestos = request("guestos");
+    let hostos = request("hostos");
+    let mut inputs_built = ensure_built(&guestos, &format!("GuestOS {version}"), report)?;
+    inputs_built |= ensure_built(&hostos, &format!("HostOS {version}"), report)?;
+    let mut setupos = request("setupos");
+    setupos.hostos = Some(hostos.out);
+    setupos.guestos = Some(guestos.out);
+    if inputs_built {
+        // It carries both images: new ones make it stale whatever its recipe says.
         report.line(&format!(
-            "building SetupOS {version} (a minute or two; it carries both images)"
+            "building SetupOS {version} (it carries both images)"
         ));
-        let mut req =
-            image_builder::BuildRequest::new(state.recipes.join("setupos"), version, &setupos);
-        req.hostos = Some(hostos);
-        req.guestos = Some(guestos);
-        image_builder::build(&req).map_err(|e| msg(format!("building SetupOS {version}: {e}")))?;
+        image_builder::build(&setupos)
+            .map_err(|e| msg(format!("building SetupOS {version}: {e}")))?;
+    } else {
+        ensure_built(&setupos, &format!("SetupOS {version}"), report)?;
     }
-    Ok(setupos)
+    Ok(setupos.out)
 }
 
 /// The folder a node provider writes: `config.ini`, `deployment.json`, the operator key.
