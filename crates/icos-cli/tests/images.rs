@@ -182,6 +182,15 @@ fn initramfs_creates_a_wiped_var_and_recreates_a_broken_one() {
     }
 }
 
+/// Collects what the testnet reports.
+#[derive(Default)]
+struct Lines(std::cell::RefCell<Vec<String>>);
+impl testnet::Report for Lines {
+    fn line(&self, text: &str) {
+        self.0.borrow_mut().push(text.to_string());
+    }
+}
+
 /// Two builds of the same version from the same inputs are bit-identical, and
 /// `icos verify-build` says so; a manifest that records a different root image is
 /// reported with that part's name.
@@ -211,6 +220,21 @@ fn builds_are_reproducible_and_verifiable() {
         !stale.is_built().unwrap(),
         "a changed recipe counts as built"
     );
+    // The testnet rebuilds its own stale folders, but a linked one is somebody's build of
+    // another recipe on purpose: used as it is, said so, and never written through.
+    let link = run_dir().join("guestos-linked");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&again, &link).unwrap();
+    let linked = image_builder::BuildRequest::new(edited.join("guestos"), VERSION, &link);
+    let said = Lines::default();
+    assert!(!testnet::ensure_built(&linked, "GuestOS", &said).unwrap());
+    assert!(
+        said.0.borrow()[0].contains("as it is (a link to"),
+        "{:?}",
+        said.0.borrow()
+    );
+    assert!(req.is_built().unwrap(), "the link's target was rebuilt");
+    std::fs::remove_file(&link).unwrap();
     let none = image_builder::BuildRequest::new(recipes().join("guestos"), VERSION, &edited);
     assert!(
         !none.is_built().unwrap(),

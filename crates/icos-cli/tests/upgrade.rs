@@ -524,7 +524,13 @@ fn http_installs_refuse_bad_packages_survive_a_cut_and_confirm() {
         "icos upgrade install {} --sha256 {sha}",
         slow.guest_url("/1.1.0.tar")
     ));
-    std::thread::sleep(Duration::from_secs(8));
+    // Cut once the guest is well into the download (the install's start is durable before
+    // the first byte is read), not after a guessed sleep that a loaded machine can outrun.
+    assert!(
+        slow.wait_sent(8 << 20, Duration::from_secs(180)),
+        "the guest never got 8 MiB into the slow download ({} bytes sent)",
+        slow.bytes_sent()
+    );
     drop(agent);
     vm.kill();
     drop(vm);

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ type Resolver = Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>;
 pub struct HttpServer {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
 }
 
 impl HttpServer {
@@ -52,6 +53,8 @@ impl HttpServer {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let sent = Arc::new(AtomicU64::new(0));
+        let sent2 = sent.clone();
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 let (conn, _) = match listener.accept() {
@@ -63,10 +66,31 @@ impl HttpServer {
                 };
                 let resolve = resolve.clone();
                 let stop3 = stop2.clone();
-                std::thread::spawn(move || serve_one(conn, &*resolve, bytes_per_sec, &stop3));
+                let sent3 = sent2.clone();
+                std::thread::spawn(move || {
+                    serve_one(conn, &*resolve, bytes_per_sec, &stop3, &sent3)
+                });
             }
         });
-        HttpServer { port, stop }
+        HttpServer { port, stop, sent }
+    }
+
+    /// Body bytes written to clients so far, over all responses: a test waits on this to know
+    /// a client is in the middle of a download instead of guessing with a sleep.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Wait until at least `bytes` body bytes have been sent; false on timeout.
+    pub fn wait_sent(&self, bytes: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.bytes_sent() < bytes {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
     }
 
     /// URL of a path as a QEMU guest sees the host (user networking).
@@ -91,6 +115,7 @@ fn serve_one(
     resolve: &(dyn Fn(&str) -> Option<PathBuf> + Send + Sync),
     bytes_per_sec: Option<u64>,
     stop: &AtomicBool,
+    total: &AtomicU64,
 ) {
     conn.set_nonblocking(false).unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -158,6 +183,7 @@ fn serve_one(
             return;
         }
         sent += n as u64;
+        total.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(bps) = bytes_per_sec {
             let due = Duration::from_secs_f64(sent as f64 / bps as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {

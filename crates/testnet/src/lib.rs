@@ -302,7 +302,11 @@ pub fn image(
 
 /// Builds `req` unless its folder holds a build of its recipe as it is now (a changed recipe
 /// is rebuilt, and said so); whether it built.
-pub(crate) fn ensure_built(
+///
+/// A folder that is a symbolic link was put there by someone else (an operator's or a test's
+/// own build, often of another recipe on purpose): it is used as it is and never rebuilt,
+/// since building would write through the link into their folder.
+pub fn ensure_built(
     req: &image_builder::BuildRequest,
     what: &str,
     report: &dyn Report,
@@ -311,7 +315,26 @@ pub(crate) fn ensure_built(
     if req.is_built().map_err(fail)? {
         return Ok(false);
     }
-    let why = if req.out.join("manifest.json").is_file() {
+    let has_manifest = req.out.join("manifest.json").is_file();
+    let linked = req.out.is_symlink();
+    if linked && has_manifest {
+        let target = std::fs::read_link(&req.out)
+            .map_err(io(format!("reading the link {}", req.out.display())))?;
+        report.line(&format!(
+            "{what}: using {} as it is (a link to {}, built from another recipe)",
+            req.out.display(),
+            target.display()
+        ));
+        return Ok(false);
+    }
+    if linked {
+        return Err(msg(format!(
+            "{what}: {} is a link to a folder without a build (no manifest.json); \
+             remove the link or build into its target",
+            req.out.display()
+        )));
+    }
+    let why = if has_manifest {
         "its recipe changed since the last build"
     } else {
         "a minute or two"
