@@ -203,8 +203,8 @@ fn builds_are_reproducible_and_verifiable() {
         .join(format!("guestos-{VERSION}"));
     let req = image_builder::BuildRequest::new(recipes().join("guestos"), VERSION, &again);
     let second = image_builder::build(&req).unwrap();
-    // What the testnet asks before it reuses an image folder: built from the recipe as it
-    // is now. A changed overlay file makes the folder stale; no manifest, no build.
+    // What the testnet asks before it reuses an image folder: built from the recipe and the
+    // icos source as they are now. A changed overlay file makes the folder stale; no manifest, no build.
     assert!(req.is_built().unwrap());
     let edited = run_dir().join("recipes-edited");
     let cp = std::process::Command::new("cp")
@@ -235,6 +235,36 @@ fn builds_are_reproducible_and_verifiable() {
     );
     assert!(req.is_built().unwrap(), "the link's target was rebuilt");
     std::fs::remove_file(&link).unwrap();
+    // The manifest records the icos binaries it carries: a source change (here, a recorded
+    // digest that no longer matches what the source builds) makes the folder stale too.
+    let copy = run_dir().join("guestos-source-changed");
+    std::fs::create_dir_all(&copy).unwrap();
+    let mut m = second.clone();
+    assert_eq!(
+        m.binaries.keys().collect::<Vec<_>>(),
+        ["icos-init", "icos-node"]
+    );
+    let as_built = image_builder::BuildRequest::new(recipes().join("guestos"), VERSION, &copy);
+    std::fs::write(
+        copy.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        as_built.is_built().unwrap(),
+        "the same source counts as stale"
+    );
+    m.binaries.get_mut("icos-node").unwrap().sha256 = "00".repeat(32).parse().unwrap();
+    std::fs::write(
+        copy.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !as_built.is_built().unwrap(),
+        "another icos-node counts as built"
+    );
+    std::fs::remove_dir_all(&copy).unwrap();
     let none = image_builder::BuildRequest::new(recipes().join("guestos"), VERSION, &edited);
     assert!(
         !none.is_built().unwrap(),

@@ -196,9 +196,39 @@ fn offline_lifecycle_and_refusals() {
     assert!(text(&o).contains("has no boot entry"), "{}", text(&o));
     std::fs::remove_file(&noentry).unwrap();
 
-    // The real thing: install, activate (trial), refuse a second install, confirm, roll back.
-    let o = up(&disk, &["install", pkg_s, "--sha256", &sha]);
+    // Another operation holds the engine (as the boot-time confirmation does): `--wait 0`
+    // refuses at once and names it; the default waits, says why once, and goes on when the
+    // lock is released.
+    let mut holder = Engine::open_disk(&disk).unwrap();
+    holder.lock().unwrap();
+    let o = up(&disk, &["--wait", "0", "install", pkg_s, "--sha256", &sha]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("another icos upgrade operation is running on"),
+        "{}",
+        text(&o)
+    );
+    assert_untouched(&disk, "locked");
+    let waiting = icos()
+        .args(["upgrade", "--disk"])
+        .arg(&disk)
+        .args(["install", pkg_s, "--sha256", &sha])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    drop(holder);
+    // The real thing: install (the one that waited), activate (trial), refuse a second
+    // install, confirm, roll back.
+    let o = waiting.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        text(&o).matches("waiting up to 600 s").count(),
+        1,
+        "{}",
+        text(&o)
+    );
     assert!(
         text(&o).contains("installed guestos 1.1.0 into slot B"),
         "{}",
@@ -558,25 +588,15 @@ fn http_installs_refuse_bad_packages_survive_a_cut_and_confirm() {
     );
 
     agent.wait_online();
-    // Right after boot the boot-time reconcile may still hold the engine's lock; the engine
-    // says so and an operator tries again, as this does (bounded).
-    let install = format!(
-        "icos upgrade install {} --sha256 {sha}",
-        server.guest_url("/1.1.0.tar")
+    // Right after boot the boot-time reconcile may still hold the engine's lock: the install
+    // waits for it.
+    let (rc, out) = agent.run(
+        &format!(
+            "icos upgrade install {} --sha256 {sha}",
+            server.guest_url("/1.1.0.tar")
+        ),
+        INSTALL_TIMEOUT,
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let (rc, out) = loop {
-        let (rc, out) = agent.run(&install, INSTALL_TIMEOUT);
-        if rc != 0
-            && out.contains("another icos upgrade operation is running")
-            && std::time::Instant::now() < deadline
-        {
-            eprintln!("install refused while another operation runs; trying again in 5 s");
-            std::thread::sleep(Duration::from_secs(5));
-            continue;
-        }
-        break (rc, out);
-    };
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("installed guestos 1.1.0 into slot B"), "{out}");
     agent.send("icos upgrade activate --reboot");

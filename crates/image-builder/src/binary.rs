@@ -64,6 +64,19 @@ pub fn build_binaries(
     })
 }
 
+impl Binaries {
+    /// SHA-256 and size of each, by the name the manifest records.
+    pub fn digests(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::Digested>, BuildError> {
+        Ok([
+            ("icos-node".to_string(), crate::digest_file(&self.icos)?),
+            ("icos-init".to_string(), crate::digest_file(&self.init)?),
+        ]
+        .into())
+    }
+}
+
 const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Run `cargo build --release --locked ARGS` in `source` into the `target` dir.

@@ -152,6 +152,10 @@ pub struct BuildManifest {
     pub base: BaseRef,
     pub size_overrides: BTreeMap<String, u64>,
     pub inputs: BTreeMap<String, InputRef>,
+    /// The icos binaries the image carries (`icos-node`, `icos-init`), as built: a later
+    /// build from a changed source tree is told apart without unpacking the root image.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binaries: BTreeMap<String, Digested>,
     /// SetupOS only: its release date (an input, like the version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released: Option<String>,
@@ -205,14 +209,27 @@ pub struct BuildRequest {
 }
 
 impl BuildRequest {
-    /// Whether `out` already holds a build of this recipe as it is now (the manifest's
-    /// recipe content hash). A missing or unreadable manifest is no build; a folder built
-    /// from an older recipe is stale.
+    /// Whether `out` already holds a build of this recipe and of the icos source as they are
+    /// now (the manifest's recipe content hash and binary digests; the binaries are built to
+    /// compare, which cargo makes a no-op when nothing changed). A missing or unreadable
+    /// manifest is no build; a folder built from an older recipe or source is stale.
     pub fn is_built(&self) -> Result<bool, BuildError> {
         let Ok(built) = BuildManifest::load(&self.out.join("manifest.json")) else {
             return Ok(false);
         };
-        Ok(built.recipe.content_hash == Recipe::load(&self.recipe_dir)?.content_hash()?)
+        if built.recipe.content_hash != Recipe::load(&self.recipe_dir)?.content_hash()? {
+            return Ok(false);
+        }
+        if built.binaries.is_empty() {
+            return Ok(false);
+        }
+        let progress = progress::Progress::new(
+            &format!("{} {} (is it current?)", built.image, built.version),
+            1,
+        );
+        progress.detail("building the icos binaries to compare");
+        let bins = binary::build_binaries(&self.source, &self.cache, &progress)?;
+        Ok(bins.digests()? == built.binaries)
     }
 
     pub fn new(recipe_dir: impl Into<PathBuf>, version: &str, out: impl Into<PathBuf>) -> Self {

@@ -406,6 +406,7 @@ impl<'a> Build<'a> {
             },
             size_overrides: self.req.size_overrides.clone(),
             inputs,
+            binaries: root.bins.digests()?,
             released: self.released.clone(),
             kernel_version: root.tree.kernel_version.clone(),
             cmdline: recipe.kernel.cmdline.clone(),

@@ -44,6 +44,10 @@ pub enum NodeCmd {
         /// Act on this disk image instead of the running system.
         #[arg(long, global = true)]
         disk: Option<PathBuf>,
+        /// Seconds a change (install, activate, confirm, rollback) waits for another
+        /// operation to finish, e.g. the boot-time confirmation of a trial; 0 fails at once.
+        #[arg(long, global = true, default_value_t = 600)]
+        wait: u64,
     },
     /// The HostOS agent: run it, ask it for status.
     Hostos {
@@ -82,7 +86,9 @@ pub enum NodeCmd {
 /// Run a node command; the exit code on success.
 pub fn run(cmd: NodeCmd) -> anyhow::Result<i32> {
     match cmd {
-        NodeCmd::Upgrade { cmd, disk } => upgrade::upgrade(cmd, disk),
+        NodeCmd::Upgrade { cmd, disk, wait } => {
+            upgrade::upgrade(cmd, disk, std::time::Duration::from_secs(wait))
+        }
         NodeCmd::Hostos { cmd } => hostos::hostos(cmd),
         NodeCmd::Orchestrator { cmd } => orchestrator::orchestrator(cmd),
         NodeCmd::Channel { cmd, device } => channel::channel(cmd, device),

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use sha256_hex::Sha256Hex;
 use std::path::PathBuf;
+use std::time::Duration;
 use upgrade_engine::health::{HealthCheck, HealthOverrides};
 
 #[derive(Subcommand)]
@@ -73,9 +74,26 @@ fn reboot() -> Result<()> {
     Ok(daemon_support::reboot()?)
 }
 
-pub fn upgrade(cmd: UpgradeCmd, disk: Option<PathBuf>) -> Result<i32> {
+/// Take the engine lock for a change before anything else (an install's download must not
+/// sit open while it waits), saying once why it waits.
+fn lock(engine: &mut upgrade_engine::Engine, wait: Duration) -> Result<()> {
+    let secs = wait.as_secs();
+    engine
+        .lock_within(wait, || {
+            eprintln!(
+                "icos upgrade: another upgrade operation is running (at boot, the confirmation \
+                 of a trial runs until it is healthy); waiting up to {secs} s for it to finish"
+            )
+        })
+        .context("taking the upgrade engine's lock")
+}
+
+pub fn upgrade(cmd: UpgradeCmd, disk: Option<PathBuf>, wait: Duration) -> Result<i32> {
     let running = disk.is_none();
     let mut engine = open_engine(&disk)?;
+    if !matches!(cmd, UpgradeCmd::Status { .. } | UpgradeCmd::Metrics) {
+        lock(&mut engine, wait)?;
+    }
     let result = match cmd {
         UpgradeCmd::Install { package, sha256 } => {
             let mut src = upgrade_engine::source::open(&package)?;

@@ -286,8 +286,8 @@ impl Report for Stderr {
     }
 }
 
-/// A GuestOS image folder for `version`: from `images` if built there from the recipe as it
-/// is now, else built now.
+/// A GuestOS image folder for `version`: from `images` if built there from the recipe and
+/// the icos source as they are now, else built now.
 pub fn image(
     state_images: &Path,
     recipes: &Path,
@@ -300,8 +300,8 @@ pub fn image(
     Ok(out)
 }
 
-/// Builds `req` unless its folder holds a build of its recipe as it is now (a changed recipe
-/// is rebuilt, and said so); whether it built.
+/// Builds `req` unless its folder holds a build of its recipe and source as they are now (a
+/// stale one is rebuilt, and said so); whether it built.
 ///
 /// A folder that is a symbolic link was put there by someone else (an operator's or a test's
 /// own build, often of another recipe on purpose): it is used as it is and never rebuilt,
@@ -321,7 +321,7 @@ pub fn ensure_built(
         let target = std::fs::read_link(&req.out)
             .map_err(io(format!("reading the link {}", req.out.display())))?;
         report.line(&format!(
-            "{what}: using {} as it is (a link to {}, built from another recipe)",
+            "{what}: using {} as it is (a link to {}, built from another recipe or source)",
             req.out.display(),
             target.display()
         ));
@@ -335,7 +335,7 @@ pub fn ensure_built(
         )));
     }
     let why = if has_manifest {
-        "its recipe changed since the last build"
+        "its recipe or the icos source changed since the last build"
     } else {
         "a minute or two"
     };

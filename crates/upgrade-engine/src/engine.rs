@@ -228,6 +228,29 @@ impl Engine {
         Ok(())
     }
 
+    /// [`Engine::lock`], waiting up to `wait` while another operation holds the lock (the
+    /// boot-time confirmation holds it until the trial is healthy, up to its deadline).
+    /// `waiting` runs once, before the first wait, so a caller can say why it pauses.
+    pub fn lock_within(
+        &mut self,
+        wait: std::time::Duration,
+        waiting: impl FnOnce(),
+    ) -> Result<(), EngineError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut waiting = Some(waiting);
+        loop {
+            match self.lock() {
+                Err(EngineError::Busy(_)) if std::time::Instant::now() < deadline => {
+                    if let Some(say) = waiting.take() {
+                        say();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn open(path: &Path, mode: Mode, console: bool) -> Result<Engine, EngineError> {
         let file = OpenOptions::new()
             .read(true)
