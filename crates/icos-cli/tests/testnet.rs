@@ -160,6 +160,14 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     let reg = state.api().snapshot(None).unwrap().registry;
     assert_eq!(reg.nodes.len(), 2, "{:?}", reg.nodes);
     assert_eq!(reg.subnets["subnet-1"].guestos_version, "1.0.0");
+    // `up` returns once each orchestrator has seen itself registered and in its subnet, so
+    // a status right after it never says "not registered".
+    for r in rows(&state) {
+        assert!(
+            orch(&r).registered && orch(&r).subnet.as_deref() == Some("subnet-1"),
+            "right after up: {r:?}"
+        );
+    }
     wait_until(
         &dir,
         "both nodes settled on 1.0.0",

@@ -421,7 +421,38 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
     }
     wait_registered(&mut state, report)?;
     create_subnets(&mut state, spec, report)?;
+    wait_following(&state, report)?;
     Ok(state)
+}
+
+/// Until every orchestrator has seen, in its verified registry, itself registered and in its
+/// subnet: the registry shows a registration before the node's next sync does, and a status
+/// taken in between would say "not registered" of a node that is.
+fn wait_following(state: &State, report: &dyn Report) -> Result<(), TestnetError> {
+    let end = Instant::now() + Duration::from_secs(300);
+    loop {
+        let rows = status(state);
+        let lagging: Vec<String> = rows
+            .iter()
+            .filter(|r| {
+                !r.orchestrator
+                    .as_ref()
+                    .is_some_and(|o| o.registered && o.subnet == r.subnet)
+            })
+            .map(|r| format!("{} ({})", r.name, r.health))
+            .collect();
+        if lagging.is_empty() {
+            report.line("every node follows the registry (registered, in its subnet)");
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(msg(format!(
+                "nodes registered but not following the registry within 5 minutes: {}; see the logs folder and `icos testnet status`",
+                lagging.join(", ")
+            )));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// The spec with absolute paths: nginx resolves a relative `-c` against its own prefix, and
