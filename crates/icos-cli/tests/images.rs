@@ -245,21 +245,20 @@ fn builds_are_reproducible_and_verifiable() {
         ["icos-init", "icos-node"]
     );
     let as_built = image_builder::BuildRequest::new(recipes().join("guestos"), VERSION, &copy);
-    std::fs::write(
-        copy.join("manifest.json"),
-        serde_json::to_vec_pretty(&m).unwrap(),
-    )
-    .unwrap();
+    let record = |m: &image_builder::BuildManifest| {
+        std::fs::write(
+            copy.join("manifest.json"),
+            serde_json::to_vec_pretty(m).unwrap(),
+        )
+        .unwrap()
+    };
+    record(&m);
     assert!(
         as_built.is_built().unwrap(),
         "the same source counts as stale"
     );
     m.binaries.get_mut("icos-node").unwrap().sha256 = "00".repeat(32).parse().unwrap();
-    std::fs::write(
-        copy.join("manifest.json"),
-        serde_json::to_vec_pretty(&m).unwrap(),
-    )
-    .unwrap();
+    record(&m);
     assert!(
         !as_built.is_built().unwrap(),
         "another icos-node counts as built"

@@ -18,14 +18,15 @@ fn next() -> PathBuf {
     test_image("agent", "1.1.0", &[])
 }
 
+/// `icos upgrade --disk DISK ARGS`.
+fn up_cmd(disk: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = icos();
+    cmd.arg("upgrade").arg("--disk").arg(disk).args(args);
+    cmd
+}
+
 fn up(disk: &Path, args: &[&str]) -> Output {
-    icos()
-        .arg("upgrade")
-        .arg("--disk")
-        .arg(disk)
-        .args(args)
-        .output()
-        .unwrap()
+    up_cmd(disk, args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -209,19 +210,28 @@ fn offline_lifecycle_and_refusals() {
         text(&o)
     );
     assert_untouched(&disk, "locked");
-    let waiting = icos()
-        .args(["upgrade", "--disk"])
-        .arg(&disk)
-        .args(["install", pkg_s, "--sha256", &sha])
+    // Released once the waiting install says it waits (not after a guessed sleep).
+    let mut waiting = up_cmd(&disk, &["install", pkg_s, "--sha256", &sha])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let mut said = String::new();
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    while !said.contains("waiting up to 600 s") {
+        if std::io::BufRead::read_line(&mut stderr, &mut said).unwrap() == 0 {
+            break;
+        }
+    }
     drop(holder);
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
     // The real thing: install (the one that waited), activate (trial), refuse a second
     // install, confirm, roll back.
     let o = waiting.wait_with_output().unwrap();
+    let o = Output {
+        stderr: said.into_bytes(),
+        ..o
+    };
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
         text(&o).matches("waiting up to 600 s").count(),

@@ -15,6 +15,7 @@ use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use update_package::reader::ReadError;
 use update_package::{ImageKind, PackageError, Sha256Hex, UpdateManifest};
 
@@ -233,18 +234,18 @@ impl Engine {
     /// `waiting` runs once, before the first wait, so a caller can say why it pauses.
     pub fn lock_within(
         &mut self,
-        wait: std::time::Duration,
+        wait: Duration,
         waiting: impl FnOnce(),
     ) -> Result<(), EngineError> {
-        let deadline = std::time::Instant::now() + wait;
+        let deadline = Instant::now() + wait;
         let mut waiting = Some(waiting);
         loop {
             match self.lock() {
-                Err(EngineError::Busy(_)) if std::time::Instant::now() < deadline => {
+                Err(EngineError::Busy(_)) if Instant::now() < deadline => {
                     if let Some(say) = waiting.take() {
                         say();
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(250));
+                    std::thread::sleep(Duration::from_millis(250));
                 }
                 other => return other,
             }
