@@ -38,7 +38,14 @@ for log in "$DIR"/nodes/*/state/guest-serial.log; do
   grep -a -m1 -o "GUESTOS DATA.*" "$log" | sed "s/^/$node: /" || echo "$node: no data line yet"
 done
 
-step "a canister on a local replica (icos replica run, a process on this machine until the GuestOS runs it)"
+step "each node's replica (its subnet's key delegated by the genesis root key), from its GuestOS console"
+for log in "$DIR"/nodes/*/state/guest-serial.log; do
+  node=$(basename "$(dirname "$(dirname "$log")")")
+  grep -a -o "GUESTOS REPLICA.*" "$log" | tail -1 | sed "s/^/$node: /" || echo "$node: no replica line yet"
+done
+echo "(subnet-1 has two nodes and refuses calls until subnets replicate; the counter below runs on a replica of its own)"
+
+step "a canister on a local replica (icos replica run: one node that is its own subnet)"
 REPLICA_DIR="$DIR/replica"
 if [ -f "$REPLICA_DIR.pid" ]; then kill "$(cat "$REPLICA_DIR.pid")" 2>/dev/null || true; fi
 mkdir -p "$REPLICA_DIR"

@@ -145,3 +145,60 @@ pub fn delegate(
         certificate: to_cbor(&cert)?,
     })
 }
+
+/// What a checked delegation says: the subnet, its public key and its canister ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delegated {
+    pub subnet_id: Principal,
+    pub public_key_der: Vec<u8>,
+    pub ranges: Vec<(Principal, Principal)>,
+}
+
+/// Why a delegation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DelegationError {
+    #[error("the delegation's certificate is not CBOR of a certificate: {0}")]
+    Decode(String),
+    #[error("the delegation's certificate is itself delegated (only the root key may delegate)")]
+    Nested,
+    #[error("the delegation is not signed by the network's root key: {0}")]
+    Signature(KeyError),
+    #[error("the delegation's certificate has no {0}")]
+    Missing(&'static str),
+    #[error("the delegation's canister ranges are not CBOR of principal pairs")]
+    Ranges,
+}
+
+/// Check a delegation as an agent does: signed by the root key (`root_der`), naming its
+/// subnet's public key and canister ranges. Returns what it delegates.
+pub fn check_delegation(
+    root_der: &[u8],
+    delegation: &Delegation,
+) -> Result<Delegated, DelegationError> {
+    let cert: Certificate = serde_cbor::from_slice(&delegation.certificate)
+        .map_err(|e| DelegationError::Decode(e.to_string()))?;
+    if cert.delegation.is_some() {
+        return Err(DelegationError::Nested);
+    }
+    verify_signature(
+        root_der,
+        &state_root_message(&cert.tree.digest()),
+        &cert.signature,
+    )
+    .map_err(DelegationError::Signature)?;
+    let sid = delegation.subnet_id.as_slice();
+    let found =
+        |label: &'static str| match cert.tree.lookup_path([b"subnet", sid, label.as_bytes()]) {
+            ic_certification::LookupResult::Found(v) => Ok(v.to_vec()),
+            _ => Err(DelegationError::Missing(label)),
+        };
+    let public_key_der = found("public_key")?;
+    let ranges: Vec<(Principal, Principal)> =
+        serde_cbor::from_slice(&found("canister_ranges")?).map_err(|_| DelegationError::Ranges)?;
+    Ok(Delegated {
+        subnet_id: Principal::try_from_slice(sid)
+            .map_err(|_| DelegationError::Missing("valid subnet id"))?,
+        public_key_der,
+        ranges,
+    })
+}

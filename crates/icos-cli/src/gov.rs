@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use registry_client::api::Api;
+use registry_model::subnet_key::{self, SubnetKey};
 use registry_model::{
     keys, Action, CanisterRange, Elected, FirewallRule, FirewallScope, Genesis, Registration,
     SignedRegistration, SignedVote, Vote,
@@ -129,12 +130,23 @@ pub enum ProposeCmd {
         ranges: Vec<String>,
         #[arg(long)]
         guestos: String,
+        /// The network's root key (`root.bls` of the genesis maker): makes the subnet's key,
+        /// delegates it, and seals it to each node. Required when the genesis has a root key.
+        #[arg(long)]
+        root_key: Option<PathBuf>,
+        /// Keep the subnet's secret key here (mode 0600): adding nodes later needs it.
+        #[arg(long)]
+        subnet_key_out: Option<PathBuf>,
     },
     AddNodes {
         #[arg(long)]
         subnet: String,
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
+        /// The subnet's secret key (from `create-subnet --subnet-key-out`), sealed to each
+        /// new node. Required when the subnet has a key.
+        #[arg(long)]
+        subnet_key: Option<PathBuf>,
     },
     RemoveNodes {
         #[arg(long)]
@@ -238,6 +250,13 @@ pub enum RegistryCmd {
     },
 }
 
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 /// The neuron id a key belongs to, looked up in the registry.
 fn neuron_of(api: &Api, key: &keys::SecretKey) -> Result<u64> {
     let pk = keys::public_hex(key);
@@ -250,7 +269,7 @@ fn neuron_of(api: &Api, key: &keys::SecretKey) -> Result<u64> {
         .with_context(|| format!("no neuron in the registry has the public key {pk}"))
 }
 
-fn action_of(cmd: ProposeCmd) -> Result<Action> {
+fn action_of(cmd: ProposeCmd, api: &Api) -> Result<Action> {
     Ok(match cmd {
         ProposeCmd::ElectGuestos(a) => Action::ElectGuestos(a.into()),
         ProposeCmd::ElectHostos(a) => Action::ElectHostos(a.into()),
@@ -287,6 +306,8 @@ fn action_of(cmd: ProposeCmd) -> Result<Action> {
             nodes,
             ranges,
             guestos,
+            root_key,
+            subnet_key_out,
         } => {
             let canister_ranges = ranges
                 .iter()
@@ -300,14 +321,50 @@ fn action_of(cmd: ProposeCmd) -> Result<Action> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let key = match root_key {
+                Some(path) => {
+                    let root = subnet_key::read_bls_key(&path)?;
+                    let reg = api.snapshot(None)?.registry;
+                    let (material, secret) = SubnetKey::make(
+                        &root,
+                        &subnet_key::node_keys(&reg, &nodes)?,
+                        &canister_ranges,
+                        now_nanos(),
+                    )?;
+                    if let Some(out) = subnet_key_out {
+                        subnet_key::write_bls_key(&out, &secret)?;
+                    }
+                    Some(material)
+                }
+                None => None,
+            };
             Action::CreateSubnet {
                 id,
                 nodes,
                 canister_ranges,
                 guestos_version: guestos,
+                key,
             }
         }
-        ProposeCmd::AddNodes { subnet, nodes } => Action::AddNodesToSubnet { subnet, nodes },
+        ProposeCmd::AddNodes {
+            subnet,
+            nodes,
+            subnet_key,
+        } => {
+            let mut sealed_keys = std::collections::BTreeMap::new();
+            if let Some(path) = subnet_key {
+                let secret = subnet_key::read_bls_key(&path)?;
+                let reg = api.snapshot(None)?.registry;
+                for (id, public) in subnet_key::node_keys(&reg, &nodes)? {
+                    sealed_keys.insert(id, subnet_key::seal(&public, &secret.to_bytes())?);
+                }
+            }
+            Action::AddNodesToSubnet {
+                subnet,
+                nodes,
+                sealed_keys,
+            }
+        }
         ProposeCmd::RemoveNodes { subnet, nodes } => {
             Action::RemoveNodesFromSubnet { subnet, nodes }
         }
@@ -363,8 +420,9 @@ pub fn gov(cmd: GovCmd) -> Result<i32> {
         } => {
             let key_path = key.context("--key NEURON_KEY is required")?;
             let key = keys::read_key(&key_path)?;
-            let action = action_of(action)?;
-            let r = Api::new(&registry).propose(&key, &title, action)?;
+            let api = Api::new(&registry);
+            let action = action_of(action, &api)?;
+            let r = api.propose(&key, &title, action)?;
             print_record(&r);
         }
         GovCmd::Vote {

@@ -3,7 +3,6 @@
 mod assets;
 mod canister;
 mod gov;
-mod replica;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -56,11 +55,6 @@ enum Cmd {
     },
     /// A developer's commands against a node or network: create, install, call, query, status.
     Canister(canister::CanisterArgs),
-    /// A replica on its own (a developer's local node).
-    Replica {
-        #[command(subcommand)]
-        cmd: replica::ReplicaCmd,
-    },
     /// Benchmarks (each runs a baseline in the same run and prints the ratio).
     Bench {
         #[command(subcommand)]
@@ -311,7 +305,6 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Gov { cmd } => gov::gov(cmd),
         Cmd::Testnet { cmd, dir } => testnet_cmd(cmd, dir),
         Cmd::Registry { cmd } => gov::registry(cmd),
-        Cmd::Replica { cmd } => replica::replica(cmd),
         Cmd::Canister(a) => canister::canister(a),
         Cmd::Bench {
             cmd: BenchCmd::Replica { requests },

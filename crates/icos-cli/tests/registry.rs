@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use registry_client::api::Api;
 use registry_model::api::ProposalStatus;
+use registry_model::subnet_key;
 use registry_model::*;
 use registry_server::localnet::LocalGovernance;
 use std::process::{Child, Stdio};
@@ -160,4 +161,117 @@ fn kill_9_during_votes_loses_no_adopted_change() {
     );
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// `icos gov propose create-subnet --root-key` makes the subnet's key, delegates it and
+/// seals it to each node; the registry takes it, each node opens its box, and a subnet
+/// without a key or with one another root key delegated is refused with the reason.
+#[test]
+fn gov_creates_a_subnet_with_its_key_delegated_by_the_root_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gov = LocalGovernance::create(
+        &dir.path().join("keys"),
+        "subnets",
+        &[100],
+        &[("op1", 4)],
+        LocalGovernance::default_settings,
+    )
+    .unwrap();
+    gov.genesis.actions = vec![Action::ElectGuestos(Elected {
+        version: "1.0.0".into(),
+        sha256: "ab".repeat(32).parse().unwrap(),
+        size: None,
+        urls: vec!["http://m/x".into()],
+    })];
+    let data = dir.path().join("data");
+    registry_server::Registry::init(&data, &gov.genesis).unwrap();
+    let port = free_port();
+    let mut server = start_server(&data, &gov.dir.join("online.key"), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let api = Api::new(&url);
+    let node_keys: Vec<_> = (0..2).map(|_| keys::generate()).collect();
+    for (i, k) in node_keys.iter().enumerate() {
+        let reg = api.snapshot(None).unwrap().registry;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let r = Registration::new(
+            &reg,
+            "op1".into(),
+            keys::public_hex(k),
+            format!("fd00::{}", i + 1),
+            format!("http://[fd00::{}]:8080", i + 1),
+            now,
+        )
+        .unwrap();
+        api.register(&SignedRegistration::sign(r, &gov.operators[0].1))
+            .unwrap();
+    }
+    let ids: Vec<String> = node_keys
+        .iter()
+        .map(|k| node_id(&keys::public_hex(k)))
+        .collect();
+    let propose = |id: &str, extra: &[&std::ffi::OsStr]| {
+        icos()
+            .args(["gov", "propose", "create-subnet", "--id", id, "--nodes"])
+            .arg(ids.join(","))
+            .args([
+                "--canister-range",
+                "0-99",
+                "--guestos",
+                "1.0.0",
+                "--registry",
+                &url,
+            ])
+            .arg("--key")
+            .arg(gov.dir.join("neuron_1.key"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // No key in a network with a root key: refused, saying what is missing.
+    let out = propose("s0", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("needs its key"),
+        "{err}"
+    );
+    // Delegated by a key that is not the genesis's root key: refused.
+    let forged = dir.path().join("forged.bls");
+    subnet_key::write_bls_key(&forged, &certified_state::BlsKey::generate()).unwrap();
+    let out = propose("s0", &["--root-key".as_ref(), forged.as_os_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("root key"), "{err}");
+    // With the root key: adopted, and each node opens the same subnet key.
+    let root = gov.dir.join("root.bls");
+    let kept = dir.path().join("s1.bls");
+    let out = propose(
+        "s1",
+        &[
+            "--root-key".as_ref(),
+            root.as_os_str(),
+            "--subnet-key-out".as_ref(),
+            kept.as_os_str(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reg = api.snapshot(None).unwrap().registry;
+    let material = reg.subnets["s1"]
+        .key
+        .clone()
+        .expect("the subnet has its key");
+    let secret = subnet_key::read_bls_key(&kept).unwrap();
+    for (id, k) in ids.iter().zip(&node_keys) {
+        assert_eq!(
+            material.open_for(id, k).unwrap().to_bytes(),
+            secret.to_bytes()
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use node_status::hostos::AgentStatus;
-use node_status::orchestrator::{HostosRequest, OrchestratorStatus, UpgradeState};
+use node_status::orchestrator::{HostosRequest, OrchestratorStatus, ReplicaState, UpgradeState};
 use registry_model::api::ProposalStatus;
 use registry_model::{Action, Elected, Vote};
 use std::path::{Path, PathBuf};
@@ -89,6 +89,37 @@ fn adopt(state: &State, title: &str, action: Action) {
         "{:?}",
         r.status
     );
+}
+
+/// `icos canister --url URL ARGS` with the testnet's identity.
+fn canister(dir: &Path, url: &str, args: &[&str]) -> std::process::Output {
+    icos()
+        .args(["canister", "--url", url, "--identity"])
+        .arg(dir.join("identity.pem"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The root key a replica's `/api/v2/status` serves.
+fn replica_root_key(url: &str) -> Vec<u8> {
+    let body = ureq::get(&format!("{url}/api/v2/status"))
+        .timeout(Duration::from_secs(10))
+        .call()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .into_reader();
+    let v: serde_cbor::Value = serde_cbor::from_reader(body).unwrap();
+    let v = match v {
+        serde_cbor::Value::Tag(_, inner) => *inner,
+        v => v,
+    };
+    let serde_cbor::Value::Map(m) = v else {
+        panic!("status is not a map")
+    };
+    match m.get(&serde_cbor::Value::Text("root_key".into())) {
+        Some(serde_cbor::Value::Bytes(b)) => b.clone(),
+        other => panic!("root_key: {other:?}"),
+    }
 }
 
 fn rows(state: &State) -> Vec<NodeRow> {
@@ -196,7 +227,33 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         "{listed}"
     );
 
-    // --- 1.1.0 is elected with two garbage mirrors placed where each node starts. ------
+    // --- Each node runs its subnet's replica under the key the root key delegated. -------
+    wait_until(
+        &dir,
+        "both replicas serving subnet-1",
+        Duration::from_secs(180),
+        || {
+            rows(&state).iter().all(|r| {
+            matches!(&orch(r).replica, ReplicaState::Serving { subnet, .. } if subnet == "subnet-1")
+        })
+        },
+    );
+    let root_key = std::fs::read_to_string(dir.join("keys/genesis.toml")).unwrap();
+    for n in &state.nodes {
+        let url = format!("http://127.0.0.1:{}", n.payload_port);
+        let served = replica_root_key(&url);
+        assert!(
+            root_key.contains(&hex::encode(&served)),
+            "{}: /api/v2/status serves a root key the genesis does not name",
+            n.name
+        );
+        // Two nodes and no replication yet: a call is refused, saying why.
+        let out = canister(&dir, &url, &["create"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("does not replicate yet"), "{}: {err}", n.name);
+    }
+
     let real = image_version("guestos", "1.1.0");
     let sha = state.publish(&real, "1.1.0").unwrap();
     std::fs::write(dir.join("packages/garbage.tar"), vec![0x5a; 1 << 20]).unwrap();
@@ -503,6 +560,68 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     // Backoff: a few more loop rounds and node1 still asked only once.
     std::thread::sleep(Duration::from_secs(30));
     assert_eq!(agent(0).upgrade.requests, 1, "{:?}", agent(0));
+
+    // --- Governance takes node2 out of subnet-1: its replica stops and its state goes; ----
+    // node1's replica, now a subnet of one, takes calls: the counter through its port.
+    adopt(
+        &state,
+        "unassigned nodes run 1.1.0",
+        Action::DeployGuestosToUnassigned {
+            version: "1.1.0".into(),
+        },
+    );
+    let node2 = node_ids[1].clone();
+    adopt(
+        &state,
+        "node2 leaves subnet-1",
+        Action::RemoveNodesFromSubnet {
+            subnet: "subnet-1".into(),
+            nodes: vec![node2],
+        },
+    );
+    wait_until(
+        &dir,
+        "node2's replica removed, node1's serving a subnet of one",
+        Duration::from_secs(180),
+        || {
+            let now = rows(&state);
+            orch(&now[1]).replica == ReplicaState::NotAssigned
+                && now[1].subnet.is_none()
+                && matches!(
+                    orch(&now[0]).replica,
+                    ReplicaState::Serving { nodes: 1, .. }
+                )
+        },
+    );
+    let serial2 = std::fs::read_to_string(state.nodes[1].dir.join("state/guest-serial.log"))
+        .unwrap_or_default();
+    assert!(
+        serial2.contains("GUESTOS REPLICA stopped and its state deleted"),
+        "{}",
+        tail(&state.nodes[1].dir.join("state/guest-serial.log"), 30)
+    );
+    let url1 = format!("http://127.0.0.1:{}", state.nodes[0].payload_port);
+    let out = canister(&dir, &url1, &["create"]);
+    check(
+        &dir,
+        out.status.success(),
+        &format!("create on node1: {}", String::from_utf8_lossy(&out.stderr)),
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let counter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../canisters/counter.wat");
+    let out = canister(&dir, &url1, &["install", &id, counter.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in ["1", "2"] {
+        let out = canister(&dir, &url1, &["call", &id, "inc"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(want), "{text}");
+    }
+    let out = canister(&dir, &url1, &["query", &id, "get"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains('2'));
 
     // --- The registry goes away: nodes keep 1.1.0 and say so. -----------------------------
     nix::sys::signal::kill(

@@ -1,5 +1,5 @@
 //! The commands that run on a node: `upgrade` (the A/B engine), `hostos` (the HostOS agent),
-//! `orchestrator` (the GuestOS orchestrator), `data` (the GuestOS data partition), `channel` (the guest side of the host
+//! `orchestrator` (the GuestOS orchestrator), `data` (the GuestOS data partition), `replica` (the IC's interface), `channel` (the guest side of the host
 //! channel) and `setupos` (check and inject an operator's config, install a node). The node binary (`icos-node`, installed as `/usr/bin/icos` in every image) has
 //! only these; the developer tool `icos` flattens the same [`NodeCmd`] into its own commands,
 //! so both speak the same words.
@@ -20,6 +20,7 @@ mod channel;
 mod data;
 mod hostos;
 mod orchestrator;
+mod replica;
 mod report;
 mod setupos;
 mod upgrade;
@@ -28,6 +29,7 @@ pub use channel::ChannelCmd;
 pub use data::DataCmd;
 pub use hostos::HostosCmd;
 pub use orchestrator::OrchestratorCmd;
+pub use replica::ReplicaCmd;
 pub use report::report;
 pub use setupos::SetuposCmd;
 pub use upgrade::UpgradeCmd;
@@ -69,6 +71,11 @@ pub enum NodeCmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
+    /// The IC's HTTP interface: a local replica (`run`), or a subnet's on a GuestOS (`serve`).
+    Replica {
+        #[command(subcommand)]
+        cmd: ReplicaCmd,
+    },
     /// Guest side of the host-guest channel.
     Channel {
         #[command(subcommand)]
@@ -94,6 +101,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<i32> {
         NodeCmd::Channel { cmd, device } => channel::channel(cmd, device),
         NodeCmd::Setupos { cmd } => setupos::setupos(cmd),
         NodeCmd::Data { cmd } => data::data(cmd),
+        NodeCmd::Replica { cmd } => replica::replica(cmd),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod hostos;
 pub mod ini;
 pub mod network;
 pub mod operator;
+pub mod replica;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

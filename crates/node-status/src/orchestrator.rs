@@ -43,6 +43,23 @@ pub enum HostosRequest {
     Refused { error: String },
 }
 
+/// The replica the orchestrator runs for the node's subnet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum ReplicaState {
+    /// The node is in no subnet: no replica runs and none keeps state.
+    #[default]
+    NotAssigned,
+    /// The replica of `subnet` (of `nodes` nodes) is running and serves on `listen`.
+    Serving {
+        subnet: String,
+        nodes: usize,
+        listen: String,
+    },
+    /// The node is in `subnet` but its replica does not run: `reason` says why.
+    Down { subnet: String, reason: String },
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OrchestratorStatus {
@@ -73,6 +90,7 @@ pub struct OrchestratorStatus {
     pub config_error: Option<String>,
     /// The global IPv6 addresses the GuestOS has (from the kernel, not the config).
     pub ipv6_addresses: Vec<String>,
+    pub replica: ReplicaState,
 }
 
 impl OrchestratorStatus {

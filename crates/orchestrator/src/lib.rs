@@ -14,7 +14,10 @@
 //!    that failed its health check on this node is never retried;
 //! 5. **HostOS**: ask the host its version over the channel; if governance assigned another,
 //!    ask the host to upgrade (backoff 1 min × 1.75 up to 2 h);
-//! 6. **firewall**: nftables rules from the registry (node > subnet > global).
+//! 6. **firewall**: nftables rules from the registry (node > subnet > global);
+//! 7. **replica**: in a subnet, the `icos-replica` unit runs the subnet's replica (its key
+//!    opened from the box sealed to this node); out of every subnet, it is stopped and its
+//!    state deleted ([`replica`]).
 //!
 //! `/status` (JSON) and `/metrics` (Prometheus) are served on the status port.
 //!
@@ -33,12 +36,13 @@
 pub mod firewall;
 mod http;
 pub mod identity;
+pub mod replica;
 
 use daemon_support::release::{running_slot, Release};
 use daemon_support::{unix_now, Backoff, Console};
 use node_config::guest::{read_config_disk, GuestConfig};
 pub use node_status::orchestrator::{
-    GuestosUpgrade, HostosRequest, OrchestratorStatus, UpgradeState,
+    GuestosUpgrade, HostosRequest, OrchestratorStatus, ReplicaState, UpgradeState,
 };
 use registry_model::{keys, Registration, SignedRegistration};
 use std::path::PathBuf;
@@ -74,6 +78,8 @@ pub struct Options {
     pub reboot: bool,
     /// Where status lines for the operator go (the VM console; a file in tests; None: logs only).
     pub console: Option<PathBuf>,
+    /// Where the replica lives and which unit runs it.
+    pub replica: replica::ReplicaPlace,
 }
 
 impl Default for Options {
@@ -87,6 +93,7 @@ impl Default for Options {
             interval: Duration::from_secs(10),
             reboot: true,
             console: Some("/dev/console".into()),
+            replica: replica::ReplicaPlace::default(),
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct Orchestrator {
     /// after ten minutes, so an operator at the console sees why a node does not register.
     last_waiting_message: Option<(String, Instant)>,
     applied_ruleset: Option<String>,
+    /// The replica state last said on the console.
+    said_replica: Option<ReplicaState>,
 }
 
 impl Orchestrator {
@@ -174,6 +183,7 @@ impl Orchestrator {
             register_backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(300), 2.0),
             last_waiting_message: None,
             applied_ruleset: None,
+            said_replica: None,
         })
     }
 
@@ -291,6 +301,7 @@ impl Orchestrator {
         });
         self.last_waiting_message = None;
         self.firewall(&reg, &node_id, &cfg);
+        self.replica(&reg, &node_id);
         self.hostos(&reg, &node_id);
         self.guestos(&reg, &node_id);
     }
@@ -455,6 +466,42 @@ impl Orchestrator {
             }
             Err(e) => self.set(|s| s.firewall_error = Some(e.to_string())),
         }
+    }
+
+    /// Run, restart or remove the replica as the registry says; say each change once.
+    fn replica(&mut self, reg: &registry_model::Registry, node: &str) {
+        let want = replica::desired(reg, node, &self.key, &self.opts.replica);
+        let state = match replica::apply(&want, &self.opts.replica) {
+            Ok((replica::Applied::Removed, state)) => {
+                self.console("GUESTOS REPLICA stopped and its state deleted: governance took this node out of its subnet");
+                state
+            }
+            Ok((_, state)) => state,
+            Err(e) => ReplicaState::Down {
+                subnet: match &want {
+                    replica::Desired::Run(s) => s.subnet.clone(),
+                    _ => String::new(),
+                },
+                reason: e.to_string(),
+            },
+        };
+        if self.said_replica.as_ref() != Some(&state) {
+            match &state {
+                ReplicaState::Serving {
+                    subnet,
+                    nodes,
+                    listen,
+                } => self.console(&format!(
+                    "GUESTOS REPLICA serving {subnet} ({nodes} node(s)) on {listen}"
+                )),
+                ReplicaState::Down { subnet, reason } => self.console(&format!(
+                    "GUESTOS REPLICA of {subnet} not running: {reason}"
+                )),
+                ReplicaState::NotAssigned => {}
+            }
+            self.said_replica = Some(state.clone());
+        }
+        self.set(|s| s.replica = state);
     }
 
     fn hostos(&mut self, reg: &registry_model::Registry, node: &str) {
@@ -625,6 +672,14 @@ mod tests {
         esp.close().unwrap();
     }
 
+    fn test_replica(d: &std::path::Path) -> replica::ReplicaPlace {
+        replica::ReplicaPlace {
+            dir: d.join("replica"),
+            unit: None,
+            ..Default::default()
+        }
+    }
+
     fn opts(d: &std::path::Path) -> Options {
         fat(&d.join("store.img"), &[]);
         std::fs::write(d.join("console"), b"").unwrap();
@@ -634,6 +689,7 @@ mod tests {
             state_dir: d.join("state"),
             console: Some(d.join("console")),
             reboot: false,
+            replica: test_replica(d),
             ..Default::default()
         }
     }
@@ -676,6 +732,7 @@ mod tests {
             state_dir: d.join("state"),
             console: None,
             reboot: false,
+            replica: test_replica(d),
             ..Default::default()
         }
     }

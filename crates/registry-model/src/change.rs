@@ -27,6 +27,10 @@ pub struct Genesis {
     pub operators: Vec<Operator>,
     #[serde(default)]
     pub actions: Vec<Action>,
+    /// The network's root BLS public key (DER, hex); its secret stays with whoever made the
+    /// genesis, who delegates each subnet's key from it ([`crate::subnet_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key: Option<String>,
 }
 
 impl Genesis {
@@ -47,6 +51,15 @@ impl Genesis {
             ));
         }
         keys::parse_public(&self.settings.online_key)?;
+        if let Some(root) = &self.root_key {
+            hex::decode(root)
+                .ok()
+                .and_then(|der| certified_state::public_key_from_der(&der).ok())
+                .ok_or_else(|| {
+                    ModelError::Invalid("genesis: root_key is not a hex DER BLS public key".into())
+                })?;
+            r.root_key = Some(root.clone());
+        }
         if self.settings.proposal_deadline_secs == 0 || self.settings.freshness_secs == 0 {
             return Err(ModelError::Invalid(
                 "genesis: deadlines must be above 0".into(),

@@ -23,6 +23,7 @@
 //!     neurons: vec![Neuron { id: 1, public_key: keys::public_hex(&neuron_key), voting_power: 100 }],
 //!     operators: vec![],
 //!     actions: vec![],
+//!     root_key: None,
 //! };
 //! let g = Change::genesis(genesis, 0);
 //! let reg = change::verify_and_apply(None, &g).unwrap();
@@ -46,6 +47,7 @@ pub mod api;
 pub mod change;
 pub mod keys;
 pub mod registry;
+pub mod subnet_key;
 
 pub use change::{
     Change, Evidence, Freshness, Genesis, ProposalBody, Registration, SignedFreshness,
@@ -116,6 +118,7 @@ mod tests {
                     nodes_added: 0,
                 }],
                 actions: vec![],
+                root_key: None,
             };
             let g = Change::genesis(genesis, 0);
             let reg = verify_and_apply(None, &g).unwrap();
@@ -323,6 +326,7 @@ mod tests {
                 nodes: ids.clone(),
                 canister_ranges: vec![CanisterRange { start: 0, end: 999 }],
                 guestos_version: "1.0.0".into(),
+                key: None,
             },
             Action::SetFirewallRules {
                 scope: FirewallScope::Subnet("s1".into()),
@@ -351,6 +355,7 @@ mod tests {
                 end: 2000,
             }],
             guestos_version: "1.0.0".into(),
+            key: None,
         };
         assert!(n.reg.validate(&bad).is_err());
     }
@@ -626,6 +631,7 @@ mod tests {
             ],
             operators: vec![],
             actions: vec![],
+            root_key: None,
         };
         let e = verify_and_apply(None, &Change::genesis(g.clone(), 0)).unwrap_err();
         assert!(e.to_string().contains("does not fit in 64 bits"), "{e}");

@@ -56,6 +56,9 @@ pub struct Subnet {
     pub nodes: Vec<NodeId>,
     pub canister_ranges: Vec<CanisterRange>,
     pub guestos_version: String,
+    /// The subnet's certification key (present when the network has a root key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::subnet_key::SubnetKey>,
 }
 
 /// An elected OS version: what nodes may download and install.
@@ -159,6 +162,10 @@ pub struct Registry {
     /// Hash of the genesis change: every proposal and registration names it.
     #[serde(default)]
     pub genesis_hash: String,
+    /// The network's root BLS public key (DER, hex), from the genesis: every subnet's key is
+    /// delegated from it, and agents trust it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_key: Option<String>,
     /// Chain time: the timestamp of the newest change (changes never go back in time).
     #[serde(default)]
     pub time: u64,
@@ -204,10 +211,16 @@ pub enum Action {
         nodes: Vec<NodeId>,
         canister_ranges: Vec<CanisterRange>,
         guestos_version: String,
+        /// Required when the network has a root key; see [`crate::subnet_key`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<crate::subnet_key::SubnetKey>,
     },
     AddNodesToSubnet {
         subnet: SubnetId,
         nodes: Vec<NodeId>,
+        /// The subnet's secret key sealed to each new node (when the subnet has a key).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        sealed_keys: BTreeMap<NodeId, String>,
     },
     RemoveNodesFromSubnet {
         subnet: SubnetId,
@@ -484,8 +497,23 @@ impl Registry {
                 nodes,
                 canister_ranges,
                 guestos_version,
+                key,
             } => {
                 check_id("subnet", id)?;
+                match (&self.root_key, key) {
+                    (Some(root), Some(k)) => k.check(root, nodes, canister_ranges)?,
+                    (Some(_), None) => {
+                        return Err(invalid(
+                            "this network has a root key: a new subnet needs its key (delegated by the root key, sealed to each node)",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(invalid(
+                            "a subnet key in a network without a root key (nothing could verify it)",
+                        ))
+                    }
+                    (None, None) => {}
+                }
                 if self.subnets.contains_key(id) {
                     return Err(invalid(format!("subnet `{id}` exists")));
                 }
@@ -508,8 +536,25 @@ impl Registry {
                 self.need_guestos(guestos_version)?;
                 self.ranges_overlap(canister_ranges, None)?;
             }
-            Action::AddNodesToSubnet { subnet, nodes } => {
-                self.need_subnet(subnet)?;
+            Action::AddNodesToSubnet {
+                subnet,
+                nodes,
+                sealed_keys,
+            } => {
+                let s = self.need_subnet(subnet)?;
+                match &s.key {
+                    Some(k) => crate::subnet_key::SubnetKey {
+                        sealed: sealed_keys.clone(),
+                        ..k.clone()
+                    }
+                    .check_sealed(nodes)?,
+                    None if !sealed_keys.is_empty() => {
+                        return Err(invalid(format!(
+                            "sealed keys for subnet `{subnet}`, which has no key"
+                        )))
+                    }
+                    None => {}
+                }
                 for n in nodes {
                     self.need_node(n)?;
                     if let Some(s) = self.node_subnet(n) {
@@ -650,6 +695,7 @@ impl Registry {
                 nodes,
                 canister_ranges,
                 guestos_version,
+                key,
             } => {
                 self.subnets.insert(
                     id.clone(),
@@ -658,22 +704,27 @@ impl Registry {
                         nodes,
                         canister_ranges,
                         guestos_version,
+                        key,
                     },
                 );
             }
-            Action::AddNodesToSubnet { subnet, nodes } => {
-                self.subnets
-                    .get_mut(&subnet)
-                    .expect("validated")
-                    .nodes
-                    .extend(nodes);
+            Action::AddNodesToSubnet {
+                subnet,
+                nodes,
+                sealed_keys,
+            } => {
+                let s = self.subnets.get_mut(&subnet).expect("validated");
+                s.nodes.extend(nodes);
+                if let Some(k) = &mut s.key {
+                    k.sealed.extend(sealed_keys);
+                }
             }
             Action::RemoveNodesFromSubnet { subnet, nodes } => {
-                self.subnets
-                    .get_mut(&subnet)
-                    .expect("validated")
-                    .nodes
-                    .retain(|n| !nodes.contains(n));
+                let s = self.subnets.get_mut(&subnet).expect("validated");
+                s.nodes.retain(|n| !nodes.contains(n));
+                if let Some(k) = &mut s.key {
+                    k.sealed.retain(|n, _| !nodes.contains(n));
+                }
             }
             Action::SetFirewallRules { scope, rules } => {
                 if rules.is_empty() {

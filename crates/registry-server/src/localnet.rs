@@ -11,12 +11,15 @@ pub struct LocalGovernance {
     pub neurons: Vec<keys::SecretKey>,
     pub operators: Vec<(String, keys::SecretKey)>,
     pub online_key: keys::SecretKey,
+    /// The network's root BLS key: its public key is in the genesis; subnets' keys are
+    /// delegated from it (`root.bls`).
+    pub root_key: certified_state::BlsKey,
     pub genesis: Genesis,
 }
 
 impl LocalGovernance {
     /// Create keys and a genesis in `dir` (which must not hold keys yet):
-    /// `neuron_<id>.key`, `operator_<id>.key`, `online.key`, `genesis.toml`.
+    /// `neuron_<id>.key`, `operator_<id>.key`, `online.key`, `root.bls`, `genesis.toml`.
     pub fn create(
         dir: &Path,
         network: &str,
@@ -28,6 +31,8 @@ impl LocalGovernance {
             .map_err(|e| registry_model::ModelError::Key(format!("{}: {e}", dir.display())))?;
         let online_key = keys::generate();
         keys::write_key(&dir.join("online.key"), &online_key)?;
+        let root_key = certified_state::BlsKey::generate();
+        registry_model::subnet_key::write_bls_key(&dir.join("root.bls"), &root_key)?;
         let mut neurons = Vec::new();
         let mut genesis_neurons = Vec::new();
         for (i, p) in powers.iter().enumerate() {
@@ -60,6 +65,7 @@ impl LocalGovernance {
             neurons: genesis_neurons,
             operators: genesis_ops,
             actions: Vec::new(),
+            root_key: Some(hex::encode(root_key.public_der())),
         };
         let toml = toml::to_string(&genesis)
             .map_err(|e| registry_model::ModelError::Invalid(e.to_string()))?;
@@ -70,6 +76,7 @@ impl LocalGovernance {
             neurons,
             operators: ops,
             online_key,
+            root_key,
             genesis,
         })
     }

@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod http;
 pub mod local;
 mod management;
+pub mod node;
 mod query;
 pub mod state;
 

@@ -55,7 +55,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const STATE_FILE: &str = "testnet.json";
 /// A small file the mirror serves so `up` can tell it is really serving.
@@ -745,8 +745,17 @@ fn wait_registered(state: &mut State, report: &dyn Report) -> Result<(), Testnet
     }
 }
 
-/// The subnets, by proposals (nodes dealt round-robin, one 2^32 canister range each).
+/// The subnets, by proposals (nodes dealt round-robin, one 2^32 canister range each), each
+/// with its key delegated by the root key and sealed to its nodes (the subnet's secret is
+/// kept as `keys/<subnet>.bls` for adding nodes later).
 fn create_subnets(state: &mut State, spec: &Spec, report: &dyn Report) -> Result<(), TestnetError> {
+    let keys = spec.dir.join("keys");
+    let root = subnet_key::read_bls_key(&keys.join("root.bls")).map_err(|e| msg(e.to_string()))?;
+    let reg = state
+        .api()
+        .snapshot(None)
+        .map_err(|e| msg(e.to_string()))?
+        .registry;
     for k in 0..spec.subnets {
         let id = format!("subnet-{}", k + 1);
         let nodes: Vec<String> = state
@@ -760,6 +769,15 @@ fn create_subnets(state: &mut State, spec: &Spec, report: &dyn Report) -> Result
             start: (k as u64) << 32,
             end: ((k as u64 + 1) << 32) - 1,
         };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let (key, secret) = subnet_key::node_keys(&reg, &nodes)
+            .and_then(|n| subnet_key::SubnetKey::make(&root, &n, &[range], now))
+            .map_err(|e| msg(format!("making {id}'s key: {e}")))?;
+        let secret_file = keys.join(format!("{id}.bls"));
+        let _ = std::fs::remove_file(&secret_file);
+        subnet_key::write_bls_key(&secret_file, &secret).map_err(|e| msg(e.to_string()))?;
         let r = state.propose(
             1,
             &[2],
@@ -769,6 +787,7 @@ fn create_subnets(state: &mut State, spec: &Spec, report: &dyn Report) -> Result
                 nodes,
                 canister_ranges: vec![range],
                 guestos_version: spec.version.clone(),
+                key: Some(key),
             },
         )?;
         if !matches!(r.status, ProposalStatus::Adopted { .. }) {

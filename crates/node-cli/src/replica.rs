@@ -1,4 +1,5 @@
-//! `icos replica`: a replica on its own, as a developer runs one locally.
+//! `icos replica`: a replica on its own, as a developer runs one locally (`run`), or the one
+//! the orchestrator starts on a GuestOS assigned to a subnet (`serve`).
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -19,12 +20,35 @@ pub enum ReplicaCmd {
         #[arg(long, default_value = "127.0.0.1:4943")]
         listen: SocketAddr,
     },
+    /// Serve the replica the orchestrator describes in SPEC (a GuestOS in a subnet; the
+    /// `icos-replica` unit runs this): the subnet's key and delegation from the verified
+    /// registry, the state on the data partition.
+    Serve {
+        #[arg(long, default_value = "/var/lib/icos/data/replica/spec.json")]
+        spec: PathBuf,
+    },
 }
 
 pub fn replica(cmd: ReplicaCmd) -> Result<i32> {
     match cmd {
         ReplicaCmd::Run { dir, listen } => run(dir, listen),
+        ReplicaCmd::Serve { spec } => serve(&spec),
     }
+}
+
+fn serve(path: &std::path::Path) -> Result<i32> {
+    let spec = node_config::replica::ReplicaSpec::read(path)?;
+    let (r, recovery) = replica::node::open(&spec, Default::default())
+        .with_context(|| format!("starting the replica of {}", spec.subnet))?;
+    println!("replica: {recovery}");
+    println!(
+        "replica: {} (subnet id {}, {} node(s)), node {}",
+        spec.subnet,
+        r.config().subnet_id,
+        spec.subnet_size,
+        r.config().node_id
+    );
+    serve_on(r, spec.listen)
 }
 
 fn run(dir: PathBuf, listen: SocketAddr) -> Result<i32> {
@@ -40,6 +64,11 @@ fn run(dir: PathBuf, listen: SocketAddr) -> Result<i32> {
         certified_state::canister_id(first),
         certified_state::canister_id(last)
     );
+    serve_on(r, listen)
+}
+
+/// Serve `r` on `listen` until the process ends.
+fn serve_on(r: replica::Replica, listen: SocketAddr) -> Result<i32> {
     let (addr, _) = http_guard::spawn(
         listen,
         replica::http::router(Arc::new(r)),
