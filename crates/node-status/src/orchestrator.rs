@@ -94,7 +94,8 @@ pub struct OrchestratorStatus {
 }
 
 impl OrchestratorStatus {
-    /// Healthy for a watcher: registered, following the registry, running a confirmed slot.
+    /// Healthy for a watcher: registered, following the registry, running a confirmed slot,
+    /// and in a subnet, serving its replica.
     pub fn problem(&self) -> Option<String> {
         if let Some(e) = &self.config_error {
             return Some(format!("config: {e}"));
@@ -108,6 +109,9 @@ impl OrchestratorStatus {
                     .clone()
                     .unwrap_or_else(|| "not registered".into()),
             );
+        }
+        if let ReplicaState::Down { subnet, reason } = &self.replica {
+            return Some(format!("replica of {subnet}: {reason}"));
         }
         None
     }
@@ -140,6 +144,32 @@ mod tests {
         assert_eq!(
             serde_json::from_value::<OrchestratorStatus>(json).unwrap(),
             s
+        );
+    }
+
+    #[test]
+    fn a_replica_that_does_not_run_in_its_subnet_is_a_problem() {
+        let mut s = OrchestratorStatus {
+            registered: true,
+            replica: ReplicaState::Serving {
+                subnet: "subnet-1".into(),
+                nodes: 1,
+                listen: "[::]:8080".into(),
+            },
+            ..Default::default()
+        };
+        assert_eq!(s.problem(), None);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["replica"]["state"],
+            "serving"
+        );
+        s.replica = ReplicaState::Down {
+            subnet: "subnet-1".into(),
+            reason: "the replica unit is not running".into(),
+        };
+        assert_eq!(
+            s.problem().as_deref(),
+            Some("replica of subnet-1: the replica unit is not running")
         );
     }
 }

@@ -44,7 +44,7 @@
 mod setupos;
 
 pub use node_status::hostos::{AgentStatus, GuestState};
-pub use node_status::orchestrator::{OrchestratorStatus, UpgradeState};
+pub use node_status::orchestrator::{OrchestratorStatus, ReplicaState, UpgradeState};
 use registry_client::api::Api;
 use registry_model::api::{ProposalRecord, ProposalStatus};
 use registry_model::*;
@@ -830,6 +830,8 @@ pub struct NodeRow {
     pub agent_alive: bool,
     pub agent: Option<AgentStatus>,
     pub orchestrator: Option<OrchestratorStatus>,
+    /// The host port forwarded to the GuestOS's replica (port 8080).
+    pub payload_port: u16,
     /// From the two documents: [`NodeRow::assess`].
     pub health: Health,
 }
@@ -852,6 +854,15 @@ impl fmt::Display for Health {
 }
 
 impl NodeRow {
+    /// Where the node's replica answers agents, or why it does not: for the status table.
+    pub fn replica_word(&self) -> String {
+        match self.orchestrator.as_ref().map(|o| &o.replica) {
+            Some(ReplicaState::Serving { .. }) => format!("http://127.0.0.1:{}", self.payload_port),
+            Some(ReplicaState::Down { .. }) => "down".into(),
+            _ => "-".into(),
+        }
+    }
+
     /// What the GuestOS VM is doing, as its agent says.
     pub fn guest_state(&self) -> Option<GuestState> {
         self.agent.as_ref().map(|a| a.guest.state)
@@ -927,6 +938,7 @@ pub fn status(state: &State) -> Vec<NodeRow> {
                 agent_alive: alive(n.agent_pid),
                 agent: fetch(&format!("http://127.0.0.1:{}/v1/status", n.agent_port)),
                 orchestrator: fetch(&format!("http://127.0.0.1:{}/status", n.status_port)),
+                payload_port: n.payload_port,
                 health: Health::Healthy,
             };
             row.health = row.assess();
@@ -937,14 +949,23 @@ pub fn status(state: &State) -> Vec<NodeRow> {
 
 pub fn print_status(rows: &[NodeRow]) {
     println!(
-        "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} health",
-        "node", "node id", "subnet", "guestos", "target", "slot", "hostos", "vm", "upgrade"
+        "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} {:<23} health",
+        "node",
+        "node id",
+        "subnet",
+        "guestos",
+        "target",
+        "slot",
+        "hostos",
+        "vm",
+        "upgrade",
+        "replica"
     );
     for r in rows {
         let o = r.orchestrator.as_ref();
         let dash = || "-".to_string();
         println!(
-            "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} {}",
+            "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} {:<23} {}",
             r.name,
             r.node_id,
             r.subnet.as_deref().unwrap_or("unassigned"),
@@ -961,6 +982,7 @@ pub fn print_status(rows: &[NodeRow]) {
             r.guest_state().map(vm_word).unwrap_or_else(dash),
             o.map(|o| upgrade_word(o.upgrade.state))
                 .unwrap_or_else(dash),
+            r.replica_word(),
             r.health
         );
     }
