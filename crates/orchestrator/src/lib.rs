@@ -676,6 +676,7 @@ mod tests {
         replica::ReplicaPlace {
             dir: d.join("replica"),
             unit: None,
+            data_mount: None,
             ..Default::default()
         }
     }

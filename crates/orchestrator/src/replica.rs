@@ -36,6 +36,10 @@ pub struct ReplicaPlace {
     /// The systemd unit that runs `icos replica serve` (none: tests, which drive the spec
     /// and the folder only).
     pub unit: Option<String>,
+    /// The encrypted data partition's mount point: nothing (the subnet's secret least of
+    /// all) is written unless a file system is mounted there, so a node whose data volume
+    /// did not open never leaves the key on its unencrypted `/var`.
+    pub data_mount: Option<PathBuf>,
 }
 
 impl Default for ReplicaPlace {
@@ -44,6 +48,7 @@ impl Default for ReplicaPlace {
             dir: "/var/lib/icos/data/replica".into(),
             listen: std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, REPLICA_PORT)),
             unit: Some("icos-replica.service".into()),
+            data_mount: Some("/var/lib/icos/data".into()),
         }
     }
 }
@@ -96,6 +101,8 @@ pub enum ReplicaError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{} is not a mounted file system (the encrypted data partition did not open: see `journalctl -u icos-data`); the replica waits for it", path.display())]
+    NotMounted { path: PathBuf },
     #[error("systemctl {action} {unit}: {why}")]
     Unit {
         action: &'static str,
@@ -141,6 +148,11 @@ pub fn apply(
             },
         )),
         Desired::Run(spec) => {
+            if let Some(m) = &place.data_mount {
+                if !is_mount_point(m) {
+                    return Err(ReplicaError::NotMounted { path: m.clone() });
+                }
+            }
             let current = ReplicaSpec::read(&spec_path).ok();
             let applied = if current.as_ref() != Some(spec) {
                 std::fs::create_dir_all(&place.dir).map_err(|source| ReplicaError::Io {
@@ -178,6 +190,16 @@ pub fn apply(
             };
             Ok((applied, state))
         }
+    }
+}
+
+/// Whether a file system is mounted at `path` (it lies on another device than its parent).
+fn is_mount_point(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = path.parent().unwrap_or(path);
+    match (std::fs::metadata(path), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev() || a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -254,6 +276,7 @@ mod tests {
         let place = ReplicaPlace {
             dir: d.path().join("replica"),
             unit: None,
+            data_mount: None,
             ..ReplicaPlace::default()
         };
         // Unassigned: nothing runs, nothing is made.
@@ -300,6 +323,16 @@ mod tests {
             &ReplicaSpec::read(&place.dir.join(SPEC_FILE)).unwrap(),
             &**spec
         );
+        // With the data partition not mounted, nothing is written (the key least of all).
+        let unmounted = ReplicaPlace {
+            dir: d.path().join("elsewhere"),
+            data_mount: Some(d.path().to_path_buf()),
+            ..place.clone()
+        };
+        let e = apply(&want, &unmounted).unwrap_err().to_string();
+        assert!(e.contains("is not a mounted file system"), "{e}");
+        assert!(!unmounted.dir.exists());
+        assert!(is_mount_point(std::path::Path::new("/")));
         // The same registry again changes nothing.
         assert_eq!(apply(&want, &place).unwrap().0, Applied::Nothing);
         std::fs::create_dir_all(&spec.state_dir).unwrap();
