@@ -214,7 +214,9 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     // a status right after it never says "not registered".
     for r in rows(&state) {
         assert!(
-            orch(&r).registered && orch(&r).subnet.as_deref() == Some("subnet-1"),
+            orch(&r).registered
+                && orch(&r).subnet.as_deref() == Some("subnet-1")
+                && orch(&r).replica != ReplicaState::NotAssigned,
             "right after up: {r:?}"
         );
     }

@@ -426,8 +426,9 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
 }
 
 /// Until every orchestrator has seen, in its verified registry, itself registered and in its
-/// subnet: the registry shows a registration before the node's next sync does, and a status
-/// taken in between would say "not registered" of a node that is.
+/// subnet, and has acted on it (its replica serving, or down with the reason): the registry
+/// shows a registration before the node's next sync does, and a status taken in between
+/// would say "not registered" of a node that is, or show no replica yet.
 fn wait_following(state: &State, report: &dyn Report) -> Result<(), TestnetError> {
     let end = Instant::now() + Duration::from_secs(300);
     loop {
@@ -435,14 +436,18 @@ fn wait_following(state: &State, report: &dyn Report) -> Result<(), TestnetError
         let lagging: Vec<String> = rows
             .iter()
             .filter(|r| {
-                !r.orchestrator
-                    .as_ref()
-                    .is_some_and(|o| o.registered && o.subnet == r.subnet)
+                !r.orchestrator.as_ref().is_some_and(|o| {
+                    o.registered
+                        && o.subnet == r.subnet
+                        && (r.subnet.is_none() || o.replica != ReplicaState::NotAssigned)
+                })
             })
             .map(|r| format!("{} ({})", r.name, r.health))
             .collect();
         if lagging.is_empty() {
-            report.line("every node follows the registry (registered, in its subnet)");
+            report.line(
+                "every node follows the registry (registered, in its subnet, its replica started)",
+            );
             return Ok(());
         }
         if Instant::now() > end {
