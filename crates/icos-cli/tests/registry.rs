@@ -186,7 +186,15 @@ fn gov_creates_a_subnet_with_its_key_delegated_by_the_root_key() {
     let data = dir.path().join("data");
     registry_server::Registry::init(&data, &gov.genesis).unwrap();
     let port = free_port();
-    let mut server = start_server(&data, &gov.dir.join("online.key"), port);
+    // Killed however the test ends, a failed assertion included.
+    struct Server(Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(start_server(&data, &gov.dir.join("online.key"), port));
     let url = format!("http://127.0.0.1:{port}");
     let api = Api::new(&url);
     let node_keys: Vec<_> = (0..2).map(|_| keys::generate()).collect();
@@ -272,6 +280,4 @@ fn gov_creates_a_subnet_with_its_key_delegated_by_the_root_key() {
             secret.to_bytes()
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
 }
