@@ -6,7 +6,8 @@
 //! * [`release`]: which image, version and slot is running (`/usr/lib/icos/release` and the
 //!   kernel command line), with one parser for each;
 //! * [`Backoff`]: when to try again after failures;
-//! * [`reboot`]: ask systemd to reboot.
+//! * [`reboot`]: ask systemd to reboot;
+//! * [`write_private`]: replace a secret file (mode 0600) whole or not at all.
 //!
 //! ```
 //! use daemon_support::{metrics::Exposition, release::Release};
@@ -144,6 +145,29 @@ pub fn reboot() -> Result<(), RebootError> {
     } else {
         Err(RebootError::Failed(st))
     }
+}
+
+/// Replace `path` with `bytes`, mode 0600, through a synced temporary file, a rename and a
+/// synced directory: a reader or a power cut sees the old content or the new, never half.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

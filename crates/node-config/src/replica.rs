@@ -6,8 +6,6 @@
 //! subnet (its key, size or ranges) is a new spec and a restart of the replica.
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The file name of the spec inside the replica's folder.
@@ -65,27 +63,11 @@ impl ReplicaSpec {
     /// Write to `path` (mode 0600) through a synced temporary file and a rename, so a reader
     /// or a power cut sees the old spec or the new one.
     pub fn write(&self, path: &Path) -> Result<(), SpecError> {
-        let io = |source| SpecError::Io {
+        let text = serde_json::to_vec_pretty(self).expect("a spec serializes");
+        daemon_support::write_private(path, &text).map_err(|source| SpecError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        let text = serde_json::to_vec_pretty(self).expect("a spec serializes");
-        f.write_all(&text).and_then(|_| f.sync_all()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
-        Ok(())
+        })
     }
 }
 

@@ -9,8 +9,6 @@
 use crate::{Config, OpenError, Replica};
 use certified_state::BlsKey;
 use ic_principal::Principal;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,16 +80,7 @@ fn key_file(path: &Path, make: impl FnOnce() -> [u8; 32]) -> Result<[u8; 32], Lo
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = make();
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(&key).and_then(|_| f.sync_all()).map_err(io)?;
-            std::fs::rename(&tmp, path).map_err(io)?;
+            daemon_support::write_private(path, &key).map_err(io)?;
             Ok(key)
         }
         Err(e) => Err(io(e)),
