@@ -169,22 +169,8 @@ fn kill_9_during_votes_loses_no_adopted_change() {
 #[test]
 fn gov_creates_a_subnet_with_its_key_delegated_by_the_root_key() {
     let dir = tempfile::tempdir().unwrap();
-    let mut gov = LocalGovernance::create(
-        &dir.path().join("keys"),
-        "subnets",
-        &[100],
-        &[("op1", 4)],
-        LocalGovernance::default_settings,
-    )
-    .unwrap();
-    gov.genesis.actions = vec![Action::ElectGuestos(Elected {
-        version: "1.0.0".into(),
-        sha256: "ab".repeat(32).parse().unwrap(),
-        size: None,
-        urls: vec!["http://m/x".into()],
-    })];
     let data = dir.path().join("data");
-    registry_server::Registry::init(&data, &gov.genesis).unwrap();
+    let gov = governed_registry(&dir.path().join("keys"), "subnets", &data);
     let port = free_port();
     // Killed however the test ends, a failed assertion included.
     struct Server(Child);

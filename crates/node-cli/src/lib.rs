@@ -1,5 +1,5 @@
 //! The commands that run on a node: `upgrade` (the A/B engine), `hostos` (the HostOS agent),
-//! `orchestrator` (the GuestOS orchestrator), `data` (the GuestOS data partition), `replica` (the IC's interface), `channel` (the guest side of the host
+//! `orchestrator` (the GuestOS orchestrator), `data` (the GuestOS data partition), `replica` (the IC's interface), `boundary` (the API boundary), `channel` (the guest side of the host
 //! channel) and `setupos` (check and inject an operator's config, install a node). The node binary (`icos-node`, installed as `/usr/bin/icos` in every image) has
 //! only these; the developer tool `icos` flattens the same [`NodeCmd`] into its own commands,
 //! so both speak the same words.
@@ -16,6 +16,7 @@
 //! assert!(Cli::try_parse_from(["icos", "testnet", "up"]).is_err());
 //! ```
 
+mod boundary;
 mod channel;
 mod data;
 mod hostos;
@@ -25,6 +26,7 @@ mod report;
 mod setupos;
 mod upgrade;
 
+pub use boundary::BoundaryCmd;
 pub use channel::ChannelCmd;
 pub use data::DataCmd;
 pub use hostos::HostosCmd;
@@ -76,6 +78,11 @@ pub enum NodeCmd {
         #[command(subcommand)]
         cmd: ReplicaCmd,
     },
+    /// The API boundary: one address for the whole network, routed by the verified registry.
+    Boundary {
+        #[command(subcommand)]
+        cmd: BoundaryCmd,
+    },
     /// Guest side of the host-guest channel.
     Channel {
         #[command(subcommand)]
@@ -102,6 +109,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<i32> {
         NodeCmd::Setupos { cmd } => setupos::setupos(cmd),
         NodeCmd::Data { cmd } => data::data(cmd),
         NodeCmd::Replica { cmd } => replica::replica(cmd),
+        NodeCmd::Boundary { cmd } => boundary::boundary(cmd),
     }
 }
 

@@ -29,6 +29,11 @@ pub struct ReplicaSpec {
     pub canister_range: (u64, u64),
     /// Nodes in the subnet (more than one: calls refused until replication lands).
     pub subnet_size: usize,
+    /// The Ed25519 public keys (hex) of every node in the subnet, from the registry: the
+    /// replica certifies them under `/subnet/<id>/node`, so an agent checks a query answer
+    /// signed by any node of the subnet, whichever node a boundary sent it to.
+    #[serde(default)]
+    pub subnet_nodes: Vec<String>,
     pub listen: std::net::SocketAddr,
     /// Where the replica keeps its checkpoints.
     pub state_dir: PathBuf,
@@ -88,6 +93,7 @@ mod tests {
             node_key: "22".repeat(32),
             canister_range: (0, 9),
             subnet_size: 1,
+            subnet_nodes: Vec::new(),
             listen: "[::]:8080".parse().unwrap(),
             state_dir: d.path().join("state"),
         };

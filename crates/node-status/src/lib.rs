@@ -1,6 +1,6 @@
 //! The status documents of the node daemons, shared by the daemons (which publish them) and
 //! every reader (the CLI, the local network, benchmarks, tests): [`orchestrator`]'s
-//! `/status` and [`hostos`]'s `/v1/status`. States are enums, so a reader matches on them
+//! `/status`, [`hostos`]'s `/v1/status` and [`boundary`]'s `/boundary/status`. States are enums, so a reader matches on them
 //! instead of comparing strings, and a daemon and its readers cannot drift apart.
 //!
 //! Readers fetch with [`fetch`], which bounds the answer's size and time.
@@ -12,6 +12,7 @@
 //! assert!(!s.confirmed);
 //! ```
 
+pub mod boundary;
 pub mod hostos;
 pub mod orchestrator;
 

@@ -86,6 +86,11 @@ pub fn desired(reg: &Registry, node: &str, key: &keys::SecretKey, place: &Replic
         node_key: hex::encode(key.to_bytes()),
         canister_range: (range.start, range.end),
         subnet_size: s.nodes.len(),
+        subnet_nodes: s
+            .nodes
+            .iter()
+            .filter_map(|n| reg.nodes.get(n).map(|n| n.public_key.clone()))
+            .collect(),
         listen: place.listen,
         state_dir: place.dir.join("state"),
     }))

@@ -52,6 +52,9 @@ pub struct Config {
     pub canister_range: (u64, u64),
     /// Nodes in the subnet (more than one: calls are refused until replication lands).
     pub subnet_size: usize,
+    /// The Ed25519 public keys of the subnet's other nodes, certified next to this node's so
+    /// an agent checks query answers signed by any of them.
+    pub peer_node_keys: Vec<[u8; 32]>,
     pub runtime: canister_runtime::Limits,
     pub ingress: ingress::Limits,
 }
@@ -493,6 +496,11 @@ fn subnet_facts(tree: &mut StateTree, c: &Config) {
         &subnet(&[b"node", c.node_id.as_slice(), b"public_key"]),
         node_der,
     );
+    for peer in &c.peer_node_keys {
+        let der = ingress::ed25519_der(peer);
+        let id = Principal::self_authenticating(&der);
+        tree.set(&subnet(&[b"node", id.as_slice(), b"public_key"]), der);
+    }
 }
 
 /// Who may read what (the interface's rules): `/time`, `/subnet` and `/canister_ranges`

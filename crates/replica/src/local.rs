@@ -57,6 +57,7 @@ pub fn open(
         node_key,
         canister_range: LOCAL_RANGE,
         subnet_size: 1,
+        peer_node_keys: Vec::new(),
         runtime,
         ingress: Default::default(),
     };

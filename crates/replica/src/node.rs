@@ -62,6 +62,15 @@ pub fn config(spec: &ReplicaSpec, runtime: canister_runtime::Limits) -> Result<C
         .map_err(|_| bad("node key", "not 32 bytes"))?;
     let node_key = ed25519_dalek::SigningKey::from_bytes(&node);
     let node_der = ingress::ed25519_der(node_key.verifying_key().as_bytes());
+    let mut peer_node_keys = Vec::new();
+    for k in &spec.subnet_nodes {
+        let key: [u8; 32] = hex_field("subnet node key", k)?
+            .try_into()
+            .map_err(|_| bad("subnet node key", format!("{k} is not 32 bytes")))?;
+        if key != node_key.verifying_key().to_bytes() && !peer_node_keys.contains(&key) {
+            peer_node_keys.push(key);
+        }
+    }
     Ok(Config {
         subnet_id: d.subnet_id,
         subnet_key,
@@ -71,6 +80,7 @@ pub fn config(spec: &ReplicaSpec, runtime: canister_runtime::Limits) -> Result<C
         node_key,
         canister_range: spec.canister_range,
         subnet_size: spec.subnet_size,
+        peer_node_keys,
         runtime,
         ingress: Default::default(),
     })
@@ -111,6 +121,7 @@ mod tests {
             node_key: "07".repeat(32),
             canister_range: range,
             subnet_size: 1,
+            subnet_nodes: Vec::new(),
             listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: "/nonexistent".into(),
         }

@@ -47,6 +47,7 @@ fn start(subnet_size: usize) -> Net {
         node_key,
         canister_range: range,
         subnet_size,
+        peer_node_keys: Vec::new(),
         runtime: canister_runtime::Limits {
             instructions_per_message: 100_000_000,
             ..Default::default()

@@ -28,6 +28,7 @@ fn config() -> Config {
         node_key,
         canister_range: (0, 0xfffff),
         subnet_size: 1,
+        peer_node_keys: Vec::new(),
         runtime: Default::default(),
         ingress: Default::default(),
     }

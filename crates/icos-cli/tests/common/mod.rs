@@ -359,3 +359,30 @@ pub fn expect_line(vm: &mut Vm, log: &Path, pattern: &str, timeout: Duration) ->
         ),
     }
 }
+
+/// Local governance (one neuron with all the power, operator `op1` allowed 4 nodes) whose
+/// genesis elects GuestOS 1.0.0, and a registry initialized from it in `data`.
+pub fn governed_registry(
+    keys: &Path,
+    name: &str,
+    data: &Path,
+) -> registry_server::localnet::LocalGovernance {
+    use registry_model::{Action, Elected};
+    use registry_server::localnet::LocalGovernance;
+    let mut gov = LocalGovernance::create(
+        keys,
+        name,
+        &[100],
+        &[("op1", 4)],
+        LocalGovernance::default_settings,
+    )
+    .unwrap();
+    gov.genesis.actions = vec![Action::ElectGuestos(Elected {
+        version: "1.0.0".into(),
+        sha256: "ab".repeat(32).parse().unwrap(),
+        size: None,
+        urls: vec!["http://m/x".into()],
+    })];
+    registry_server::Registry::init(data, &gov.genesis).unwrap();
+    gov
+}

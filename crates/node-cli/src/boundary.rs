@@ -1,0 +1,56 @@
+//! `icos boundary serve`: the API boundary, with routes from the verified registry.
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum BoundaryCmd {
+    /// Serve the IC's HTTP interface for the whole network: each request goes to a healthy
+    /// node of the subnet that holds its canister, as the registry (verified back to the
+    /// genesis) says. Prints `BOUNDARY serving on http://ADDR` once listening.
+    Serve {
+        /// Registry servers or mirrors, tried in order (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        registry: Vec<String>,
+        /// The genesis hash the registry must chain back to.
+        #[arg(long)]
+        genesis_hash: String,
+        /// Where to serve (port 0: any free port, printed on start).
+        #[arg(long, default_value = "[::]:443")]
+        listen: SocketAddr,
+        /// Where the verified registry is cached.
+        #[arg(long, default_value = "/var/lib/icos/boundary")]
+        state_dir: PathBuf,
+        /// Requests per second one client (an IPv4 address or an IPv6 /64) may send.
+        #[arg(long, default_value_t = 200)]
+        client_rate: u32,
+        /// Requests per second all clients together may send to one subnet.
+        #[arg(long, default_value_t = 2000)]
+        subnet_rate: u32,
+    },
+}
+
+pub fn boundary(cmd: BoundaryCmd) -> Result<i32> {
+    match cmd {
+        BoundaryCmd::Serve {
+            registry,
+            genesis_hash,
+            listen,
+            state_dir,
+            client_rate,
+            subnet_rate,
+        } => {
+            let mut config = boundary::Config::new(registry, &genesis_hash, state_dir, listen);
+            config.rates = boundary::limits::RateConfig {
+                per_client_per_sec: client_rate,
+                per_client_burst: client_rate.saturating_mul(2),
+                per_subnet_per_sec: subnet_rate,
+                per_subnet_burst: subnet_rate.saturating_mul(2),
+            };
+            boundary::run(config).context("running the API boundary")?;
+            Ok(0)
+        }
+    }
+}
