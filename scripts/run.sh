@@ -45,6 +45,12 @@ for log in "$DIR"/nodes/*/state/guest-serial.log; do
 done
 echo "(subnet-1 has two nodes and refuses calls until subnets replicate; the counter below runs on a replica of its own)"
 
+step "the API boundary: one URL for agents, routes from the verified registry"
+BOUNDARY=$("$ICOS" testnet status --dir "$DIR" | sed -n 's/^boundary \(http[^:]*:[^:]*:[0-9]*\):.*/\1/p')
+"$ICOS" testnet status --dir "$DIR" | grep '^boundary' || true
+echo "what a client gets for a canister id no subnet holds (the cause is in x-ic-error-cause):"
+curl -s -i -X POST "$BOUNDARY/api/v2/canister/aaaaa-aa/query" | grep -i -E '^HTTP|^x-ic-error-cause|^error|^details' || true
+
 step "a canister on a local replica (icos replica run: one node that is its own subnet)"
 REPLICA_DIR="$DIR/replica"
 if [ -f "$REPLICA_DIR.pid" ]; then kill "$(cat "$REPLICA_DIR.pid")" 2>/dev/null || true; fi
@@ -75,6 +81,7 @@ The network is running. Try:
   $ICOS testnet upgrade --dir $DIR --subnet subnet-1 --to 1.1.0   # build, propose, vote, watch the rollout
   $ICOS testnet status --dir $DIR
   $ICOS testnet down --dir $DIR                                   # stop everything
+  $ICOS canister --url $BOUNDARY ...     # agents: the network through its API boundary
   $CANISTER call $ID inc                 # the local replica ($URL)
   $CANISTER upload $ASSETS <dir>         # publish a site; then: $CANISTER http $ASSETS /
   kill \$(cat $REPLICA_DIR.pid)                                      # stop the local replica

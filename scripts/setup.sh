@@ -25,6 +25,7 @@ STABLE_PKGS=(
   libc6-dev          # static glibc for the initramfs's icos-init
   nginx-light        # baseline static server for the registry benchmark
   wrk                # HTTP load generator for benchmarks
+  curl               # the main job shows a raw HTTP exchange with the boundary
   clang              # the C example canisters, built for wasm32 (crates/example-canisters)
   lld                # wasm-ld, clang's linker for wasm32
 )

@@ -220,7 +220,7 @@ async fn canister(
                 .into_response()
         }
     };
-    let route = |b: &Boundary| -> Result<SubnetRoute, ApiError> {
+    let route = |b: &Boundary| -> Result<Arc<SubnetRoute>, ApiError> {
         let c = principal("canister", &id)?;
         b.table().by_canister(&c).cloned().map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "canister_not_found", e.to_string())
@@ -243,7 +243,7 @@ async fn subnet(
             .await
             .into_response();
     }
-    let route = |b: &Boundary| -> Result<SubnetRoute, ApiError> {
+    let route = |b: &Boundary| -> Result<Arc<SubnetRoute>, ApiError> {
         let s = principal("subnet", &id)?;
         b.table()
             .by_subnet(&s)
@@ -261,7 +261,7 @@ async fn handle(
     peer: SocketAddr,
     kind: Kind,
     path: String,
-    route: impl Fn(&Boundary) -> Result<SubnetRoute, ApiError>,
+    route: impl Fn(&Boundary) -> Result<Arc<SubnetRoute>, ApiError>,
     body: Body,
 ) -> Result<Response, ApiError> {
     b.limits.client(peer.ip())?;
@@ -277,14 +277,12 @@ async fn handle(
     let anonymous = inspect(&body, kind)?;
     b.limits.subnet(&subnet.id)?;
     let cacheable = kind == Kind::Query && anonymous;
-    let key = QueryCache::key(&path, &body);
-    if cacheable {
-        if let Some(hit) = b.cache.get(&key) {
-            return Ok(answer(&subnet, hit, Some("HIT")));
-        }
+    let key = cacheable.then(|| QueryCache::key(&path, &body));
+    if let Some(hit) = key.as_ref().and_then(|k| b.cache.get(k)) {
+        return Ok(answer(&subnet, hit, Some("HIT")));
     }
     let got = forward(b, &subnet, kind, &path, body).await?;
-    if cacheable && got.status == 200 {
+    if let Some(key) = key.filter(|_| got.status == 200) {
         b.cache.put(key, got.clone());
     }
     let cache = match kind {

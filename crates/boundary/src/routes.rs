@@ -4,6 +4,7 @@
 
 use ic_principal::Principal;
 use registry_model::Registry;
+use std::sync::Arc;
 
 /// A node a request can be sent to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +42,8 @@ pub struct Table {
     pub version: u64,
     /// The network's root public key (DER), served by `/api/v2/status`.
     pub root_key: Option<Vec<u8>>,
-    pub subnets: Vec<SubnetRoute>,
+    /// Shared, so a request holds its subnet's route without copying it.
+    pub subnets: Vec<Arc<SubnetRoute>>,
     /// Canister index ranges, sorted by start, with the index of their subnet.
     ranges: Vec<(u64, u64, usize)>,
 }
@@ -81,11 +83,11 @@ impl Table {
             for r in &s.canister_ranges {
                 ranges.push((r.start, r.end, subnets.len()));
             }
-            subnets.push(SubnetRoute {
+            subnets.push(Arc::new(SubnetRoute {
                 id: s.id.clone(),
                 principal,
                 nodes,
-            });
+            }));
         }
         ranges.sort();
         Table {
@@ -97,7 +99,7 @@ impl Table {
     }
 
     /// The subnet whose ranges hold `canister` (binary search over the sorted ranges).
-    pub fn by_canister(&self, canister: &Principal) -> Result<&SubnetRoute, RouteError> {
+    pub fn by_canister(&self, canister: &Principal) -> Result<&Arc<SubnetRoute>, RouteError> {
         let not_found = || RouteError::CanisterNotFound(canister.to_text());
         let index = canister_index(canister).ok_or_else(not_found)?;
         let after = self.ranges.partition_point(|(start, _, _)| *start <= index);
@@ -112,7 +114,7 @@ impl Table {
     }
 
     /// The subnet with principal `id`.
-    pub fn by_subnet(&self, id: &Principal) -> Result<&SubnetRoute, RouteError> {
+    pub fn by_subnet(&self, id: &Principal) -> Result<&Arc<SubnetRoute>, RouteError> {
         self.subnets
             .iter()
             .find(|s| s.principal.as_ref() == Some(id))
@@ -123,7 +125,7 @@ impl Table {
     pub fn nodes(&self) -> impl Iterator<Item = (&SubnetRoute, &NodeRoute)> {
         self.subnets
             .iter()
-            .flat_map(|s| s.nodes.iter().map(move |n| (s, n)))
+            .flat_map(|s| s.nodes.iter().map(move |n| (&**s, n)))
     }
 }
 
@@ -226,7 +228,7 @@ mod tests {
         let t = Table::from_registry(&registry(), 1);
         let s2 = t.by_canister(&canister(150)).unwrap();
         assert_eq!(
-            s2.nodes,
+            s2.nodes.clone(),
             vec![NodeRoute {
                 id: "b".into(),
                 endpoint: "http://[::1]:8002".into()

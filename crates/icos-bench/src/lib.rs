@@ -9,7 +9,8 @@
 //! The other benchmarks live in modules: [`install`] (upgrade install throughput against
 //! `sha256sum` + `dd`), [`registry`] (sync, incremental sync, server throughput against
 //! nginx), [`replica`] (queries and calls under load against a bare HTTP and CBOR floor,
-//! one message against a direct wasmtime call) and [`rollout`] (a testnet rollout from adoption until every node confirmed,
+//! one message against a direct wasmtime call), [`boundary`] (queries through the API
+//! boundary against nginx as a reverse proxy to the same replica) and [`rollout`] (a testnet rollout from adoption until every node confirmed,
 //! against one plain reboot of the same VM).
 //!
 //! ```no_run
@@ -17,6 +18,7 @@
 //! println!("ratio {:.2}", r.ratio());
 //! ```
 
+pub mod boundary;
 pub mod install;
 pub mod registry;
 pub mod replica;

@@ -114,7 +114,7 @@ fn candid_empty() -> Vec<u8> {
 }
 
 /// An agent that only signs (nothing listens at its URL).
-fn signer() -> Result<ic_agent::Agent, BenchError> {
+pub(crate) fn signer() -> Result<ic_agent::Agent, BenchError> {
     ic_agent::Agent::builder()
         .with_url("http://127.0.0.1:9")
         .with_identity(ic_agent::identity::BasicIdentity::from_raw_key(&[21; 32]))
@@ -140,8 +140,17 @@ fn sign_updates(
         .collect()
 }
 
+/// An agent that signs as the anonymous principal.
+pub(crate) fn anonymous_signer() -> Result<ic_agent::Agent, BenchError> {
+    ic_agent::Agent::builder()
+        .with_url("http://127.0.0.1:9")
+        .with_ingress_expiry(Duration::from_secs(240))
+        .build()
+        .map_err(|e| err("an anonymous agent to sign with")(e.to_string()))
+}
+
 /// Create the counter and install it, through the replica's call path.
-fn install_counter(
+pub(crate) fn install_counter(
     replica: &replica::Replica,
     signer: &ic_agent::Agent,
 ) -> Result<ic_principal::Principal, BenchError> {

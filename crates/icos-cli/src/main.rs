@@ -136,6 +136,19 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2000)]
         requests: usize,
     },
+    /// API boundary: signed queries through it against nginx as a reverse proxy to the same
+    /// replica (wrk, alternating rounds); the replica alone and cached anonymous queries too.
+    Boundary {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value = "/var/tmp/icos-bench-boundary")]
+        work: PathBuf,
+    },
     /// Install throughput of a package (default 1 GiB) against sha256sum + dd.
     Install {
         #[arg(long, default_value_t = 1024)]
@@ -306,6 +319,38 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Testnet { cmd, dir } => testnet_cmd(cmd, dir),
         Cmd::Registry { cmd } => gov::registry(cmd),
         Cmd::Canister(a) => canister::canister(a),
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Boundary {
+                    rounds,
+                    secs,
+                    connections,
+                    work,
+                },
+        } => {
+            let _ = std::fs::remove_dir_all(&work);
+            let r = icos_bench::boundary::boundary_benchmark(&work, rounds, secs, connections)?;
+            let row = |what: &str, w: &icos_bench::boundary::WrkResult| {
+                println!(
+                    "{what:<28} {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                    w.per_sec, w.p50_ms, w.p99_ms
+                )
+            };
+            row("replica alone", &r.direct);
+            for (i, (ours, nginx)) in r.rounds.iter().enumerate() {
+                row(&format!("round {}: icos boundary", i + 1), ours);
+                row(&format!("round {}: nginx proxy", i + 1), nginx);
+            }
+            row("icos boundary, cached", &r.cached);
+            println!(
+                "boundary / nginx (median of {} rounds, {connections} connections): throughput {:.3}, p99 {:.3}",
+                r.rounds.len(),
+                r.throughput_ratio(),
+                r.p99_ratio()
+            );
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(0)
+        }
         Cmd::Bench {
             cmd: BenchCmd::Replica { requests },
         } => {
@@ -627,6 +672,7 @@ fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 testnet::print_status(&rows);
+                testnet::print_boundary(&state);
             }
             Ok(0)
         }

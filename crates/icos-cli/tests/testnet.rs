@@ -501,6 +501,16 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         assert!(out.status.success() && text.contains(want), "{text}");
     }
     assert_eq!(counter_value(&dir, &url1, &id), 2);
+    // The same counter through the network's API boundary: one URL for agents, the
+    // canister's subnet and a healthy node of it found from the verified registry.
+    let boundary = state.boundary_url().expect("the testnet runs a boundary");
+    assert!(
+        table.contains(&format!(
+            "boundary {boundary}: routes from registry version"
+        )),
+        "{table}"
+    );
+    assert_eq!(counter_value(&dir, &boundary, &id), 2);
 
     // --- Broken 1.2.0 on subnet-1 (node1 now): it rolls back to 1.1.0 and holds, and the -
     // counter is still there after the trial and the rollback.
@@ -783,6 +793,8 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
             &format!("without a registry: {r:?}"),
         );
     }
+    // The boundary keeps routing by the last registry version it verified.
+    assert_eq!(counter_value(&dir, &boundary, &id), value);
 
     // --- Down: nothing left running. ---------------------------------------------------------
     let out = icos()
@@ -803,5 +815,6 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         );
     }
     assert!(!testnet::alive(state.nginx_pid));
+    assert!(!testnet::alive(state.boundary_pid));
     assert_eq!(testnet::stray_qemus(&dir), Vec::<u32>::new());
 }

@@ -119,6 +119,12 @@ pub struct State {
     pub icos: PathBuf,
     pub nodes: Vec<NodeInfo>,
     pub subnets: Vec<String>,
+    /// The API boundary (`icos boundary serve`, a process on this machine until the boundary
+    /// image lands): one URL for agents, routes from the verified registry.
+    #[serde(default)]
+    pub boundary_port: u16,
+    #[serde(default)]
+    pub boundary_pid: u32,
 }
 
 impl State {
@@ -149,6 +155,17 @@ impl State {
 
     pub fn api(&self) -> Api {
         Api::new(&self.registry_url())
+    }
+
+    /// The API boundary's URL (none in a network started before it existed).
+    pub fn boundary_url(&self) -> Option<String> {
+        (self.boundary_port != 0).then(|| format!("http://127.0.0.1:{}", self.boundary_port))
+    }
+
+    /// What the boundary says about its routes and nodes (none if it does not answer).
+    pub fn boundary_status(&self) -> Option<node_status::boundary::BoundaryStatus> {
+        let url = format!("{}/boundary/status", self.boundary_url()?);
+        node_status::fetch(&url, Duration::from_secs(3)).ok()
     }
 
     fn neuron_key(&self, n: u64) -> Result<keys::SecretKey, TestnetError> {
@@ -398,6 +415,7 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
     let base = image(&images, &spec.recipes, &spec.version, report)?;
     let package_port = free_port()?;
     let registry_port = free_port()?;
+    let boundary_port = free_port()?;
     let pkg = spec
         .dir
         .join(format!("packages/guestos-{}.tar", spec.version));
@@ -409,8 +427,7 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
     let mut state = start_services(
         spec,
         &images,
-        registry_port,
-        package_port,
+        [registry_port, package_port, boundary_port],
         genesis_hash,
         report,
     )?;
@@ -561,13 +578,12 @@ fn write_governance(
     Ok(g.hash())
 }
 
-/// The registry server and the package mirror, detached and recorded; returns once both
-/// answer.
+/// The registry server, the package mirror and the API boundary, detached and recorded;
+/// returns once all three answer.
 fn start_services(
     spec: &Spec,
     images: &Path,
-    registry_port: u16,
-    package_port: u16,
+    [registry_port, package_port, boundary_port]: [u16; 3],
     genesis_hash: String,
     report: &dyn Report,
 ) -> Result<State, TestnetError> {
@@ -600,6 +616,17 @@ fn start_services(
             .arg(&conf),
         &spec.dir.join("logs/nginx.log"),
     )?;
+    let boundary_pid = spawn_detached(
+        Command::new(&spec.icos)
+            .args(["boundary", "serve", "--registry"])
+            .arg(format!("http://127.0.0.1:{registry_port}"))
+            .args(["--genesis-hash", &genesis_hash])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{boundary_port}"))
+            .arg("--state-dir")
+            .arg(spec.dir.join("boundary")),
+        &spec.dir.join("logs/boundary.log"),
+    )?;
     let state = State {
         dir: spec.dir.clone(),
         registry_port,
@@ -612,6 +639,8 @@ fn start_services(
         icos: spec.icos.clone(),
         nodes: Vec::new(),
         subnets: Vec::new(),
+        boundary_port,
+        boundary_pid,
     };
     state.save()?;
     wait_up(
@@ -624,6 +653,14 @@ fn start_services(
         &format!("http://127.0.0.1:{package_port}/{MIRROR_PROBE}"),
         &spec.dir.join("logs/nginx.log"),
     )?;
+    wait_up(
+        "the API boundary",
+        &format!("http://127.0.0.1:{boundary_port}/api/v2/status"),
+        &spec.dir.join("logs/boundary.log"),
+    )?;
+    report.line(&format!(
+        "API boundary on http://127.0.0.1:{boundary_port} (agents: one URL for every subnet)"
+    ));
     Ok(state)
 }
 
@@ -993,6 +1030,29 @@ pub fn print_status(rows: &[NodeRow]) {
     }
 }
 
+/// The boundary's line under the node table: its URL and how many nodes take requests.
+pub fn print_boundary(state: &State) {
+    let Some(url) = state.boundary_url() else {
+        return;
+    };
+    match state.boundary_status() {
+        Some(b) => {
+            let nodes: Vec<_> = b.subnets.iter().flat_map(|s| &s.nodes).collect();
+            println!(
+                "boundary {url}: routes from registry version {}, {} subnet(s), {}/{} node(s) taking requests",
+                b.registry_version,
+                b.subnets.len(),
+                nodes.iter().filter(|n| n.candidate).count(),
+                nodes.len()
+            );
+        }
+        None => println!(
+            "boundary {url}: not answering (see {})",
+            state.dir.join("logs/boundary.log").display()
+        ),
+    }
+}
+
 fn upgrade_word(s: UpgradeState) -> String {
     serde_json::to_value(s)
         .ok()
@@ -1195,8 +1255,14 @@ pub fn down(dir: &Path, report: &dyn Report) -> Result<(), TestnetError> {
     }
     signal(state.registry_pid, nix::sys::signal::Signal::SIGTERM);
     signal(state.nginx_pid, nix::sys::signal::Signal::SIGQUIT);
+    if state.boundary_pid != 0 {
+        signal(state.boundary_pid, nix::sys::signal::Signal::SIGTERM);
+    }
     std::thread::sleep(Duration::from_millis(500));
-    for pid in [state.registry_pid, state.nginx_pid] {
+    for pid in [state.registry_pid, state.nginx_pid, state.boundary_pid] {
+        if pid == 0 {
+            continue;
+        }
         if alive(pid) {
             signal(pid, nix::sys::signal::Signal::SIGKILL);
         }

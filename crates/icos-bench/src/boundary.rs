@@ -1,0 +1,313 @@
+//! The API boundary under load (issue 13), next to nginx in the same run: `wrk` sends the
+//! same signed query (so neither side may answer from a cache) through our boundary and
+//! through nginx configured as a reverse proxy with keep-alive to the same replica; the
+//! replica alone is the floor both stand on. Rounds alternate between the two so drift of
+//! the machine hits both. Also measured: identical anonymous queries, which our boundary
+//! answers from its one-second cache (nginx has no equivalent without a cache key that
+//! would break query signatures).
+//!
+//! Both run plain HTTP: the boundary's TLS is not built yet (issue 13 lists it).
+
+use crate::BenchError;
+use registry_model::{CanisterRange, Node, Registry, Subnet};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn err(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
+    move |message| BenchError::Replica {
+        what: format!("boundary benchmark: {what}"),
+        message,
+    }
+}
+
+/// One `wrk` run.
+#[derive(Debug, Clone, Copy)]
+pub struct WrkResult {
+    pub per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BoundaryReport {
+    /// Per round: (boundary, nginx).
+    pub rounds: Vec<(WrkResult, WrkResult)>,
+    /// The replica without anything in front.
+    pub direct: WrkResult,
+    /// Identical anonymous queries through the boundary (its cache answers).
+    pub cached: WrkResult,
+}
+
+impl BoundaryReport {
+    fn median(&self, f: impl Fn(&(WrkResult, WrkResult)) -> f64) -> f64 {
+        let mut v: Vec<f64> = self.rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    /// Median over rounds of boundary throughput / nginx throughput.
+    pub fn throughput_ratio(&self) -> f64 {
+        self.median(|(b, n)| b.per_sec / n.per_sec)
+    }
+    /// Median over rounds of boundary p99 / nginx p99.
+    pub fn p99_ratio(&self) -> f64 {
+        self.median(|(b, n)| b.p99_ms / n.p99_ms)
+    }
+}
+
+/// Run `rounds` alternating rounds of `secs` seconds each, `connections` clients.
+pub fn boundary_benchmark(
+    work: &Path,
+    rounds: usize,
+    secs: u64,
+    connections: usize,
+) -> Result<BoundaryReport, BenchError> {
+    std::fs::create_dir_all(work).map_err(crate::io("creating", work))?;
+    let (replica, _) = replica::local::open(&work.join("replica"), Default::default())
+        .map_err(|e| err("opening the replica")(e.to_string()))?;
+    let replica = Arc::new(replica);
+    let signer = crate::replica::signer()?;
+    let canister = crate::replica::install_counter(&replica, &signer)?;
+    let limits = http_guard::Limits {
+        max_connections_per_client: 1024,
+        ..Default::default()
+    };
+    let (node, _) = http_guard::spawn(
+        "127.0.0.1:0".parse().expect("an address"),
+        replica::http::router(replica.clone()),
+        limits.clone(),
+    )
+    .map_err(|e| err("serving the replica")(e.to_string()))?;
+
+    // The boundary, routes from a registry naming this one node (the registry's own
+    // syncing is measured by the registry benchmark).
+    let mut config = boundary::Config::new(
+        vec![],
+        "",
+        work.join("boundary"),
+        "127.0.0.1:0".parse().expect("an address"),
+    );
+    // One load generator is one client address: lift the per-client limit.
+    config.rates.per_client_per_sec = 10_000_000;
+    config.rates.per_client_burst = 10_000_000;
+    config.rates.per_subnet_per_sec = 10_000_000;
+    config.rates.per_subnet_burst = 10_000_000;
+    let b = boundary::Boundary::new(config);
+    b.set_table(boundary::routes::Table::from_registry(
+        &one_node_registry(&replica, &format!("http://{node}")),
+        1,
+    ));
+    let (ours, _) = http_guard::spawn(
+        "127.0.0.1:0".parse().expect("an address"),
+        boundary::proxy::router(b),
+        limits,
+    )
+    .map_err(|e| err("serving the boundary")(e.to_string()))?;
+    let nginx = Nginx::start(work, node)?;
+
+    let signed = signer
+        .query(&canister, "get")
+        .with_arg(b"DIDL\0\0".to_vec())
+        .sign()
+        .map_err(|e| err("signing a query")(e.to_string()))?
+        .signed_query;
+    let anonymous = crate::replica::anonymous_signer()?
+        .query(&canister, "get")
+        .with_arg(b"DIDL\0\0".to_vec())
+        .sign()
+        .map_err(|e| err("signing an anonymous query")(e.to_string()))?
+        .signed_query;
+    let path = format!("/api/v2/canister/{canister}/query");
+    let script = |name: &str, body: &[u8]| -> Result<std::path::PathBuf, BenchError> {
+        let body_file = work.join(format!("{name}.cbor"));
+        std::fs::write(&body_file, body).map_err(crate::io("writing", &body_file))?;
+        let lua = work.join(format!("{name}.lua"));
+        let mut f = std::fs::File::create(&lua).map_err(crate::io("writing", &lua))?;
+        writeln!(
+            f,
+            "local f = io.open(\"{}\", \"rb\")\nwrk.method = \"POST\"\nwrk.body = f:read(\"*all\")\nf:close()\nwrk.headers[\"Content-Type\"] = \"application/cbor\"",
+            body_file.display()
+        )
+        .map_err(crate::io("writing", &lua))?;
+        Ok(lua)
+    };
+    let signed_lua = script("signed", &signed)?;
+    let anonymous_lua = script("anonymous", &anonymous)?;
+    let run = |base: String, lua: &Path| wrk(&format!("{base}{path}"), lua, secs, connections);
+    let direct = run(format!("http://{node}"), &signed_lua)?;
+    let mut all = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let ours = run(format!("http://{ours}"), &signed_lua)?;
+        let theirs = run(format!("http://127.0.0.1:{}", nginx.port), &signed_lua)?;
+        all.push((ours, theirs));
+    }
+    let cached = run(format!("http://{ours}"), &anonymous_lua)?;
+    drop(nginx);
+    Ok(BoundaryReport {
+        rounds: all,
+        direct,
+        cached,
+    })
+}
+
+fn one_node_registry(replica: &replica::Replica, endpoint: &str) -> Registry {
+    let (start, end) = replica::local::LOCAL_RANGE;
+    let mut reg = Registry {
+        root_key: Some(hex::encode(&replica.config().root_key_der)),
+        ..Default::default()
+    };
+    reg.nodes.insert(
+        "node".into(),
+        Node {
+            id: "node".into(),
+            operator: "op".into(),
+            public_key: String::new(),
+            ipv6: String::new(),
+            http_endpoint: endpoint.into(),
+            hostos_version: None,
+        },
+    );
+    reg.subnets.insert(
+        "local".into(),
+        Subnet {
+            id: "local".into(),
+            nodes: vec!["node".into()],
+            canister_ranges: vec![CanisterRange { start, end }],
+            guestos_version: "1".into(),
+            key: None,
+        },
+    );
+    reg
+}
+
+/// nginx as a reverse proxy to `upstream`, keeping connections to it open, as a
+/// production proxy in front of a replica would be configured.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(work: &Path, upstream: std::net::SocketAddr) -> Result<Nginx, BenchError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(crate::io("finding a free port", work))?
+            .port();
+        let conf = work.join("nginx-proxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; worker_processes 2; pid {pid}; error_log {log};\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; client_body_temp_path {tmp};\n\
+                   upstream replica {{ server {upstream}; keepalive 128; }}\n\
+                   server {{ listen 127.0.0.1:{port};\n\
+                     location / {{ proxy_pass http://replica; proxy_http_version 1.1;\n\
+                       proxy_set_header Connection \"\"; proxy_buffering on; }} }} }}\n",
+                pid = work.join("nginx-proxy.pid").display(),
+                log = work.join("nginx-proxy.err").display(),
+                tmp = work.display(),
+            ),
+        )
+        .map_err(crate::io("writing", &conf))?;
+        let child = host_tools::tools::NGINX
+            .command()?
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(work)
+            .spawn()
+            .map_err(crate::io(
+                "starting nginx (Debian package nginx-light; scripts/setup.sh installs it)",
+                &conf,
+            ))?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Nginx { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(err("starting nginx")(format!(
+            "not listening on {port}; see {}",
+            work.join("nginx-proxy.err").display()
+        )))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGQUIT,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// `wrk` with two threads and `connections` connections for `secs`, POSTing what `lua`
+/// sets; throughput and latency percentiles. Any non-2xx answer is an error.
+fn wrk(url: &str, lua: &Path, secs: u64, connections: usize) -> Result<WrkResult, BenchError> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(lua)
+        .arg(url)
+        .output()
+        .map_err(crate::io(
+            "running wrk (Debian package wrk; scripts/setup.sh installs it)",
+            Path::new("wrk"),
+        ))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        return Err(err("wrk got errors")(text));
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+    };
+    let per_sec = field("Requests/sec:").and_then(|v| v.parse().ok());
+    let (p50, p99) = (
+        field("50%").and_then(|v| ms(&v)),
+        field("99%").and_then(|v| ms(&v)),
+    );
+    match (per_sec, p50, p99) {
+        (Some(per_sec), Some(p50_ms), Some(p99_ms)) => Ok(WrkResult {
+            per_sec,
+            p50_ms,
+            p99_ms,
+        }),
+        _ => Err(err("reading wrk's output")(text)),
+    }
+}
+
+/// wrk's latency (`850.00us`, `1.23ms`, `2.01s`) in milliseconds.
+fn ms(v: &str) -> Option<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_latencies_read_in_milliseconds() {
+        assert_eq!(super::ms("850.00us"), Some(0.85));
+        assert_eq!(super::ms("1.50ms"), Some(1.5));
+        assert_eq!(super::ms("2.00s"), Some(2000.0));
+        assert_eq!(super::ms("fast"), None);
+    }
+}
