@@ -208,17 +208,14 @@ fn principal(what: &'static str, text: &str) -> Result<Principal, ApiError> {
 async fn canister(
     State(b): State<Arc<Boundary>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
     Path((version, id, kind)): Path<(String, String, String)>,
     body: Body,
 ) -> Response {
     let path = format!("/api/{version}/canister/{id}/{kind}");
     let kind = match Kind::parse(&kind) {
         Some(k) if k.versions().contains(&version.as_str()) => k,
-        _ => {
-            return not_found(Method::POST, path.parse().expect("a path"))
-                .await
-                .into_response()
-        }
+        _ => return not_found(Method::POST, uri).await.into_response(),
     };
     let route = |b: &Boundary| -> Result<Arc<SubnetRoute>, ApiError> {
         let c = principal("canister", &id)?;
@@ -234,14 +231,13 @@ async fn canister(
 async fn subnet(
     State(b): State<Arc<Boundary>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
     Path((version, id)): Path<(String, String)>,
     body: Body,
 ) -> Response {
     let path = format!("/api/{version}/subnet/{id}/read_state");
     if !Kind::ReadState.versions().contains(&version.as_str()) {
-        return not_found(Method::POST, path.parse().expect("a path"))
-            .await
-            .into_response();
+        return not_found(Method::POST, uri).await.into_response();
     }
     let route = |b: &Boundary| -> Result<Arc<SubnetRoute>, ApiError> {
         let s = principal("subnet", &id)?;

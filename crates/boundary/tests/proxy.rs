@@ -309,6 +309,21 @@ async fn bad_requests_are_named_and_never_reach_a_node() {
             "not_found",
         ),
         ("GET", "/etc/passwd".into(), vec![], 404, "not_found"),
+        // Escapes that decode to what no path may hold are named, not a crash.
+        (
+            "POST",
+            "/api/v9%20x/canister/a%2Fb%00/query".into(),
+            envelope("query", SIGNED),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("/api/v2/canister/{}%2F..%2F/query", canister(5)),
+            envelope("query", SIGNED),
+            400,
+            "malformed_request",
+        ),
         ("GET", q.clone(), vec![], 405, "method_not_allowed"),
         (
             "POST",
