@@ -58,19 +58,17 @@ impl Health {
         f(nodes.entry(node.to_string()).or_default());
     }
 
-    /// A probe's result: the status it read and how long it took, or why it failed.
-    pub fn record_probe(&self, node: &str, result: Result<(ReplicaStatus, Duration), String>) {
-        self.update(node, |h| match result {
-            Ok((status, rtt)) => {
-                h.height = status.certified_height.or(h.height);
-                h.state = if status.healthy {
-                    NodeState::Healthy
-                } else {
-                    NodeState::Unhealthy("its status is not healthy".into())
-                };
-                smooth(&mut h.latency_micros, rtt);
-            }
-            Err(why) => h.state = NodeState::Unhealthy(why),
+    /// A probe's answer: the status it read and how long it took. (A failed probe is a
+    /// [`Health::record_failure`].)
+    pub fn record_status(&self, node: &str, status: ReplicaStatus, rtt: Duration) {
+        self.update(node, |h| {
+            h.height = status.certified_height.or(h.height);
+            h.state = if status.healthy {
+                NodeState::Healthy
+            } else {
+                NodeState::Unhealthy("its status is not healthy".into())
+            };
+            smooth(&mut h.latency_micros, rtt);
         });
     }
 
@@ -79,7 +77,8 @@ impl Health {
         self.update(node, |h| smooth(&mut h.latency_micros, rtt));
     }
 
-    /// A forwarded request failed at the node: avoid it until a probe says otherwise.
+    /// A probe or a forwarded request failed at the node: avoid it until a probe says
+    /// otherwise.
     pub fn record_failure(&self, node: &str, why: String) {
         self.update(node, |h| h.state = NodeState::Unhealthy(why));
     }
@@ -100,33 +99,33 @@ impl Health {
     /// The nodes of `subnet` that may get a request, with their latency (unknown: last).
     pub fn candidates<'a>(&self, subnet: &'a SubnetRoute) -> Vec<Candidate<'a>> {
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-        let known: Vec<(&'a NodeRoute, NodeHealth)> = subnet
+        let unknown = NodeHealth::default();
+        let health = |n: &NodeRoute| nodes.get(&n.id).unwrap_or(&unknown);
+        let mut heights: Vec<u64> = subnet
             .nodes
             .iter()
-            .map(|n| (n, nodes.get(&n.id).cloned().unwrap_or_default()))
-            .collect();
-        let mut heights: Vec<u64> = known
-            .iter()
-            .filter(|(_, h)| h.state == NodeState::Healthy)
-            .filter_map(|(_, h)| h.height)
+            .map(health)
+            .filter(|h| h.state == NodeState::Healthy)
+            .filter_map(|h| h.height)
             .collect();
         heights.sort_unstable();
         let floor = heights
             .get(heights.len() / 2)
             .map(|median| median.saturating_sub(self.max_height_lag));
-        known
-            .into_iter()
-            .filter(|(_, h)| match h.state {
-                NodeState::Healthy => match (floor, h.height) {
-                    (Some(floor), Some(height)) => height >= floor,
-                    _ => true,
-                },
-                NodeState::Unknown => true,
-                NodeState::Unhealthy(_) => false,
+        subnet
+            .nodes
+            .iter()
+            .filter(|n| {
+                let h = health(n);
+                match h.state {
+                    NodeState::Healthy => floor.zip(h.height).is_none_or(|(f, height)| height >= f),
+                    NodeState::Unknown => true,
+                    NodeState::Unhealthy(_) => false,
+                }
             })
-            .map(|(node, h)| Candidate {
+            .map(|node| Candidate {
                 node,
-                latency_micros: h.latency_micros.unwrap_or(u64::MAX),
+                latency_micros: health(node).latency_micros.unwrap_or(u64::MAX),
             })
             .collect()
     }
@@ -199,25 +198,23 @@ mod tests {
         let h = Health::new(10);
         assert_eq!(ids(&h.candidates(&s)).len(), 5, "unknown nodes are tried");
         let ms = Duration::from_millis(1);
-        h.record_probe("n0", Ok((status(100), ms)));
-        h.record_probe("n1", Ok((status(95), ms)));
-        h.record_probe("n2", Ok((status(80), ms)));
-        h.record_probe(
+        h.record_status("n0", status(100), ms);
+        h.record_status("n1", status(95), ms);
+        h.record_status("n2", status(80), ms);
+        h.record_status(
             "n3",
-            Ok((
-                ReplicaStatus {
-                    healthy: false,
-                    certified_height: Some(100),
-                },
-                ms,
-            )),
+            ReplicaStatus {
+                healthy: false,
+                certified_height: Some(100),
+            },
+            ms,
         );
-        h.record_probe("n4", Err("connection refused".into()));
+        h.record_failure("n4", "connection refused".into());
         // Median of the healthy heights is 95: n2 (80) is more than 10 behind.
         assert_eq!(ids(&h.candidates(&s)), ["n0", "n1"]);
         h.record_failure("n0", "HTTP 500".into());
         assert_eq!(ids(&h.candidates(&s)), ["n1"]);
-        h.record_probe("n0", Ok((status(101), ms)));
+        h.record_status("n0", status(101), ms);
         assert_eq!(ids(&h.candidates(&s)), ["n0", "n1"]);
     }
 
@@ -225,9 +222,9 @@ mod tests {
     fn the_faster_node_gets_most_requests_and_tried_nodes_none() {
         let s = subnet(3);
         let h = Health::new(10);
-        h.record_probe("n0", Ok((status(1), Duration::from_millis(50))));
-        h.record_probe("n1", Ok((status(1), Duration::from_millis(5))));
-        h.record_probe("n2", Ok((status(1), Duration::from_millis(20))));
+        h.record_status("n0", status(1), Duration::from_millis(50));
+        h.record_status("n1", status(1), Duration::from_millis(5));
+        h.record_status("n2", status(1), Duration::from_millis(20));
         let c = h.candidates(&s);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut count = HashMap::new();

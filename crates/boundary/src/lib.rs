@@ -196,8 +196,10 @@ impl Boundary {
             let b = self.clone();
             let node = node.clone();
             set.spawn(async move {
-                let result = b.probe(&node.endpoint).await;
-                b.health.record_probe(&node.id, result);
+                match b.probe(&node.endpoint).await {
+                    Ok((status, rtt)) => b.health.record_status(&node.id, status, rtt),
+                    Err(why) => b.health.record_failure(&node.id, why),
+                }
             });
         }
         while set.join_next().await.is_some() {}

@@ -9,7 +9,7 @@
 use crate::cache::{Cached, QueryCache};
 use crate::health::choose;
 use crate::limits::Limited;
-use crate::routes::{NodeRoute, SubnetRoute};
+use crate::routes::{NodeRoute, SubnetRoute, Table};
 use crate::Boundary;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -184,10 +184,7 @@ async fn status(State(b): State<Arc<Boundary>>) -> Response {
     if let Some(k) = &table.root_key {
         m.insert(t("root_key"), Value::Bytes(k.clone()));
     }
-    let mut body = Vec::new();
-    let mut ser = serde_cbor::Serializer::new(&mut body);
-    ser.self_describe().expect("writing to a Vec");
-    serde::Serialize::serialize(&Value::Map(m), &mut ser).expect("a status encodes");
+    let body = certified_state::to_cbor(&Value::Map(m)).expect("a CBOR map encodes");
     ([(header::CONTENT_TYPE, "application/cbor")], body).into_response()
 }
 
@@ -217,9 +214,9 @@ async fn canister(
         Some(k) if k.versions().contains(&version.as_str()) => k,
         _ => return not_found(Method::POST, uri).await.into_response(),
     };
-    let route = |b: &Boundary| -> Result<Arc<SubnetRoute>, ApiError> {
+    let route = |t: &Table| -> Result<Arc<SubnetRoute>, ApiError> {
         let c = principal("canister", &id)?;
-        b.table().by_canister(&c).cloned().map_err(|e| {
+        t.by_canister(&c).cloned().map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "canister_not_found", e.to_string())
         })
     };
@@ -239,10 +236,9 @@ async fn subnet(
     if !Kind::ReadState.versions().contains(&version.as_str()) {
         return not_found(Method::POST, uri).await.into_response();
     }
-    let route = |b: &Boundary| -> Result<Arc<SubnetRoute>, ApiError> {
+    let route = |t: &Table| -> Result<Arc<SubnetRoute>, ApiError> {
         let s = principal("subnet", &id)?;
-        b.table()
-            .by_subnet(&s)
+        t.by_subnet(&s)
             .cloned()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "subnet_not_found", e.to_string()))
     };
@@ -257,18 +253,20 @@ async fn handle(
     peer: SocketAddr,
     kind: Kind,
     path: String,
-    route: impl Fn(&Boundary) -> Result<Arc<SubnetRoute>, ApiError>,
+    route: impl Fn(&Table) -> Result<Arc<SubnetRoute>, ApiError>,
     body: Body,
 ) -> Result<Response, ApiError> {
     b.limits.client(peer.ip())?;
-    if b.table().version == 0 {
+    let table = b.table();
+    if table.version == 0 {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "registry_unavailable",
             "the boundary has not verified a registry version yet",
         ));
     }
-    let subnet = route(b)?;
+    let subnet = route(&table)?;
+    drop(table);
     let body = read_body(b, body).await?;
     let anonymous = inspect(&body, kind)?;
     b.limits.subnet(&subnet.id)?;
@@ -391,26 +389,22 @@ async fn forward(
             break;
         };
         tried.push(node.id.clone());
-        match send(b, node, kind, path, body.clone()).await {
+        let (why, sent) = match send(b, node, kind, path, body.clone()).await {
             Ok(answer) => return Ok(answer),
-            Err(Failure::NotSent(why)) => {
-                b.health.record_failure(&node.id, why.clone());
-                failures.push(format!("{}: {why}", node.id));
-            }
-            Err(Failure::AfterSent(why)) => {
-                b.health.record_failure(&node.id, why.clone());
-                failures.push(format!("{}: {why}", node.id));
-                if !kind.idempotent() {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "replica_error",
-                        format!(
-                            "{} (the call may have been accepted: not sent again; read its status)",
-                            failures.join("; ")
-                        ),
-                    ));
-                }
-            }
+            Err(Failure::NotSent(why)) => (why, false),
+            Err(Failure::AfterSent(why)) => (why, true),
+        };
+        b.health.record_failure(&node.id, why.clone());
+        failures.push(format!("{}: {why}", node.id));
+        if sent && !kind.idempotent() {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "replica_error",
+                format!(
+                    "{} (the call may have been accepted: not sent again; read its status)",
+                    failures.join("; ")
+                ),
+            ));
         }
     }
     if failures.is_empty() {

@@ -8,11 +8,11 @@
 //!
 //! Both run plain HTTP: the boundary's TLS is not built yet (issue 13 lists it).
 
+use crate::wrk::{wrk, WrkResult};
 use crate::BenchError;
 use registry_model::{CanisterRange, Node, Registry, Subnet};
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +21,6 @@ fn err(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
         what: format!("boundary benchmark: {what}"),
         message,
     }
-}
-
-/// One `wrk` run.
-#[derive(Debug, Clone, Copy)]
-pub struct WrkResult {
-    pub per_sec: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +127,8 @@ pub fn boundary_benchmark(
     };
     let signed_lua = script("signed", &signed)?;
     let anonymous_lua = script("anonymous", &anonymous)?;
-    let run = |base: String, lua: &Path| wrk(&format!("{base}{path}"), lua, secs, connections);
+    let run =
+        |base: String, lua: &Path| wrk(&format!("{base}{path}"), Some(lua), secs, connections);
     let direct = run(format!("http://{node}"), &signed_lua)?;
     let mut all = Vec::new();
     for _ in 0..rounds.max(1) {
@@ -243,71 +236,5 @@ impl Drop for Nginx {
             nix::sys::signal::Signal::SIGQUIT,
         );
         let _ = self.child.wait();
-    }
-}
-
-/// `wrk` with two threads and `connections` connections for `secs`, POSTing what `lua`
-/// sets; throughput and latency percentiles. Any non-2xx answer is an error.
-fn wrk(url: &str, lua: &Path, secs: u64, connections: usize) -> Result<WrkResult, BenchError> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{secs}s"),
-            "--latency",
-            "-s",
-        ])
-        .arg(lua)
-        .arg(url)
-        .output()
-        .map_err(crate::io(
-            "running wrk (Debian package wrk; scripts/setup.sh installs it)",
-            Path::new("wrk"),
-        ))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if text.contains("Non-2xx") || text.contains("Socket errors") {
-        return Err(err("wrk got errors")(text));
-    }
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
-    };
-    let per_sec = field("Requests/sec:").and_then(|v| v.parse().ok());
-    let (p50, p99) = (
-        field("50%").and_then(|v| ms(&v)),
-        field("99%").and_then(|v| ms(&v)),
-    );
-    match (per_sec, p50, p99) {
-        (Some(per_sec), Some(p50_ms), Some(p99_ms)) => Ok(WrkResult {
-            per_sec,
-            p50_ms,
-            p99_ms,
-        }),
-        _ => Err(err("reading wrk's output")(text)),
-    }
-}
-
-/// wrk's latency (`850.00us`, `1.23ms`, `2.01s`) in milliseconds.
-fn ms(v: &str) -> Option<f64> {
-    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
-    let (n, unit) = v.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn wrk_latencies_read_in_milliseconds() {
-        assert_eq!(super::ms("850.00us"), Some(0.85));
-        assert_eq!(super::ms("1.50ms"), Some(1.5));
-        assert_eq!(super::ms("2.00s"), Some(2000.0));
-        assert_eq!(super::ms("fast"), None);
     }
 }

@@ -24,6 +24,7 @@ pub mod registry;
 pub mod replica;
 pub mod rollout;
 pub mod setupos;
+pub mod wrk;
 
 use boot_slots::{BootEntry, Esp};
 use disk_layout::{Layout, PartType, PartitionSpec, Role, Slot, Window};
@@ -62,6 +63,8 @@ pub enum BenchError {
     Testnet(#[from] testnet::TestnetError),
     #[error("replica benchmark: {what}: {message}")]
     Replica { what: String, message: String },
+    #[error("wrk: {0}")]
+    Wrk(String),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BenchError {

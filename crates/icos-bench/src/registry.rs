@@ -7,7 +7,6 @@ use crate::BenchError;
 use registry_model::*;
 use registry_server::localnet::LocalGovernance;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,28 +100,9 @@ fn populate(
     Ok(())
 }
 
+/// Requests per second of GETs of `url` from 64 connections.
 fn wrk(url: &str, secs: u64) -> Result<f64, BenchError> {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{secs}s"), url])
-        .output()
-        .map_err(|e| BenchError::Io {
-            what: "running wrk (Debian package wrk; scripts/setup.sh installs it)",
-            path: "wrk".into(),
-            source: e,
-        })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Requests/sec:")
-                .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
-        })
-        .ok_or_else(|| err("reading wrk's output")(text.to_string()))?;
-    if text.contains("Non-2xx") {
-        return Err(err("wrk got errors")(text.to_string()));
-    }
-    Ok(rps)
+    crate::wrk::wrk(url, None, secs, 64).map(|w| w.per_sec)
 }
 
 /// Run the registry benchmarks in `work` (removed afterwards by the caller).

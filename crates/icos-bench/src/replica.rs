@@ -113,14 +113,30 @@ fn candid_empty() -> Vec<u8> {
     b"DIDL\0\0".to_vec()
 }
 
-/// An agent that only signs (nothing listens at its URL).
+/// An agent that only signs (nothing listens at its URL), as a fixed Ed25519 identity.
 pub(crate) fn signer() -> Result<ic_agent::Agent, BenchError> {
-    ic_agent::Agent::builder()
+    signing_agent(Some(ic_agent::identity::BasicIdentity::from_raw_key(
+        &[21; 32],
+    )))
+}
+
+/// An agent that only signs, as the anonymous principal.
+pub(crate) fn anonymous_signer() -> Result<ic_agent::Agent, BenchError> {
+    signing_agent(None)
+}
+
+fn signing_agent(
+    identity: Option<ic_agent::identity::BasicIdentity>,
+) -> Result<ic_agent::Agent, BenchError> {
+    let builder = ic_agent::Agent::builder()
         .with_url("http://127.0.0.1:9")
-        .with_identity(ic_agent::identity::BasicIdentity::from_raw_key(&[21; 32]))
-        .with_ingress_expiry(Duration::from_secs(240))
-        .build()
-        .map_err(|e| err("an agent to sign with")(e.to_string()))
+        .with_ingress_expiry(Duration::from_secs(240));
+    match identity {
+        Some(i) => builder.with_identity(i),
+        None => builder,
+    }
+    .build()
+    .map_err(|e| err("an agent to sign with")(e.to_string()))
 }
 
 fn sign_updates(
@@ -138,15 +154,6 @@ fn sign_updates(
                 .map_err(|e| err("signing a call")(e.to_string()))
         })
         .collect()
-}
-
-/// An agent that signs as the anonymous principal.
-pub(crate) fn anonymous_signer() -> Result<ic_agent::Agent, BenchError> {
-    ic_agent::Agent::builder()
-        .with_url("http://127.0.0.1:9")
-        .with_ingress_expiry(Duration::from_secs(240))
-        .build()
-        .map_err(|e| err("an anonymous agent to sign with")(e.to_string()))
 }
 
 /// Create the counter and install it, through the replica's call path.

@@ -330,7 +330,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let _ = std::fs::remove_dir_all(&work);
             let r = icos_bench::boundary::boundary_benchmark(&work, rounds, secs, connections)?;
-            let row = |what: &str, w: &icos_bench::boundary::WrkResult| {
+            let row = |what: &str, w: &icos_bench::wrk::WrkResult| {
                 println!(
                     "{what:<28} {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms",
                     w.per_sec, w.p50_ms, w.p99_ms

@@ -20,26 +20,8 @@ use registry_client::api::Api;
 use registry_model::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A child process killed however the test ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Start `cmd` and read its stdout until a line starts with `prefix`; the rest of that line.
 fn start_until(mut cmd: Command, prefix: &str) -> (Proc, String) {
@@ -94,45 +76,17 @@ fn network(dir: &Path) -> Net {
     let data = dir.join("registry");
     let gov = governed_registry(&dir.join("keys"), "boundary", &data);
     let port = free_port();
-    let mut server = icos();
-    server
-        .args(["registry", "serve", "--data"])
-        .arg(&data)
-        .arg("--online-key")
-        .arg(gov.dir.join("online.key"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let registry = Proc(server.spawn().unwrap());
+    let registry = Proc(start_registry_server(
+        &data,
+        &gov.dir.join("online.key"),
+        port,
+    ));
     let url = format!("http://127.0.0.1:{port}");
     let api = Api::new(&url);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api.snapshot(None).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the registry server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let keys: Vec<_> = (0..3).map(|_| keys::generate()).collect();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     for (i, (k, port)) in keys.iter().zip(&ports).enumerate() {
-        let reg = api.snapshot(None).unwrap().registry;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let r = Registration::new(
-            &reg,
-            "op1".into(),
-            keys::public_hex(k),
-            format!("fd00::{}", i + 1),
-            format!("http://127.0.0.1:{port}"),
-            now,
-        )
-        .unwrap();
-        api.register(&SignedRegistration::sign(r, &gov.operators[0].1))
-            .unwrap();
+        register_node(&api, &gov, k, i + 1, format!("http://127.0.0.1:{port}"));
     }
     let ids: Vec<String> = keys.iter().map(|k| node_id(&keys::public_hex(k))).collect();
     for (subnet, nodes, range) in [
@@ -259,16 +213,6 @@ async fn s2_query(a: &Agent) -> Result<(), String> {
     }
 }
 
-async fn get(a: &Agent, id: &Principal) -> u64 {
-    let r = a
-        .query(id, "get")
-        .with_arg(Encode!().unwrap())
-        .call()
-        .await
-        .unwrap();
-    Decode!(&r, u64).unwrap()
-}
-
 /// The node the boundary sends an s2 query to now (its `x-ic-node-id`).
 fn who_answers(a: &Agent, url: &str) -> String {
     let q = a
@@ -353,7 +297,7 @@ async fn agents_reach_every_subnet_through_the_boundary_and_a_killed_node_costs_
             .unwrap();
         assert_eq!(Decode!(&r, u64).unwrap(), want);
     }
-    assert_eq!(get(&a, &id).await, 2);
+    assert_eq!(counter_get(&a, &id).await, 2);
 
     // s2 has two nodes. A stream of queries and read_state requests to it while node b is
     // killed: every one is answered (checked by the agent), none fails.
@@ -408,5 +352,5 @@ async fn agents_reach_every_subnet_through_the_boundary_and_a_killed_node_costs_
     s2_query(&a).await.unwrap();
     assert_eq!(who_answers(&a, &url), b_id);
     // s1 was never affected.
-    assert_eq!(get(&a, &id).await, 2);
+    assert_eq!(counter_get(&a, &id).await, 2);
 }

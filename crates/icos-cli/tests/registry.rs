@@ -8,41 +8,8 @@ use registry_model::api::ProposalStatus;
 use registry_model::subnet_key;
 use registry_model::*;
 use registry_server::localnet::LocalGovernance;
-use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_server(data: &std::path::Path, key: &std::path::Path, port: u16) -> Child {
-    let mut child = icos()
-        .args(["registry", "serve", "--data"])
-        .arg(data)
-        .arg("--online-key")
-        .arg(key)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}/v1/head.json");
-    for _ in 0..100 {
-        if ureq::get(&url).call().is_ok() {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("registry server did not start");
-}
 
 #[test]
 fn kill_9_during_votes_loses_no_adopted_change() {
@@ -82,7 +49,7 @@ fn kill_9_during_votes_loses_no_adopted_change() {
 
     for round in 0..3u64 {
         let port = free_port();
-        let mut server = start_server(&data, &key, port);
+        let mut server = start_registry_server(&data, &key, port);
         let api_url = format!("http://127.0.0.1:{port}");
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (neurons2, acked2, stop2) = (neurons.clone(), acked.clone(), stop.clone());
@@ -133,7 +100,7 @@ fn kill_9_during_votes_loses_no_adopted_change() {
 
     // After the last kill: restart, and verify the whole log from the genesis.
     let port = free_port();
-    let mut server = start_server(&data, &key, port);
+    let mut server = start_registry_server(&data, &key, port);
     let cfg = registry_client::ClientConfig::new(
         vec![format!("http://127.0.0.1:{port}")],
         &genesis_hash,
@@ -172,35 +139,22 @@ fn gov_creates_a_subnet_with_its_key_delegated_by_the_root_key() {
     let data = dir.path().join("data");
     let gov = governed_registry(&dir.path().join("keys"), "subnets", &data);
     let port = free_port();
-    // Killed however the test ends, a failed assertion included.
-    struct Server(Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Server(start_server(&data, &gov.dir.join("online.key"), port));
+    let _server = Proc(start_registry_server(
+        &data,
+        &gov.dir.join("online.key"),
+        port,
+    ));
     let url = format!("http://127.0.0.1:{port}");
     let api = Api::new(&url);
     let node_keys: Vec<_> = (0..2).map(|_| keys::generate()).collect();
     for (i, k) in node_keys.iter().enumerate() {
-        let reg = api.snapshot(None).unwrap().registry;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let r = Registration::new(
-            &reg,
-            "op1".into(),
-            keys::public_hex(k),
-            format!("fd00::{}", i + 1),
+        register_node(
+            &api,
+            &gov,
+            k,
+            i + 1,
             format!("http://[fd00::{}]:8080", i + 1),
-            now,
-        )
-        .unwrap();
-        api.register(&SignedRegistration::sign(r, &gov.operators[0].1))
-            .unwrap();
+        );
     }
     let ids: Vec<String> = node_keys
         .iter()

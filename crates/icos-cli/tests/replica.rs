@@ -2,7 +2,9 @@
 //! is killed (SIGKILL) during a stream of update calls, started again on the same directory,
 //! says what it recovered, and no answered call is lost or run twice.
 
+mod common;
 use candid::{Decode, Encode};
+use common::counter_get;
 use ic_agent::identity::BasicIdentity;
 use ic_agent::Agent;
 use ic_principal::Principal;
@@ -64,16 +66,6 @@ async fn agent(url: &str) -> Agent {
     a
 }
 
-async fn get(a: &Agent, id: &Principal) -> u64 {
-    let r = a
-        .query(id, "get")
-        .with_arg(Encode!().unwrap())
-        .call()
-        .await
-        .unwrap();
-    Decode!(&r, u64).unwrap()
-}
-
 async fn inc(a: &Agent, id: &Principal) -> Result<u64, ic_agent::AgentError> {
     let r = a
         .update(id, "inc")
@@ -131,7 +123,7 @@ async fn killed_during_a_stream_of_calls_the_replica_restarts_with_every_answere
 
     let second = start(&dir);
     let a = agent(&second.url).await;
-    let value = get(&a, &id).await;
+    let value = counter_get(&a, &id).await;
     // Answered calls were checkpointed before their answer; each client may have had one more
     // executed and checkpointed whose answer the kill cut off.
     assert!(

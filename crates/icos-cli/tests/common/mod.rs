@@ -386,3 +386,87 @@ pub fn governed_registry(
     registry_server::Registry::init(data, &gov.genesis).unwrap();
     gov
 }
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed and reaped however the test ends, a failed assertion included.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `icos registry serve` on `data` at 127.0.0.1:`port`, returned once it answers.
+pub fn start_registry_server(data: &Path, key: &Path, port: u16) -> std::process::Child {
+    use std::process::Stdio;
+    let mut child = icos()
+        .args(["registry", "serve", "--data"])
+        .arg(data)
+        .arg("--online-key")
+        .arg(key)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/head.json");
+    for _ in 0..100 {
+        if ureq::get(&url).call().is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("registry server did not start");
+}
+
+/// Register the node holding `key` with operator `op1` (`gov`'s first operator), at IPv6
+/// `fd00::<n>` and payload endpoint `endpoint`.
+pub fn register_node(
+    api: &registry_client::api::Api,
+    gov: &registry_server::localnet::LocalGovernance,
+    key: &registry_model::keys::SecretKey,
+    n: usize,
+    endpoint: String,
+) {
+    use registry_model::{keys, Registration, SignedRegistration};
+    let reg = api.snapshot(None).unwrap().registry;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let r = Registration::new(
+        &reg,
+        "op1".into(),
+        keys::public_hex(key),
+        format!("fd00::{n}"),
+        endpoint,
+        now,
+    )
+    .unwrap();
+    api.register(&SignedRegistration::sign(r, &gov.operators[0].1))
+        .unwrap();
+}
+
+/// The counter canister's value, by a query through `a` (its signature checked).
+pub async fn counter_get(a: &ic_agent::Agent, id: &ic_principal::Principal) -> u64 {
+    use candid::{Decode, Encode};
+    let r = a
+        .query(id, "get")
+        .with_arg(Encode!().unwrap())
+        .call()
+        .await
+        .unwrap();
+    Decode!(&r, u64).unwrap()
+}
