@@ -28,6 +28,7 @@ STABLE_PKGS=(
   curl               # the main job shows a raw HTTP exchange with the boundary
   clang              # the C example canisters, built for wasm32 (crates/example-canisters)
   lld                # wasm-ld, clang's linker for wasm32
+  chromium           # tests: a real browser opens a canister's page through the gateway
 )
 # Node.js runs the @dfinity/agent test; this machine kind ships it (NodeSource), Debian's
 # own is the fallback.

@@ -15,6 +15,10 @@
 //!   `http-guard`, a one-second cache of identical anonymous queries ([`cache`]).
 //! - **Errors** name their cause in `x-ic-error-cause` and in the body, as the IC's boundary
 //!   does: `error: no_healthy_nodes\ndetails: no node of subnet subnet-1 is healthy`.
+//! - **The HTTP gateway** ([`gateway`]): `<canister-id>.<domain>` is the canister's page,
+//!   fetched through this boundary's own API in process and served only once response
+//!   verification accepts it; otherwise an error page naming the cause.
+//! - **TLS** ([`tls`]): rustls, from certificate files or a local network's own CA.
 //!
 //! ```
 //! use boundary::routes::Table;
@@ -30,10 +34,12 @@
 //! ```
 
 pub mod cache;
+pub mod gateway;
 pub mod health;
 pub mod limits;
 pub mod proxy;
 pub mod routes;
+pub mod tls;
 
 use bytes::Bytes;
 use health::{Health, ReplicaStatus};
@@ -76,6 +82,20 @@ pub struct Config {
     pub max_height_lag: u64,
     pub cache_ttl: Duration,
     pub http: http_guard::Limits,
+    /// The HTTP gateway's domains: `<canister-id>.<domain>` is a canister's page
+    /// (`localhost` always is one).
+    pub domains: Vec<String>,
+    /// Serve HTTPS; plain HTTP when `None`.
+    pub tls: Option<TlsSetup>,
+}
+
+/// Where the boundary's TLS certificates come from.
+#[derive(Debug, Clone)]
+pub enum TlsSetup {
+    /// A certificate chain and its key (PEM), as a node's config disk holds them.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A local CA kept in `dir` (`tls-ca.pem`), minting a leaf for each name under `names`.
+    LocalCa { dir: PathBuf, names: Vec<String> },
 }
 
 impl Config {
@@ -102,6 +122,8 @@ impl Config {
             max_height_lag: 50,
             cache_ttl: Duration::from_secs(1),
             http: Default::default(),
+            domains: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -111,6 +133,10 @@ impl Config {
 pub enum BoundaryError {
     #[error("registry: {0}")]
     Registry(#[from] registry_client::ClientError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("the HTTP gateway's agent: {0}")]
+    Agent(#[from] ic_agent::AgentError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -164,6 +190,7 @@ impl Boundary {
         let t = self.table();
         BoundaryStatus {
             registry_version: t.version,
+            clients_tracked: self.limits.tracked_clients() as u64,
             subnets: t
                 .subnets
                 .iter()
@@ -280,6 +307,18 @@ pub fn run(config: Config) -> Result<(), BoundaryError> {
         &config.genesis_hash,
         config.cache_dir.clone(),
     ))?;
+    let tls = match &config.tls {
+        Some(TlsSetup::Files { cert, key }) => Some(tls::load(cert, key)?),
+        Some(TlsSetup::LocalCa { dir, names }) => {
+            let (config, ca) = tls::local_ca(dir, names)?;
+            tracing::info!(
+                "TLS from the local CA {} (clients trust that file)",
+                ca.display()
+            );
+            Some(config)
+        }
+        None => None,
+    };
     let b = Boundary::new(config.clone());
     if client.version() > 0 {
         b.set_table(Table::from_registry(client.registry(), client.version()));
@@ -313,10 +352,12 @@ pub fn run(config: Config) -> Result<(), BoundaryError> {
         let addr = listener
             .local_addr()
             .map_err(io("reading the listening address"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         // The line tests and operators wait for.
-        println!("BOUNDARY serving on http://{addr}");
+        println!("BOUNDARY serving on {scheme}://{addr}");
+        let app = gateway::app(gateway::Gateway::new(b, config.domains.clone())?);
         let stats = Arc::new(http_guard::Stats::default());
-        http_guard::serve(listener, proxy::router(b), config.http.clone(), stats)
+        http_guard::serve_with(listener, app, config.http.clone(), stats, tls)
             .await
             .map_err(io("serving"))
     })

@@ -16,6 +16,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited as LimitedBody};
@@ -94,6 +95,34 @@ impl From<Limited> for ApiError {
             )
         }
     }
+}
+
+/// Marks a request the boundary's own HTTP gateway sends (in process): the gateway has
+/// applied the browser's client limit already.
+#[derive(Debug, Clone, Copy)]
+pub struct Internal;
+
+/// Every cause an [`ApiError`] may carry, for readers that get one back as text.
+pub const CAUSES: &[&str] = &[
+    "no_healthy_nodes",
+    "canister_not_found",
+    "subnet_not_found",
+    "malformed_request",
+    "payload_too_large",
+    "body_timeout",
+    "body_error",
+    "rate_limited_client",
+    "rate_limited_subnet",
+    "replica_error",
+    "replica_unreachable",
+    "registry_unavailable",
+    "not_found",
+    "method_not_allowed",
+];
+
+/// `cause` as the static name of an [`ApiError`] cause, if it is one.
+pub fn known_cause(cause: &str) -> Option<&'static str> {
+    CAUSES.iter().copied().find(|c| *c == cause)
 }
 
 /// The three kinds of API request.
@@ -205,6 +234,7 @@ fn principal(what: &'static str, text: &str) -> Result<Principal, ApiError> {
 async fn canister(
     State(b): State<Arc<Boundary>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    internal: Option<Extension<Internal>>,
     uri: axum::http::Uri,
     Path((version, id, kind)): Path<(String, String, String)>,
     body: Body,
@@ -220,7 +250,8 @@ async fn canister(
             ApiError::new(StatusCode::BAD_REQUEST, "canister_not_found", e.to_string())
         })
     };
-    handle(&b, peer, kind, path, route, body)
+    let client = internal.is_none().then_some(peer);
+    handle(&b, client, kind, path, route, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -228,6 +259,7 @@ async fn canister(
 async fn subnet(
     State(b): State<Arc<Boundary>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    internal: Option<Extension<Internal>>,
     uri: axum::http::Uri,
     Path((version, id)): Path<(String, String)>,
     body: Body,
@@ -242,21 +274,25 @@ async fn subnet(
             .cloned()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "subnet_not_found", e.to_string()))
     };
-    handle(&b, peer, Kind::ReadState, path, route, body)
+    let client = internal.is_none().then_some(peer);
+    handle(&b, client, Kind::ReadState, path, route, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// One API request, from the client's limit to the node's answer.
+/// One API request, from the client's limit (none for the gateway's own) to the node's
+/// answer.
 async fn handle(
     b: &Boundary,
-    peer: SocketAddr,
+    client: Option<SocketAddr>,
     kind: Kind,
     path: String,
     route: impl Fn(&Table) -> Result<Arc<SubnetRoute>, ApiError>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    b.limits.client(peer.ip())?;
+    if let Some(peer) = client {
+        b.limits.client(peer.ip())?;
+    }
     let table = b.table();
     if table.version == 0 {
         return Err(ApiError::new(
@@ -307,7 +343,7 @@ fn answer(subnet: &SubnetRoute, c: Cached, cache: Option<&'static str>) -> Respo
 }
 
 /// The whole body, within the size and time limits.
-async fn read_body(b: &Boundary, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(b: &Boundary, body: Body) -> Result<Bytes, ApiError> {
     let limit = b.config.max_body_bytes;
     let too_large = || {
         ApiError::new(

@@ -13,7 +13,8 @@
 //! | a connection lives at most [`Limits::max_age`] | slow-read of large answers |
 //!
 //! A connection over a cap is closed at once (the client sees a reset, not a hang) and
-//! counted. Request bodies and handler time are the router's business (a body limit and a
+//! counted. [`serve_with`] adds TLS (rustls), its handshake under the header timeout.
+//! Request bodies and handler time are the router's business (a body limit and a
 //! timeout layer). Each connection gets its peer address as axum's `ConnectInfo`.
 //!
 //! ```
@@ -83,6 +84,7 @@ pub struct Stats {
     refused_per_client: AtomicU64,
     timed_out: AtomicU64,
     accept_errors: AtomicU64,
+    tls_failed: AtomicU64,
     cap: AtomicU64,
 }
 
@@ -100,6 +102,8 @@ pub struct StatsSnapshot {
     pub timed_out: u64,
     /// `accept` failures (e.g. out of descriptors), each followed by a short pause.
     pub accept_errors: u64,
+    /// TLS handshakes that failed or did not finish within the header timeout.
+    pub tls_failed: u64,
     /// The connection cap in force (the configured one, lowered to fit the descriptor limit).
     pub cap: u64,
 }
@@ -114,6 +118,7 @@ impl Stats {
             refused_per_client: l(&self.refused_per_client),
             timed_out: l(&self.timed_out),
             accept_errors: l(&self.accept_errors),
+            tls_failed: l(&self.tls_failed),
             cap: l(&self.cap),
         }
     }
@@ -226,6 +231,19 @@ pub async fn serve(
     limits: Limits,
     stats: Arc<Stats>,
 ) -> io::Result<()> {
+    serve_with(listener, app, limits, stats, None).await
+}
+
+/// [`serve`] over TLS when `tls` is given: the handshake must finish within the header
+/// timeout, and ALPN (as `tls` offers it) picks HTTP/2 or HTTP/1.1.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    stats: Arc<Stats>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let cap = effective_cap(&limits);
     stats.cap.store(cap as u64, Ordering::Relaxed);
     let tracker = Arc::new(Tracker {
@@ -261,28 +279,41 @@ pub async fn serve(
         let app = app.clone();
         let limits = limits.clone();
         let stats = stats.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            serve_connection(stream, peer, app, &limits, &stats).await;
+            let _ = stream.set_nodelay(true);
+            // Until the first byte, the header timeout applies (HTTP/1 or HTTP/2 is decided
+            // only after reading, before hyper's own header timer runs).
+            let io = IdleGuard::new(stream, limits.header_timeout, limits.idle_timeout);
+            let Some(tls) = tls else {
+                return serve_connection(io, peer, app, &limits, &stats).await;
+            };
+            match tokio::time::timeout(limits.header_timeout, tls.accept(io)).await {
+                Ok(Ok(io)) => serve_connection(io, peer, app, &limits, &stats).await,
+                Ok(Err(e)) => {
+                    stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                }
+                Err(_) => {
+                    stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "TLS handshake not done within {:?}", limits.header_timeout);
+                }
+            }
         });
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     app: Router,
     limits: &Limits,
     stats: &Stats,
-) {
-    let _ = stream.set_nodelay(true);
-    // Until the first byte, the header timeout applies (HTTP/1 or HTTP/2 is decided only
-    // after reading, before hyper's own header timer runs).
-    let io = TokioIo::new(IdleGuard::new(
-        stream,
-        limits.header_timeout,
-        limits.idle_timeout,
-    ));
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(req)
@@ -316,6 +347,16 @@ pub fn spawn(
     app: Router,
     limits: Limits,
 ) -> io::Result<(SocketAddr, Arc<Stats>)> {
+    spawn_with(listen, app, limits, None)
+}
+
+/// [`spawn`], over TLS when `tls` is given (see [`serve_with`]).
+pub fn spawn_with(
+    listen: SocketAddr,
+    app: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<(SocketAddr, Arc<Stats>)> {
     let std_listener = std::net::TcpListener::bind(listen)?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
@@ -338,7 +379,7 @@ pub fn spawn(
             rt.block_on(async move {
                 match tokio::net::TcpListener::from_std(std_listener) {
                     Ok(l) => {
-                        if let Err(e) = serve(l, app, limits, s).await {
+                        if let Err(e) = serve_with(l, app, limits, s, tls).await {
                             tracing::error!("HTTP server on {addr}: {e}");
                         }
                     }
@@ -569,5 +610,78 @@ mod tests {
             "the trickled head was not cut: {r:?}"
         );
         assert!(get_from(addr, "127.0.0.1").unwrap().ends_with("127.0.0.1"));
+    }
+
+    #[test]
+    fn a_tls_handshake_that_stalls_or_is_garbage_is_cut_and_others_are_served() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = CertificateDer::from(pair.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(pair.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let limits = Limits {
+            header_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let (addr, stats) = spawn_with(
+            "127.0.0.1:0".parse().unwrap(),
+            app(),
+            limits,
+            Some(Arc::new(server)),
+        )
+        .unwrap();
+        // Connected, never a byte: closed after the header timeout, counted.
+        let mut silent = std::net::TcpStream::connect(addr).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let r = silent.read(&mut buf);
+        assert!(
+            matches!(r, Ok(0) | Err(_)) && started.elapsed() < Duration::from_secs(4),
+            "{r:?}"
+        );
+        // Not TLS at all: refused, counted.
+        let mut plain = std::net::TcpStream::connect(addr).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        plain
+            .write_all(b"GET /who HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = plain.read_to_end(&mut out);
+        assert!(
+            !String::from_utf8_lossy(&out).contains("127.0.0.1"),
+            "served without TLS"
+        );
+        assert_eq!(stats.snapshot().tls_failed, 2, "{:?}", stats.snapshot());
+        // A real TLS client is served.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(
+            Arc::new(client),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let sock = std::net::TcpStream::connect(addr).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(b"GET /who HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = tls.read_to_string(&mut answer);
+        assert!(answer.ends_with("127.0.0.1"), "{answer}");
     }
 }

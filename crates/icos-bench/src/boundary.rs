@@ -6,7 +6,12 @@
 //! answers from its one-second cache (nginx has no equivalent without a cache key that
 //! would break query signatures).
 //!
-//! Both run plain HTTP: the boundary's TLS is not built yet (issue 13 lists it).
+//! Also: pages per second through the HTTP gateway, each answer checked with response
+//! verification (the asset canister's page, by its `Host`).
+//!
+//! Both proxies serve HTTPS with the same self-signed certificate (rustls on our side,
+//! OpenSSL in nginx; TLS 1.2 and 1.3 on both, wrk keeps its connections, so the handshake is
+//! paid once per connection); the replica behind them speaks plain HTTP.
 
 use crate::wrk::{wrk, WrkResult};
 use crate::BenchError;
@@ -31,6 +36,10 @@ pub struct BoundaryReport {
     pub direct: WrkResult,
     /// Identical anonymous queries through the boundary (its cache answers).
     pub cached: WrkResult,
+    /// Pages through the HTTP gateway, every one verified.
+    pub gateway: WrkResult,
+    /// The same with the boundary's query cache off: every page a query at the replica.
+    pub gateway_uncached: WrkResult,
 }
 
 impl BoundaryReport {
@@ -62,6 +71,20 @@ pub fn boundary_benchmark(
     let replica = Arc::new(replica);
     let signer = crate::replica::signer()?;
     let canister = crate::replica::install_counter(&replica, &signer)?;
+    let assets = crate::replica::install(
+        &replica,
+        &signer,
+        1,
+        example_canisters::ASSETS_WASM.to_vec(),
+    )?;
+    use candid::Encode;
+    let page = Encode!(
+        &"/index.html",
+        &"text/html; charset=utf-8",
+        &serde_bytes::ByteBuf::from(vec![b'x'; 4096])
+    )
+    .map_err(|e| err("encoding the page")(e.to_string()))?;
+    crate::replica::call(&replica, &signer, &assets, &assets, "put", page)?;
     let limits = http_guard::Limits {
         max_connections_per_client: 1024,
         ..Default::default()
@@ -74,30 +97,40 @@ pub fn boundary_benchmark(
     .map_err(|e| err("serving the replica")(e.to_string()))?;
 
     // The boundary, routes from a registry naming this one node (the registry's own
-    // syncing is measured by the registry benchmark).
-    let mut config = boundary::Config::new(
-        vec![],
-        "",
-        work.join("boundary"),
-        "127.0.0.1:0".parse().expect("an address"),
-    );
-    // One load generator is one client address: lift the per-client limit.
-    config.rates.per_client_per_sec = 10_000_000;
-    config.rates.per_client_burst = 10_000_000;
-    config.rates.per_subnet_per_sec = 10_000_000;
-    config.rates.per_subnet_burst = 10_000_000;
-    let b = boundary::Boundary::new(config);
-    b.set_table(boundary::routes::Table::from_registry(
-        &one_node_registry(&replica, &format!("http://{node}")),
-        1,
-    ));
-    let (ours, _) = http_guard::spawn(
-        "127.0.0.1:0".parse().expect("an address"),
-        boundary::proxy::router(b),
-        limits,
-    )
-    .map_err(|e| err("serving the boundary")(e.to_string()))?;
-    let nginx = Nginx::start(work, node)?;
+    // syncing is measured by the registry benchmark); a second one without its cache.
+    let registry = one_node_registry(&replica, &format!("http://{node}"));
+    let (cert, key) = self_signed(work)?;
+    let tls = boundary::tls::load(&cert, &key)
+        .map_err(|e| err("loading the certificate")(e.to_string()))?;
+    let serve = |name: &str, cache_ttl: Duration| -> Result<std::net::SocketAddr, BenchError> {
+        let mut config = boundary::Config::new(
+            vec![],
+            "",
+            work.join(name),
+            "127.0.0.1:0".parse().expect("an address"),
+        );
+        // One load generator is one client address: lift the per-client limit.
+        config.rates.per_client_per_sec = 10_000_000;
+        config.rates.per_client_burst = 10_000_000;
+        config.rates.per_subnet_per_sec = 10_000_000;
+        config.rates.per_subnet_burst = 10_000_000;
+        config.cache_ttl = cache_ttl;
+        let b = boundary::Boundary::new(config);
+        b.set_table(boundary::routes::Table::from_registry(&registry, 1));
+        let gateway = boundary::gateway::Gateway::new(b, vec![])
+            .map_err(|e| err("the gateway's agent")(e.to_string()))?;
+        let (addr, _) = http_guard::spawn_with(
+            "127.0.0.1:0".parse().expect("an address"),
+            boundary::gateway::app(gateway),
+            limits.clone(),
+            Some(tls.clone()),
+        )
+        .map_err(|e| err("serving the boundary")(e.to_string()))?;
+        Ok(addr)
+    };
+    let ours = serve("boundary", Duration::from_secs(1))?;
+    let uncached = serve("boundary-uncached", Duration::ZERO)?;
+    let nginx = Nginx::start(work, node, &cert, &key)?;
 
     let signed = signer
         .query(&canister, "get")
@@ -132,17 +165,45 @@ pub fn boundary_benchmark(
     let direct = run(format!("http://{node}"), &signed_lua)?;
     let mut all = Vec::new();
     for _ in 0..rounds.max(1) {
-        let ours = run(format!("http://{ours}"), &signed_lua)?;
-        let theirs = run(format!("http://127.0.0.1:{}", nginx.port), &signed_lua)?;
+        let ours = run(format!("https://{ours}"), &signed_lua)?;
+        let theirs = run(format!("https://127.0.0.1:{}", nginx.port), &signed_lua)?;
         all.push((ours, theirs));
     }
-    let cached = run(format!("http://{ours}"), &anonymous_lua)?;
+    let cached = run(format!("https://{ours}"), &anonymous_lua)?;
+    let host_lua = work.join("host.lua");
+    std::fs::write(
+        &host_lua,
+        format!("wrk.headers[\"Host\"] = \"{assets}.localhost\"\n"),
+    )
+    .map_err(crate::io("writing", &host_lua))?;
+    let page = |addr| {
+        wrk(
+            &format!("https://{addr}/index.html"),
+            Some(&host_lua),
+            secs,
+            connections,
+        )
+    };
+    let gateway = page(ours)?;
+    let gateway_uncached = page(uncached)?;
     drop(nginx);
     Ok(BoundaryReport {
         rounds: all,
         direct,
         cached,
+        gateway,
+        gateway_uncached,
     })
+}
+
+/// One certificate for both proxies (files, as nginx needs them).
+fn self_signed(work: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), BenchError> {
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .map_err(|e| err("making the certificate")(e.to_string()))?;
+    let (cert, key) = (work.join("tls-cert.pem"), work.join("tls-key.pem"));
+    std::fs::write(&cert, pair.cert.pem()).map_err(crate::io("writing", &cert))?;
+    std::fs::write(&key, pair.key_pair.serialize_pem()).map_err(crate::io("writing", &key))?;
+    Ok((cert, key))
 }
 
 fn one_node_registry(replica: &replica::Replica, endpoint: &str) -> Registry {
@@ -183,7 +244,12 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(work: &Path, upstream: std::net::SocketAddr) -> Result<Nginx, BenchError> {
+    fn start(
+        work: &Path,
+        upstream: std::net::SocketAddr,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Nginx, BenchError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(crate::io("finding a free port", work))?
@@ -196,12 +262,15 @@ impl Nginx {
                  events {{ worker_connections 4096; }}\n\
                  http {{ access_log off; client_body_temp_path {tmp};\n\
                    upstream replica {{ server {upstream}; keepalive 128; }}\n\
-                   server {{ listen 127.0.0.1:{port};\n\
+                   server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert};\n\
+                     ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n\
                      location / {{ proxy_pass http://replica; proxy_http_version 1.1;\n\
                        proxy_set_header Connection \"\"; proxy_buffering on; }} }} }}\n",
                 pid = work.join("nginx-proxy.pid").display(),
                 log = work.join("nginx-proxy.err").display(),
                 tmp = work.display(),
+                cert = cert.display(),
+                key = key.display(),
             ),
         )
         .map_err(crate::io("writing", &conf))?;

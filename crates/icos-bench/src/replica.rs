@@ -161,16 +161,28 @@ pub(crate) fn install_counter(
     replica: &replica::Replica,
     signer: &ic_agent::Agent,
 ) -> Result<ic_principal::Principal, BenchError> {
+    let wasm = wat::parse_str(COUNTER).map_err(|e| err("the counter")(e.to_string()))?;
+    install(replica, signer, 0, wasm)
+}
+
+/// Create canister number `index` and install `wasm` in it, through the replica's call
+/// path.
+pub(crate) fn install(
+    replica: &replica::Replica,
+    signer: &ic_agent::Agent,
+    index: u64,
+    wasm: Vec<u8>,
+) -> Result<ic_principal::Principal, BenchError> {
     use candid::Encode;
     use ic_management_canister_types as mgmt;
-    let id = certified_state::canister_id(0);
+    let id = certified_state::canister_id(index);
     let management = ic_principal::Principal::management_canister();
     let create = Encode!(&mgmt::ProvisionalCreateCanisterWithCyclesArgs::default())
         .map_err(|e| err("encoding create")(e.to_string()))?;
     let install = Encode!(&mgmt::InstallCodeArgs {
         mode: mgmt::CanisterInstallMode::Install,
         canister_id: id,
-        wasm_module: wat::parse_str(COUNTER).map_err(|e| err("the counter")(e.to_string()))?,
+        wasm_module: wasm,
         arg: vec![],
         sender_canister_version: None,
     })
@@ -179,19 +191,31 @@ pub(crate) fn install_counter(
         ("provisional_create_canister_with_cycles", create),
         ("install_code", install),
     ] {
-        let body = signer
-            .update(&management, method)
-            .with_effective_canister_id(id)
-            .with_arg(arg)
-            .sign()
-            .map_err(|e| err("signing")(e.to_string()))?
-            .signed_update;
-        match replica.call(&body, &id) {
-            Ok(replica::CallAnswer::Certified(_)) => {}
-            other => return Err(err(method)(format!("{other:?}"))),
-        }
+        call(replica, signer, &management, &id, method, arg)?;
     }
     Ok(id)
+}
+
+/// One call, signed by `signer`, through the replica's call path; certified or an error.
+pub(crate) fn call(
+    replica: &replica::Replica,
+    signer: &ic_agent::Agent,
+    canister: &ic_principal::Principal,
+    effective: &ic_principal::Principal,
+    method: &str,
+    arg: Vec<u8>,
+) -> Result<(), BenchError> {
+    let body = signer
+        .update(canister, method)
+        .with_effective_canister_id(*effective)
+        .with_arg(arg)
+        .sign()
+        .map_err(|e| err("signing")(e.to_string()))?
+        .signed_update;
+    match replica.call(&body, effective) {
+        Ok(replica::CallAnswer::Certified(_)) => Ok(()),
+        other => Err(err(method)(format!("{other:?}"))),
+    }
 }
 
 /// The floor: the same HTTP stack, CBOR in and out, nothing else.

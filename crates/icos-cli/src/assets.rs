@@ -5,67 +5,36 @@
 //! `put` method (see `canisters/assets.c`).
 
 use anyhow::{bail, Context, Result};
-use candid::{Decode, Encode};
+use candid::Encode;
 use ic_agent::Agent;
-use ic_http_certification::{HttpRequest, HttpResponse};
 use ic_principal::Principal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How far a certificate's time may be from ours (as gateways allow).
-const MAX_CERT_AGE: Duration = Duration::from_secs(300);
 /// The asset canister takes bodies up to this size in one `put`.
 const MAX_BODY: u64 = 1 << 20;
 
 /// A page whose body verified.
 pub struct Page {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    pub version: u8,
+    pub page: canister_http::Fetched,
     /// The first bytes of the SHA-256 of the root key it verified against, for the reader
     /// to compare with the network's.
     pub root_key_hash: String,
 }
 
 pub async fn http_get(agent: &Agent, canister: &Principal, path: &str) -> Result<Page> {
-    let request = HttpRequest::get(path).with_certificate_version(2).build();
-    let reply = agent
-        .query(canister, "http_request")
-        .with_arg(Encode!(&request).context("encoding the HttpRequest")?)
-        .call()
-        .await
-        .with_context(|| format!("querying http_request on {canister}"))?;
-    let response = Decode!(&reply, HttpResponse<'static>)
-        .with_context(|| format!("{canister}'s http_request answer is no HttpResponse"))?;
-    let status = response.status_code().as_u16();
-    let headers = response.headers().to_vec();
-    let root_key = agent.read_root_key();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("the clock is before 1970")?;
-    let info = ic_response_verification::verify_request_response_pair(
-        request,
-        response,
-        canister.as_slice(),
-        now.as_nanos(),
-        MAX_CERT_AGE.as_nanos(),
-        &root_key,
-        ic_response_verification::MIN_VERIFICATION_VERSION,
+    let page = canister_http::fetch(
+        agent,
+        canister,
+        canister_http::get(path),
+        canister_http::Mode::Verified,
     )
+    .await
     .with_context(|| {
-        format!("the answer for {path} from {canister} failed verification; it is not shown")
+        format!("fetching {path} from {canister} (nothing is shown unless it verifies)")
     })?;
-    let body = info
-        .response
-        .map(|r| r.body)
-        .context("verification returned no body")?;
     Ok(Page {
-        status,
-        headers,
-        body,
-        version: info.verification_version as u8,
-        root_key_hash: short_hash(&root_key),
+        page,
+        root_key_hash: short_hash(&agent.read_root_key()),
     })
 }
 

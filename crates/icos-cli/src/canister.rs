@@ -235,11 +235,26 @@ async fn run(agent: &Agent, cmd: CanisterCmd) -> Result<i32> {
             println!("memory size: {} bytes", s.memory_size);
         }
         CanisterCmd::Http { canister, path } => {
-            let page = assets::http_get(agent, &canister, &path).await?;
+            let assets::Page {
+                page,
+                root_key_hash,
+            } = assets::http_get(agent, &canister, &path).await?;
+            let how = match page.verification {
+                canister_http::Verification::Verified { version: 1 } => {
+                    "body verified (response verification v1, which certifies the body only)"
+                        .to_string()
+                }
+                canister_http::Verification::Verified { version } => {
+                    format!("verified (response verification v{version})")
+                }
+                canister_http::Verification::Update => {
+                    "certified as the reply of an update call".to_string()
+                }
+                canister_http::Verification::Unverified => "not verified".to_string(),
+            };
             eprintln!(
-                "HTTP {} from {canister}{path}: body verified (response verification v{}, \
-                 which certifies the body only) against the root key with sha256 {}...",
-                page.status, page.version, page.root_key_hash
+                "HTTP {} from {canister}{path}: {how} against the root key with sha256 {root_key_hash}...",
+                page.status
             );
             for (name, value) in &page.headers {
                 eprintln!("{name}: {}", assets::abbreviate(value));

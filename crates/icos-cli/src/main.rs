@@ -342,6 +342,8 @@ fn run(cli: Cli) -> Result<i32> {
                 row(&format!("round {}: nginx proxy", i + 1), nginx);
             }
             row("icos boundary, cached", &r.cached);
+            row("gateway pages, verified", &r.gateway);
+            row("same, no query cache", &r.gateway_uncached);
             println!(
                 "boundary / nginx (median of {} rounds, {connections} connections): throughput {:.3}, p99 {:.3}",
                 r.rounds.len(),

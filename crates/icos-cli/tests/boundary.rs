@@ -21,6 +21,8 @@ use registry_model::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Start `cmd` and read its stdout until a line starts with `prefix`; the rest of that line.
@@ -55,10 +57,13 @@ fn canister_index_id(index: u64) -> Principal {
 
 const S2_FIRST: u64 = 1 << 20;
 
-/// One node: its id, key, port and replica spec.
+/// One node: its id, key, port and replica spec; `endpoint_port` is the port the registry
+/// gives for it (the replica's own, or a front the test puts before it).
 struct NodeSpec {
     id: String,
+    key: registry_model::keys::SecretKey,
     port: u16,
+    endpoint_port: u16,
     spec: PathBuf,
 }
 
@@ -71,8 +76,10 @@ struct Net {
     dir: PathBuf,
 }
 
-/// Registry, three registered nodes, subnets s1 = {a} and s2 = {b, c} by proposals.
-fn network(dir: &Path) -> Net {
+/// Registry, three registered nodes, subnets s1 = {a} and s2 = {b, c} by proposals. With
+/// `front_a`, node a's registered endpoint is another port than its replica's (a test puts
+/// something in between).
+fn network(dir: &Path, front_a: bool) -> Net {
     let data = dir.join("registry");
     let gov = governed_registry(&dir.join("keys"), "boundary", &data);
     let port = free_port();
@@ -85,7 +92,12 @@ fn network(dir: &Path) -> Net {
     let api = Api::new(&url);
     let keys: Vec<_> = (0..3).map(|_| keys::generate()).collect();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    for (i, (k, port)) in keys.iter().zip(&ports).enumerate() {
+    let endpoint_ports: Vec<u16> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if i == 0 && front_a { free_port() } else { *p })
+        .collect();
+    for (i, (k, port)) in keys.iter().zip(&endpoint_ports).enumerate() {
         register_node(&api, &gov, k, i + 1, format!("http://127.0.0.1:{port}"));
     }
     let ids: Vec<String> = keys.iter().map(|k| node_id(&keys::public_hex(k))).collect();
@@ -113,8 +125,8 @@ fn network(dir: &Path) -> Net {
     let nodes = ids
         .iter()
         .zip(&keys)
-        .zip(&ports)
-        .map(|((id, key), port)| {
+        .zip(ports.iter().zip(&endpoint_ports))
+        .map(|((id, key), (port, endpoint_port))| {
             let place = ReplicaPlace {
                 dir: dir.join(id),
                 listen: format!("127.0.0.1:{port}").parse().unwrap(),
@@ -129,7 +141,9 @@ fn network(dir: &Path) -> Net {
             spec.write(&path).unwrap();
             NodeSpec {
                 id: id.clone(),
+                key: key.clone(),
                 port: *port,
+                endpoint_port: *endpoint_port,
                 spec: path,
             }
         })
@@ -152,12 +166,13 @@ fn start_replica(n: &NodeSpec) -> Proc {
     p
 }
 
-fn start_boundary(net: &Net) -> (Proc, String) {
+fn start_boundary(net: &Net, extra: &[&str]) -> (Proc, String) {
     let mut cmd = icos();
     cmd.args(["boundary", "serve", "--registry", &net.registry_url])
         .args(["--genesis-hash", &net.genesis_hash])
         .args(["--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(net.dir.join("boundary"));
+        .arg(net.dir.join("boundary"))
+        .args(extra);
     start_until(cmd, "BOUNDARY serving on ")
 }
 
@@ -192,6 +207,20 @@ async fn agent(url: &str, key: u8) -> Agent {
         .unwrap();
     a.fetch_root_key().await.unwrap();
     a
+}
+
+/// A new canister in s1 with `wasm` installed, through `a`.
+async fn install_in_s1(a: &Agent, wasm: &[u8]) -> Principal {
+    let mgmt = ManagementCanister::create(a);
+    let (id,) = mgmt
+        .create_canister()
+        .as_provisional_create_with_amount(None)
+        .with_effective_canister_id(canister_index_id(0))
+        .call_and_wait()
+        .await
+        .unwrap();
+    mgmt.install_code(&id, wasm).call_and_wait().await.unwrap();
+    id
 }
 
 /// A query to a canister of s2 that does not exist: a reject signed by whichever node of
@@ -232,10 +261,10 @@ fn who_answers(a: &Agent, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_reach_every_subnet_through_the_boundary_and_a_killed_node_costs_no_query() {
     let tmp = tempfile::tempdir().unwrap();
-    let net = network(tmp.path());
+    let net = network(tmp.path(), false);
     let mut replicas: Vec<Option<Proc>> =
         net.nodes.iter().map(|n| Some(start_replica(n))).collect();
-    let (_boundary, url) = start_boundary(&net);
+    let (_boundary, url) = start_boundary(&net, &[]);
     wait_nodes(&url, "every node healthy", |_, s| *s == NodeState::Healthy);
 
     // @dfinity/agent's story through the boundary (another network's replica for the
@@ -273,21 +302,7 @@ async fn agents_reach_every_subnet_through_the_boundary_and_a_killed_node_costs_
     // network's root key and reaches s1 through the one URL.
     let a = agent(&url, 5).await;
     assert_eq!(a.read_root_key(), net.root_key);
-    let mgmt = ManagementCanister::create(&a);
-    let (id,) = mgmt
-        .create_canister()
-        .as_provisional_create_with_amount(None)
-        .with_effective_canister_id(canister_index_id(0))
-        .call_and_wait()
-        .await
-        .unwrap();
-    mgmt.install_code(
-        &id,
-        &wat::parse_str(example_canisters::COUNTER_WAT).unwrap(),
-    )
-    .call_and_wait()
-    .await
-    .unwrap();
+    let id = install_in_s1(&a, &wat::parse_str(example_canisters::COUNTER_WAT).unwrap()).await;
     for want in 1..=2u64 {
         let r = a
             .update(&id, "inc")
@@ -353,4 +368,449 @@ async fn agents_reach_every_subnet_through_the_boundary_and_a_killed_node_costs_
     assert_eq!(who_answers(&a, &url), b_id);
     // s1 was never affected.
     assert_eq!(counter_get(&a, &id).await, 2);
+}
+
+/// A node that lies: in front of node a's replica, it passes every request on and, while
+/// `forge` is set, rewrites `genuine` to `forged!` in query answers and signs them again
+/// with node a's own key. Its signature is valid; only the subnet's certificate can tell.
+struct LyingNode {
+    forge: Arc<AtomicBool>,
+    forged: Arc<AtomicU64>,
+}
+
+fn lying_node(node: &NodeSpec) -> LyingNode {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", node.endpoint_port)).unwrap();
+    let forge = Arc::new(AtomicBool::new(false));
+    let forged = Arc::new(AtomicU64::new(0));
+    let (f, n) = (forge.clone(), forged.clone());
+    let key = node.key.clone();
+    let upstream = format!("http://127.0.0.1:{}", node.port);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (f, n, key, upstream) = (f.clone(), n.clone(), key.clone(), upstream.clone());
+            std::thread::spawn(move || relay(conn, &upstream, &key, &f, &n));
+        }
+    });
+    LyingNode { forge, forged }
+}
+
+/// One request on `conn`, passed to `upstream`; the answer back, forged if asked.
+fn relay(
+    conn: std::net::TcpStream,
+    upstream: &str,
+    key: &registry_model::keys::SecretKey,
+    forge: &AtomicBool,
+    forged: &AtomicU64,
+) {
+    use std::io::{Read, Write};
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut first = String::new();
+    if reader.read_line(&mut first).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let mut parts = first.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let url = format!("{upstream}{path}");
+    let answer = if method == "POST" {
+        ureq::post(&url)
+            .set("content-type", "application/cbor")
+            .send_bytes(&body)
+    } else {
+        ureq::get(&url).call()
+    };
+    let (status, mut out) = match answer {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => {
+            let status = r.status();
+            let mut b = Vec::new();
+            r.into_reader().read_to_end(&mut b).unwrap();
+            (status, b)
+        }
+        Err(_) => return, // the replica is gone: so is this node
+    };
+    if status == 200 && path.ends_with("/query") && forge.load(Ordering::SeqCst) {
+        if let Some(lie) = forge_answer(&out, &body, key) {
+            out = lie;
+            forged.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let mut w = conn;
+    let _ = write!(
+        w,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/cbor\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        out.len()
+    );
+    let _ = w.write_all(&out);
+}
+
+/// The answer with `genuine` replaced in its reply, signed again by the node.
+fn forge_answer(
+    answer: &[u8],
+    request: &[u8],
+    key: &registry_model::keys::SecretKey,
+) -> Option<Vec<u8>> {
+    use serde_cbor::Value;
+    let text = |s: &str| Value::Text(s.into());
+    let Value::Map(m) = serde_cbor::from_slice(answer).ok()? else {
+        return None;
+    };
+    let Some(Value::Map(reply)) = m.get(&text("reply")) else {
+        return None;
+    };
+    let Some(Value::Bytes(arg)) = reply.get(&text("arg")) else {
+        return None;
+    };
+    let at = arg.windows(7).position(|w| w == b"genuine")?;
+    let mut lie = arg.clone();
+    lie[at..at + 7].copy_from_slice(b"forged!");
+    let Value::Map(envelope) = serde_cbor::from_slice(request).ok()? else {
+        return None;
+    };
+    let request_id = ingress::hash_value(envelope.get(&text("content"))?).ok()?;
+    let der = ingress::ed25519_der(key.verifying_key().as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let signed = replica::sign_answer(
+        key,
+        Principal::self_authenticating(&der),
+        Ok(lie),
+        &request_id,
+        now,
+    )
+    .ok()?;
+    Some(signed.to_cbor())
+}
+
+/// The page the test uploads: its text says it is genuine, and a script it runs writes a
+/// line only a real browser produces.
+const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>icos page</title></head>\
+<body><h1 id=\"t\">A genuine page from a canister</h1><p id=\"s\">not run</p>\
+<script>document.getElementById('s').textContent = 'rendered by the browser';</script></body></html>";
+
+/// Headless Chromium's DOM of `url` after scripts ran, and a screenshot of it in `png`.
+fn chromium(url: &str, png: &Path) -> String {
+    let base = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        // The local network's certificate is self-signed.
+        "--ignore-certificate-errors",
+        "--window-size=1024,600",
+    ];
+    let profile = png.with_extension("profile");
+    let run = |extra: &str| {
+        let out = Command::new("timeout")
+            .arg("120")
+            .arg("chromium")
+            .args(base)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(extra)
+            .arg(url)
+            .output()
+            .expect("chromium runs (./scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "chromium {extra} {url}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&format!("--screenshot={}", png.display()));
+    run("--dump-dom")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_gets_verified_pages_over_tls_and_never_a_forged_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = network(tmp.path(), true);
+    let _replicas: Vec<Proc> = net.nodes.iter().map(start_replica).collect();
+    let liar = lying_node(&net.nodes[0]);
+    let (_boundary, url) = start_boundary(&net, &["--tls-self-signed", "--domain", "icp.local"]);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+
+    // Clients trust exactly the boundary's local CA, which certifies each name they ask for.
+    let cert = std::fs::read(net.dir.join("boundary/tls-ca.pem")).unwrap();
+    let client = |host: &str| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
+            .resolve(host, ([127, 0, 0, 1], port).into())
+            .build()
+            .unwrap()
+    };
+    let api = format!("https://localhost:{port}");
+    // A GET of `path` on `host` (resolved to the boundary), trusting only its CA.
+    let get = |host: String, path: String| {
+        let c = client(&host);
+        async move {
+            c.get(format!("https://{host}:{port}{path}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s: BoundaryStatus = get("localhost".into(), "/boundary/status".into())
+            .await
+            .json()
+            .await
+            .unwrap();
+        let all = s.subnets.iter().flat_map(|s| &s.nodes);
+        if s.registry_version > 0 && all.clone().all(|n| n.health.state == NodeState::Healthy) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes not healthy: {s:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // ic-agent over HTTPS: the asset canister in s1, a page uploaded.
+    let a = Agent::builder()
+        .with_url(&api)
+        .with_http_client(client("localhost"))
+        .with_identity(BasicIdentity::from_raw_key(&[9; 32]))
+        .build()
+        .unwrap();
+    a.fetch_root_key().await.unwrap();
+    assert_eq!(a.read_root_key(), net.root_key);
+    let id = install_in_s1(&a, example_canisters::ASSETS_WASM).await;
+    let put = Encode!(
+        &"/index.html",
+        &"text/html; charset=utf-8",
+        &serde_bytes::ByteBuf::from(PAGE.as_bytes())
+    )
+    .unwrap();
+    a.update(&id, "put")
+        .with_arg(put)
+        .call_and_wait()
+        .await
+        .unwrap();
+
+    // The page through the gateway, over TLS and HTTP/2, verified.
+    let host = format!("{id}.localhost");
+    let page = get(host.clone(), "/index.html".into()).await;
+    assert_eq!(page.version(), reqwest::Version::HTTP_2);
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["x-icos-verification"], "verified (v1)");
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.text().await.unwrap(), PAGE);
+    // Under the configured domain, at its root (the canister's fallback page), and with
+    // ?canisterId= on the bare host, the same page.
+    let other = format!("{id}.icp.local");
+    let same = get(other.clone(), "/".into()).await;
+    assert_eq!(same.status(), 200);
+    assert_eq!(same.text().await.unwrap(), PAGE);
+    let by_query = get("localhost".into(), format!("/?canisterId={id}")).await;
+    assert_eq!(by_query.text().await.unwrap(), PAGE);
+
+    // A real browser renders it (the page's script runs) and the test keeps a screenshot.
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let browser_url = format!("https://{id}.localhost:{port}/");
+    let dom = chromium(&browser_url, &shots.join("gateway-page.png"));
+    assert!(dom.contains("A genuine page from a canister"), "{dom}");
+    assert!(dom.contains("rendered by the browser"), "{dom}");
+    let png = std::fs::read(shots.join("gateway-page.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 2000,
+        "{} bytes",
+        png.len()
+    );
+
+    // Node a starts lying. Its answers carry its valid signature, so the agent accepts them,
+    // but the body is not what the subnet certified: the gateway refuses it.
+    liar.forge.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the boundary's query cache
+    let refused = get(host.clone(), "/index.html".into()).await;
+    assert_eq!(refused.status(), 502);
+    assert_eq!(
+        refused.headers()["x-ic-error-cause"],
+        "response_verification_failed"
+    );
+    let text = refused.text().await.unwrap();
+    assert!(
+        text.contains("did not verify") && !text.contains("forged!"),
+        "{text}"
+    );
+    let dom = chromium(&browser_url, &shots.join("gateway-refused.png"));
+    assert!(
+        dom.contains("The canister's answer did not verify"),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("forged!") && !dom.contains("genuine page"),
+        "{dom}"
+    );
+    assert!(liar.forged.load(Ordering::SeqCst) >= 2, "the lie was told");
+    // The raw domain serves what the node said, unverified, and says so.
+    let raw = format!("{id}.raw.icp.local");
+    let lie = get(raw.clone(), "/index.html".into()).await;
+    assert_eq!(lie.headers()["x-icos-verification"], "raw (not verified)");
+    assert!(lie.text().await.unwrap().contains("A forged! page"));
+
+    // Honest again: verified pages again.
+    liar.forge.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let page = get(host.clone(), "/index.html".into()).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.text().await.unwrap(), PAGE);
+
+    // A host that names no canister gets an error page that says so; a canister no subnet
+    // holds gets the API's cause.
+    let bad = "nope.icp.local";
+    let r = get(bad.to_string(), "/".into()).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-ic-error-cause"], "canister_id_invalid");
+    let far = format!("{}.icp.local", canister_index_id(5 * S2_FIRST));
+    let r = get(far.clone(), "/".into()).await;
+    assert_eq!(r.headers()["x-ic-error-cause"], "canister_not_found");
+    assert!(r.text().await.unwrap().contains("<h1>"));
+}
+
+/// One request from source address `from` on its own connection; the status code.
+fn request_from(
+    from: std::net::Ipv4Addr,
+    to: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> u16 {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((from, 0)).into())
+        .unwrap();
+    s.connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut s = std::net::TcpStream::from(s);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut answer = [0u8; 12];
+    match s.read_exact(&mut answer) {
+        Ok(()) => String::from_utf8_lossy(&answer[9..12]).parse().unwrap_or(0),
+        Err(_) => 0, // reset: refused by a connection cap
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn floods_and_bad_requests_cost_their_senders_only_and_memory_stays_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = network(tmp.path(), false);
+    let _replicas: Vec<Proc> = net.nodes.iter().map(start_replica).collect();
+    let (boundary, url) = start_boundary(&net, &["--client-rate", "20"]);
+    wait_nodes(&url, "every node healthy", |_, s| *s == NodeState::Healthy);
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let pid = boundary.0.id();
+    let a = agent(&url, 7).await;
+    s2_query(&a).await.unwrap();
+    let before = rss_kib(pid);
+
+    // 20,000 addresses each send a request that is no envelope, on four threads, while a
+    // fifth address floods and an honest client keeps querying.
+    let path = format!("/api/v2/canister/{}/query", canister_index_id(S2_FIRST + 5));
+    let head = |len: usize| {
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/cbor\r\ncontent-length: {len}\r\nconnection: close\r\n\r\n")
+    };
+    let flood = {
+        let head = head(7);
+        std::thread::spawn(move || {
+            let mut codes = std::collections::BTreeMap::<u16, u32>::new();
+            for _ in 0..400 {
+                let code = request_from([127, 9, 9, 9].into(), addr, &head, b"garbage");
+                *codes.entry(code).or_default() += 1;
+            }
+            codes
+        })
+    };
+    let many: Vec<_> = (0..4u8)
+        .map(|t| {
+            let head = head(7);
+            std::thread::spawn(move || {
+                let mut bad = 0;
+                for i in 0..5000u32 {
+                    let from =
+                        std::net::Ipv4Addr::new(127, 10 + t, (i / 250) as u8, (i % 250) as u8 + 1);
+                    if request_from(from, addr, &head, b"garbage") != 400 {
+                        bad += 1;
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let mut honest_failures = Vec::new();
+    while !many.iter().all(|h| h.is_finished()) {
+        if let Err(e) = s2_query(&a).await {
+            honest_failures.push(e);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let not_400: u32 = many.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        not_400, 0,
+        "every no-envelope request gets 400 malformed_request"
+    );
+    let codes = flood.join().unwrap();
+    assert!(
+        codes.get(&429).copied().unwrap_or(0) > 100,
+        "the flooder is limited: {codes:?}"
+    );
+    assert!(honest_failures.is_empty(), "{honest_failures:?}");
+
+    // An oversized body and one that never finishes: refused, named.
+    assert_eq!(
+        request_from(
+            [127, 8, 0, 1].into(),
+            addr,
+            &head(5 << 20),
+            &vec![0; 5 << 20]
+        ),
+        413
+    );
+    let during = boundary_status(&url).clients_tracked;
+    assert!(during >= 20_000, "{during} clients tracked");
+    let grown = rss_kib(pid).saturating_sub(before);
+    eprintln!("{during} clients tracked; resident memory grew {grown} KiB from {before} KiB; flooder: {codes:?}");
+    assert!(
+        grown < 16 * 1024,
+        "20,000 clients grew the boundary by {grown} KiB"
+    );
+
+    // The quiet clients' buckets are dropped (every 10 probe rounds).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let now = boundary_status(&url).clients_tracked;
+        if now < 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {now} clients tracked");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    s2_query(&a).await.unwrap();
 }

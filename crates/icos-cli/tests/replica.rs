@@ -290,7 +290,10 @@ fn the_canister_commands_create_install_call_query_upgrade_and_show_status() {
     );
     // A canister that is no asset canister has no page to verify.
     let (ok, _, err) = canister_cmd(&node.url, &me, &["http", &id, "/"]);
-    assert!(!ok && err.contains("querying http_request on"), "{err}");
+    assert!(
+        !ok && err.contains("`http_request` failed") && err.contains("no method"),
+        "{err}"
+    );
 }
 
 /// The same story from JavaScript: `js/agent-test/story.mjs` on DFINITY's `@dfinity/agent`

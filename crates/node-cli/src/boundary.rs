@@ -1,4 +1,5 @@
-//! `icos boundary serve`: the API boundary, with routes from the verified registry.
+//! `icos boundary serve`: the API boundary and HTTP gateway, with routes from the verified
+//! registry.
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -9,7 +10,8 @@ use std::path::PathBuf;
 pub enum BoundaryCmd {
     /// Serve the IC's HTTP interface for the whole network: each request goes to a healthy
     /// node of the subnet that holds its canister, as the registry (verified back to the
-    /// genesis) says. Prints `BOUNDARY serving on http://ADDR` once listening.
+    /// genesis) says; `<canister-id>.<domain>` serves the canister's pages, verified.
+    /// Prints `BOUNDARY serving on http(s)://ADDR` once listening.
     Serve {
         /// Registry servers or mirrors, tried in order (comma-separated).
         #[arg(long, value_delimiter = ',', required = true)]
@@ -29,6 +31,22 @@ pub enum BoundaryCmd {
         /// Requests per second all clients together may send to one subnet.
         #[arg(long, default_value_t = 2000)]
         subnet_rate: u32,
+        /// The HTTP gateway's domains (comma-separated): `<canister-id>.<domain>` is that
+        /// canister's page, `<canister-id>.raw.<domain>` the same unverified. `localhost`
+        /// always is one.
+        #[arg(long, value_delimiter = ',')]
+        domain: Vec<String>,
+        /// Serve HTTPS with this certificate chain (PEM, leaf first).
+        #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve HTTPS from a local CA made once in the state directory (`tls-ca.pem`, the
+        /// file clients trust), which certifies localhost, the domains and every name under
+        /// them as clients ask: for local networks.
+        #[arg(long)]
+        tls_self_signed: bool,
     },
 }
 
@@ -41,8 +59,26 @@ pub fn boundary(cmd: BoundaryCmd) -> Result<i32> {
             state_dir,
             client_rate,
             subnet_rate,
+            domain,
+            tls_cert,
+            tls_key,
+            tls_self_signed,
         } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(boundary::TlsSetup::Files { cert, key }),
+                _ if tls_self_signed => {
+                    let mut names = vec!["localhost".to_string()];
+                    names.extend(domain.iter().cloned());
+                    Some(boundary::TlsSetup::LocalCa {
+                        dir: state_dir.clone(),
+                        names,
+                    })
+                }
+                _ => None,
+            };
             let mut config = boundary::Config::new(registry, &genesis_hash, state_dir, listen);
+            config.domains = domain;
+            config.tls = tls;
             config.rates = boundary::limits::RateConfig {
                 per_client_per_sec: client_rate,
                 per_client_burst: client_rate.saturating_mul(2),

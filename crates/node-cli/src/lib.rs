@@ -113,8 +113,15 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<i32> {
     }
 }
 
-/// Log to stderr at `filter` (e.g. `info`, `icos=debug`).
+/// Log to stderr at `filter` (e.g. `info`, `icos=debug`). rustls warns about every odd
+/// handshake a client sends (an IP address as SNI, say): what anyone on the internet
+/// controls must not fill the journal, so it logs errors only unless `filter` names it.
 pub fn init_logging(filter: &str) {
+    let filter = if filter.contains("rustls") {
+        filter.to_string()
+    } else {
+        format!("{filter},rustls=error")
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

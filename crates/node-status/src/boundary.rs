@@ -56,4 +56,7 @@ pub struct BoundaryStatus {
     /// The verified registry version the routes come from (0: none verified yet).
     pub registry_version: u64,
     pub subnets: Vec<RoutedSubnet>,
+    /// Client addresses (IPv6: /64s) with a rate-limit bucket now; quiet ones are dropped.
+    #[serde(default)]
+    pub clients_tracked: u64,
 }

@@ -35,7 +35,7 @@ use ingress::{Authenticated, EnvelopeContent};
 use state::{Reject, Request, State, Status};
 use std::sync::Mutex;
 
-pub use query::QueryAnswer;
+pub use query::{sign_answer, QueryAnswer};
 
 /// Who this replica is and what it may do.
 pub struct Config {

@@ -179,28 +179,42 @@ impl Replica {
         answer(id, e.outcome)
     }
 
-    /// Sign the response: Ed25519 over the domain and the hash of the response map with
-    /// the timestamp and the request id.
     fn sign(
         &self,
         outcome: Result<Vec<u8>, Reject>,
         request_id: &[u8; 32],
         now: u64,
     ) -> Result<QueryAnswer, RequestError> {
-        let mut m = fields(&outcome);
-        m.insert(text("timestamp"), Value::Integer(now.into()));
-        m.insert(text("request_id"), Value::Bytes(request_id.to_vec()));
-        let hash = ingress::hash_value(&Value::Map(m))
-            .map_err(|e| RequestError::Internal(format!("hashing the response: {e}")))?;
-        let signature = self
-            .config
-            .node_key
-            .sign(&[RESPONSE_DOMAIN, &hash[..]].concat());
-        Ok(QueryAnswer {
+        sign_answer(
+            &self.config.node_key,
+            self.config.node_id,
             outcome,
-            timestamp: now,
-            signature: signature.to_bytes().to_vec(),
-            identity: self.config.node_id,
-        })
+            request_id,
+            now,
+        )
     }
+}
+
+/// Sign a query's response as node `node_id`: Ed25519 over the domain and the hash of the
+/// response map with the timestamp and the request id. Public so tests can play a node that
+/// signs what it likes (a node's signature vouches only for what that node said).
+pub fn sign_answer(
+    node_key: &ed25519_dalek::SigningKey,
+    node_id: Principal,
+    outcome: Result<Vec<u8>, Reject>,
+    request_id: &[u8; 32],
+    now: u64,
+) -> Result<QueryAnswer, RequestError> {
+    let mut m = fields(&outcome);
+    m.insert(text("timestamp"), Value::Integer(now.into()));
+    m.insert(text("request_id"), Value::Bytes(request_id.to_vec()));
+    let hash = ingress::hash_value(&Value::Map(m))
+        .map_err(|e| RequestError::Internal(format!("hashing the response: {e}")))?;
+    let signature = node_key.sign(&[RESPONSE_DOMAIN, &hash[..]].concat());
+    Ok(QueryAnswer {
+        outcome,
+        timestamp: now,
+        signature: signature.to_bytes().to_vec(),
+        identity: node_id,
+    })
 }

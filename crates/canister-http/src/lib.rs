@@ -1,0 +1,233 @@
+//! The HTTP gateway protocol, client side: what a gateway does between a browser and a
+//! canister.
+//!
+//! 1. The request becomes a `http_request` query (asking for certificate version 2).
+//! 2. If the canister answers `upgrade = true`, the request is sent again as the update
+//!    `http_request_update`; its answer is certified by the call's own certificate, which
+//!    the agent checks.
+//! 3. A query's answer is checked with `ic-response-verification` against the root key the
+//!    agent holds; only the verified body is returned. [`Mode::Raw`] skips this step, as a
+//!    gateway's `raw` domain does, and says so in [`Fetched::verification`].
+//!
+//! A failed check is an error ([`FetchError::Verification`]): there is no way to get the
+//! body of an answer that did not verify in verified mode.
+//!
+//! ```no_run
+//! # async fn f(agent: ic_agent::Agent) -> Result<(), canister_http::FetchError> {
+//! let canister = ic_principal::Principal::from_text("rwlgt-iiaaa-aaaaa-aaaaa-cai").unwrap();
+//! let request = canister_http::get("/index.html");
+//! let page = canister_http::fetch(&agent, &canister, request, canister_http::Mode::Verified).await?;
+//! assert!(matches!(page.verification, canister_http::Verification::Verified { .. }));
+//! # Ok(()) }
+//! ```
+
+use candid::{Decode, Encode};
+use ic_agent::{Agent, AgentError};
+use ic_http_certification::{HttpRequest, HttpResponse};
+use ic_principal::Principal;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use ic_http_certification::Method;
+
+/// How far a certificate's time may be from ours (gateways allow five minutes).
+pub const MAX_CERT_AGE: Duration = Duration::from_secs(300);
+
+/// Whether the answer must verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Verified,
+    /// No response verification (a gateway's `raw` domain): the body is what one node said.
+    Raw,
+}
+
+/// What vouches for a [`Fetched`] body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Response verification accepted it (version 1 certifies the body, 2 also the status
+    /// and chosen headers).
+    Verified { version: u16 },
+    /// An `http_request_update` answer: certified as the call's reply.
+    Update,
+    /// Not checked ([`Mode::Raw`]).
+    Unverified,
+}
+
+/// A canister's HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub verification: Verification,
+}
+
+/// Why a canister's page could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("encoding the HTTP request as Candid: {0}")]
+    Encode(candid::Error),
+    #[error("{canister}'s `{method}` failed: {source}")]
+    Agent {
+        canister: Principal,
+        method: &'static str,
+        source: Box<AgentError>,
+    },
+    #[error("{canister}'s `{method}` answer is no HttpResponse: {source}")]
+    Decode {
+        canister: Principal,
+        method: &'static str,
+        source: candid::Error,
+    },
+    #[error("the answer for {path} from {canister} failed response verification: {source}")]
+    Verification {
+        canister: Principal,
+        path: String,
+        source: Box<ic_response_verification::ResponseVerificationError>,
+    },
+    #[error("the answer for {path} from {canister} verified but carries no body")]
+    NoVerifiedBody { canister: Principal, path: String },
+    #[error("the system clock is before 1970")]
+    Clock,
+}
+
+/// A `GET` of `url` (a path with an optional query) and no headers.
+pub fn get(url: &str) -> HttpRequest<'static> {
+    request(Method::GET, url, Vec::new(), Vec::new())
+}
+
+/// An HTTP request as the canister will see it.
+pub fn request(
+    method: Method,
+    url: &str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> HttpRequest<'static> {
+    HttpRequest::builder()
+        .with_method(method)
+        .with_url(url)
+        .with_headers(headers)
+        .with_body(body)
+        .with_certificate_version(2)
+        .build()
+}
+
+/// Ask `canister` for `request`'s answer and check it as `mode` says.
+pub async fn fetch(
+    agent: &Agent,
+    canister: &Principal,
+    request: HttpRequest<'static>,
+    mode: Mode,
+) -> Result<Fetched, FetchError> {
+    let arg = Encode!(&request).map_err(FetchError::Encode)?;
+    let reply = agent
+        .query(canister, "http_request")
+        .with_arg(arg)
+        .call()
+        .await
+        .map_err(|source| agent_error(canister, "http_request", source))?;
+    let response = Decode!(&reply, HttpResponse<'static>)
+        .map_err(|source| decode_error(canister, "http_request", source))?;
+    if response.upgrade() == Some(true) {
+        return update(agent, canister, request).await;
+    }
+    match mode {
+        Mode::Raw => Ok(Fetched {
+            status: response.status_code().as_u16(),
+            headers: response.headers().to_vec(),
+            body: response.body().to_vec(),
+            verification: Verification::Unverified,
+        }),
+        Mode::Verified => verify(agent, canister, request, response),
+    }
+}
+
+/// The update path: the canister asked for its request to go through consensus.
+async fn update(
+    agent: &Agent,
+    canister: &Principal,
+    request: HttpRequest<'static>,
+) -> Result<Fetched, FetchError> {
+    let update = ic_http_certification::HttpRequest::builder()
+        .with_method(request.method().clone())
+        .with_url(request.url())
+        .with_headers(request.headers().to_vec())
+        .with_body(request.body().to_vec())
+        .build_update();
+    let arg = Encode!(&update).map_err(FetchError::Encode)?;
+    let reply = agent
+        .update(canister, "http_request_update")
+        .with_arg(arg)
+        .call_and_wait()
+        .await
+        .map_err(|source| agent_error(canister, "http_request_update", source))?;
+    let response = Decode!(&reply, HttpResponse<'static>)
+        .map_err(|source| decode_error(canister, "http_request_update", source))?;
+    Ok(Fetched {
+        status: response.status_code().as_u16(),
+        headers: response.headers().to_vec(),
+        body: response.body().to_vec(),
+        verification: Verification::Update,
+    })
+}
+
+fn verify(
+    agent: &Agent,
+    canister: &Principal,
+    request: HttpRequest<'static>,
+    response: HttpResponse<'static>,
+) -> Result<Fetched, FetchError> {
+    let path = request.url().to_string();
+    // Version 1 certifies the body only, so the canister's headers go with it (as on the
+    // IC); from version 2 on only what was certified is served.
+    let headers = response.headers().to_vec();
+    let status = response.status_code().as_u16();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| FetchError::Clock)?;
+    let info = ic_response_verification::verify_request_response_pair(
+        request,
+        response,
+        canister.as_slice(),
+        now.as_nanos(),
+        MAX_CERT_AGE.as_nanos(),
+        &agent.read_root_key(),
+        ic_response_verification::MIN_VERIFICATION_VERSION,
+    )
+    .map_err(|source| FetchError::Verification {
+        canister: *canister,
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
+    let verified = info.response.ok_or(FetchError::NoVerifiedBody {
+        canister: *canister,
+        path,
+    })?;
+    let (status, headers) = match verified.status_code {
+        Some(status) if info.verification_version >= 2 => (status, verified.headers),
+        _ => (status, headers),
+    };
+    Ok(Fetched {
+        status,
+        headers,
+        body: verified.body,
+        verification: Verification::Verified {
+            version: info.verification_version,
+        },
+    })
+}
+
+fn agent_error(canister: &Principal, method: &'static str, source: AgentError) -> FetchError {
+    FetchError::Agent {
+        canister: *canister,
+        method,
+        source: Box::new(source),
+    }
+}
+
+fn decode_error(canister: &Principal, method: &'static str, source: candid::Error) -> FetchError {
+    FetchError::Decode {
+        canister: *canister,
+        method,
+        source,
+    }
+}
