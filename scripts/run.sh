@@ -55,11 +55,12 @@ step "a canister on a local replica (icos replica run: one node that is its own 
 REPLICA_DIR="$DIR/replica"
 if [ -f "$REPLICA_DIR.pid" ]; then kill "$(cat "$REPLICA_DIR.pid")" 2>/dev/null || true; fi
 mkdir -p "$REPLICA_DIR"
-"$ICOS" replica run --dir "$REPLICA_DIR" --listen 127.0.0.1:0 >"$REPLICA_DIR.log" 2>&1 &
+"$ICOS" replica run --dir "$REPLICA_DIR" --listen 127.0.0.1:0 --gateway 127.0.0.1:0 >"$REPLICA_DIR.log" 2>&1 &
 echo $! >"$REPLICA_DIR.pid"
 for _ in $(seq 100); do grep -q "listening on" "$REPLICA_DIR.log" && break; sleep 0.1; done
 cat "$REPLICA_DIR.log"
 URL=$(sed -n 's/^replica: listening on \([^ ]*\).*/\1/p' "$REPLICA_DIR.log")
+GATEWAY_PORT=$(sed -n 's/^replica: gateway on http:\/\/localhost:\([0-9]*\).*/\1/p' "$REPLICA_DIR.log")
 CANISTER="$ICOS canister --url $URL --identity $DIR/identity.pem"
 ID=$($CANISTER create)
 echo "created canister $ID"
@@ -74,8 +75,13 @@ $CANISTER examples "$DIR/canisters" >/dev/null
 ASSETS=$($CANISTER create)
 $CANISTER install "$ASSETS" "$DIR/canisters/assets.wasm"
 $CANISTER http "$ASSETS" /
+echo "the same page through the gateway, as a browser gets it:"
+curl -s -i -H "Host: $ASSETS.localhost" "http://127.0.0.1:$GATEWAY_PORT/" | grep -i -E '^HTTP|^x-icos-verification|^content-type|<' || true
 
 cat <<MSG
+
+Open in a browser:  http://$ASSETS.localhost:$GATEWAY_PORT/   (the asset canister's page, verified by the gateway)
+Agents:             $URL (the local replica)   $BOUNDARY (the network, through its API boundary)
 
 The network is running. Try:
   $ICOS testnet upgrade --dir $DIR --subnet subnet-1 --to 1.1.0   # build, propose, vote, watch the rollout

@@ -37,6 +37,7 @@ pub mod cache;
 pub mod gateway;
 pub mod health;
 pub mod limits;
+pub mod local;
 pub mod proxy;
 pub mod routes;
 pub mod tls;

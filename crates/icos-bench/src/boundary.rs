@@ -15,7 +15,6 @@
 
 use crate::wrk::{wrk, WrkResult};
 use crate::BenchError;
-use registry_model::{CanisterRange, Node, Registry, Subnet};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -98,7 +97,11 @@ pub fn boundary_benchmark(
 
     // The boundary, routes from a registry naming this one node (the registry's own
     // syncing is measured by the registry benchmark); a second one without its cache.
-    let registry = one_node_registry(&replica, &format!("http://{node}"));
+    let registry = boundary::local::single_node_registry(
+        &replica.config().root_key_der,
+        &format!("http://{node}"),
+        replica::local::LOCAL_RANGE,
+    );
     let (cert, key) = self_signed(work)?;
     let tls = boundary::tls::load(&cert, &key)
         .map_err(|e| err("loading the certificate")(e.to_string()))?;
@@ -204,36 +207,6 @@ fn self_signed(work: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), 
     std::fs::write(&cert, pair.cert.pem()).map_err(crate::io("writing", &cert))?;
     std::fs::write(&key, pair.key_pair.serialize_pem()).map_err(crate::io("writing", &key))?;
     Ok((cert, key))
-}
-
-fn one_node_registry(replica: &replica::Replica, endpoint: &str) -> Registry {
-    let (start, end) = replica::local::LOCAL_RANGE;
-    let mut reg = Registry {
-        root_key: Some(hex::encode(&replica.config().root_key_der)),
-        ..Default::default()
-    };
-    reg.nodes.insert(
-        "node".into(),
-        Node {
-            id: "node".into(),
-            operator: "op".into(),
-            public_key: String::new(),
-            ipv6: String::new(),
-            http_endpoint: endpoint.into(),
-            hostos_version: None,
-        },
-    );
-    reg.subnets.insert(
-        "local".into(),
-        Subnet {
-            id: "local".into(),
-            nodes: vec!["node".into()],
-            canister_ranges: vec![CanisterRange { start, end }],
-            guestos_version: "1".into(),
-            key: None,
-        },
-    );
-    reg
 }
 
 /// nginx as a reverse proxy to `upstream`, keeping connections to it open, as a

@@ -23,6 +23,8 @@ struct Running {
     child: Child,
     url: String,
     said: Vec<String>,
+    /// The gateway's port (`--gateway`).
+    gateway: u16,
 }
 
 impl Drop for Running {
@@ -34,7 +36,15 @@ impl Drop for Running {
 
 fn start(dir: &Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_icos"))
-        .args(["replica", "run", "--listen", "127.0.0.1:0", "--dir"])
+        .args([
+            "replica",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            "127.0.0.1:0",
+        ])
+        .arg("--dir")
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -52,7 +62,17 @@ fn start(dir: &Path) -> Running {
         }
         said.push(line);
     };
-    Running { child, url, said }
+    let gateway = said
+        .iter()
+        .find_map(|l| l.strip_prefix("replica: gateway on http://localhost:"))
+        .and_then(|rest| rest.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no gateway line in {said:?}"));
+    Running {
+        child,
+        url,
+        said,
+        gateway,
+    }
 }
 
 async fn agent(url: &str) -> Agent {
@@ -288,6 +308,26 @@ fn the_canister_commands_create_install_call_query_upgrade_and_show_status() {
         "<h1>My dApp</h1>",
         "a refused upload changed the site"
     );
+    // The same site in a browser's way, through the replica's gateway: by host and by
+    // ?canisterId=, verified; the counter has no pages, and the gateway says so.
+    let page = |host: &str, path: &str| match ureq::get(&format!(
+        "http://127.0.0.1:{}{path}",
+        node.gateway
+    ))
+    .set("host", host)
+    .call()
+    {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let r = page(&format!("{assets}.localhost"), "/css/site.css");
+    assert_eq!(r.header("x-icos-verification"), Some("verified (v1)"));
+    assert_eq!(r.into_string().unwrap(), "h1 { color: teal }");
+    let r = page("localhost", &format!("/?canisterId={assets}"));
+    assert_eq!(r.into_string().unwrap(), "<h1>My dApp</h1>");
+    let r = page(&format!("{id}.localhost"), "/");
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.header("x-ic-error-cause"), Some("canister_reject"));
     // A canister that is no asset canister has no page to verify.
     let (ok, _, err) = canister_cmd(&node.url, &me, &["http", &id, "/"]);
     assert!(

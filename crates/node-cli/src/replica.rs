@@ -19,6 +19,10 @@ pub enum ReplicaCmd {
         /// Where to serve (port 0: any free port, printed on start).
         #[arg(long, default_value = "127.0.0.1:4943")]
         listen: SocketAddr,
+        /// Also serve the HTTP gateway here: a canister's pages at
+        /// `http://<canister-id>.localhost:PORT/`, verified, and the API.
+        #[arg(long)]
+        gateway: Option<SocketAddr>,
     },
     /// Serve the replica the orchestrator describes in SPEC (a GuestOS in a subnet; the
     /// `icos-replica` unit runs this): the subnet's key and delegation from the verified
@@ -31,7 +35,11 @@ pub enum ReplicaCmd {
 
 pub fn replica(cmd: ReplicaCmd) -> Result<i32> {
     match cmd {
-        ReplicaCmd::Run { dir, listen } => run(dir, listen),
+        ReplicaCmd::Run {
+            dir,
+            listen,
+            gateway,
+        } => run(dir, listen, gateway),
         ReplicaCmd::Serve { spec } => serve(&spec),
     }
 }
@@ -48,10 +56,14 @@ fn serve(path: &std::path::Path) -> Result<i32> {
         spec.subnet_size,
         r.config().node_id
     );
-    serve_on(r, spec.listen)
+    let addr = serve_on(r, spec.listen)?;
+    println!(
+        "replica: listening on http://{addr} (agents: fetch the root key from /api/v2/status)"
+    );
+    park()
 }
 
-fn run(dir: PathBuf, listen: SocketAddr) -> Result<i32> {
+fn run(dir: PathBuf, listen: SocketAddr, gateway: Option<SocketAddr>) -> Result<i32> {
     let (r, recovery) = replica::local::open(&dir, Default::default())
         .with_context(|| format!("opening the replica in {}", dir.display()))?;
     println!("replica: {recovery}");
@@ -64,21 +76,42 @@ fn run(dir: PathBuf, listen: SocketAddr) -> Result<i32> {
         certified_state::canister_id(first),
         certified_state::canister_id(last)
     );
-    serve_on(r, listen)
+    let root_key = c.root_key_der.clone();
+    let addr = serve_on(r, listen)?;
+    if let Some(gateway) = gateway {
+        let at = boundary::local::spawn(
+            gateway,
+            &format!("http://{addr}"),
+            &root_key,
+            replica::local::LOCAL_RANGE,
+            dir.join("gateway"),
+        )
+        .context("starting the gateway")?;
+        println!(
+            "replica: gateway on http://localhost:{port}: a canister's pages at \
+             http://<canister-id>.localhost:{port}/ (verified)",
+            port = at.port()
+        );
+    }
+    println!(
+        "replica: listening on http://{addr} (agents: fetch the root key from /api/v2/status)"
+    );
+    park()
 }
 
-/// Serve `r` on `listen` until the process ends.
-fn serve_on(r: replica::Replica, listen: SocketAddr) -> Result<i32> {
+fn park() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Serve `r` on `listen` (until the process ends); the bound address.
+fn serve_on(r: replica::Replica, listen: SocketAddr) -> Result<SocketAddr> {
     let (addr, _) = http_guard::spawn(
         listen,
         replica::http::router(Arc::new(r)),
         http_guard::Limits::default(),
     )
     .with_context(|| format!("listening on {listen}"))?;
-    println!(
-        "replica: listening on http://{addr} (agents: fetch the root key from /api/v2/status)"
-    );
-    loop {
-        std::thread::park();
-    }
+    Ok(addr)
 }
