@@ -358,6 +358,42 @@ mod tests {
             key: None,
         };
         assert!(n.reg.validate(&bad).is_err());
+
+        // A node runs one payload: a subnet member cannot be an API boundary node, nor the
+        // other way round.
+        let e = n
+            .reg
+            .validate(&Action::AddApiBoundaryNodes {
+                nodes: vec![ids[0].clone()],
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be in none"), "{e}");
+        let c = n.proposal_change(
+            Action::RemoveNodesFromSubnet {
+                subnet: "s1".into(),
+                nodes: vec![ids[1].clone()],
+            },
+            &[(1, Vote::Yes), (2, Vote::Yes)],
+        );
+        n.push(c).unwrap();
+        let c = n.proposal_change(
+            Action::AddApiBoundaryNodes {
+                nodes: vec![ids[1].clone()],
+            },
+            &[(1, Vote::Yes), (2, Vote::Yes)],
+        );
+        n.push(c).unwrap();
+        let e = n
+            .reg
+            .validate(&Action::AddNodesToSubnet {
+                subnet: "s1".into(),
+                nodes: vec![ids[1].clone()],
+                sealed_keys: Default::default(),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is an API boundary node"), "{e}");
     }
 
     #[test]

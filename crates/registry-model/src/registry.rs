@@ -365,6 +365,15 @@ impl Registry {
             .find(|s| s.nodes.iter().any(|n| n == node))
     }
 
+    fn not_api_boundary(&self, n: &str) -> Result<(), ModelError> {
+        if self.api_boundary_nodes.contains(n) {
+            return Err(invalid(format!(
+                "node `{n}` is an API boundary node: remove it from them before it joins a subnet"
+            )));
+        }
+        Ok(())
+    }
+
     fn need_node(&self, n: &str) -> Result<(), ModelError> {
         if self.nodes.contains_key(n) {
             Ok(())
@@ -532,6 +541,7 @@ impl Registry {
                             s.id
                         )));
                     }
+                    self.not_api_boundary(n)?;
                 }
                 self.need_guestos(guestos_version)?;
                 self.ranges_overlap(canister_ranges, None)?;
@@ -563,6 +573,7 @@ impl Registry {
                             s.id
                         )));
                     }
+                    self.not_api_boundary(n)?;
                 }
             }
             Action::RemoveNodesFromSubnet { subnet, nodes } => {
@@ -601,6 +612,17 @@ impl Registry {
             Action::AddApiBoundaryNodes { nodes } | Action::RemoveApiBoundaryNodes { nodes } => {
                 for n in nodes {
                     self.need_node(n)?;
+                }
+                // A node runs one payload: a boundary is a node in no subnet, as on the IC.
+                if let Action::AddApiBoundaryNodes { .. } = action {
+                    for n in nodes {
+                        if let Some(s) = self.node_subnet(n) {
+                            return Err(invalid(format!(
+                                "node `{n}` is in subnet `{}`: an API boundary node must be in none",
+                                s.id
+                            )));
+                        }
+                    }
                 }
                 if let Action::RemoveApiBoundaryNodes { .. } = action {
                     for n in nodes {

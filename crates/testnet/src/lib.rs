@@ -1038,8 +1038,9 @@ pub fn print_boundary(state: &State) {
     match state.boundary_status() {
         Some(b) => {
             let nodes: Vec<_> = b.subnets.iter().flat_map(|s| &s.nodes).collect();
+            let port = url.rsplit(':').next().unwrap_or_default();
             println!(
-                "boundary {url}: routes from registry version {}, {} subnet(s), {}/{} node(s) taking requests",
+                "boundary {url}: routes from registry version {}, {} subnet(s), {}/{} node(s) taking requests; pages at http://<canister-id>.localhost:{port}/",
                 b.registry_version,
                 b.subnets.len(),
                 nodes.iter().filter(|n| n.candidate).count(),
