@@ -328,6 +328,18 @@ fn the_canister_commands_create_install_call_query_upgrade_and_show_status() {
     let r = page(&format!("{id}.localhost"), "/");
     assert_eq!(r.status(), 502);
     assert_eq!(r.header("x-ic-error-cause"), Some("canister_reject"));
+    // A canister that asks for its page to go through consensus (`upgrade = true`): the
+    // gateway sends `http_request_update` as a call and serves its certified reply.
+    let upgrading = run(&["create"]);
+    let wat = tmp.path().join("upgrading.wat");
+    std::fs::write(&wat, upgrading_canister()).unwrap();
+    run(&["install", &upgrading, wat.to_str().unwrap()]);
+    let r = page(&format!("{upgrading}.localhost"), "/");
+    assert_eq!(
+        r.header("x-icos-verification"),
+        Some("update (certified reply)")
+    );
+    assert_eq!(r.into_string().unwrap(), "answered by a call");
     // A canister that is no asset canister has no page to verify.
     let (ok, _, err) = canister_cmd(&node.url, &me, &["http", &id, "/"]);
     assert!(
@@ -367,4 +379,35 @@ fn dfinity_agent_js_creates_installs_calls_queries_reads_state_and_is_refused_wh
         out.status.success() && stdout.contains("js: story complete"),
         "{stdout}\n{stderr}"
     );
+}
+
+/// A canister whose `http_request` query always asks for an upgrade and whose
+/// `http_request_update` answers with a fixed page: WebAssembly text with both Candid
+/// replies as data.
+fn upgrading_canister() -> String {
+    use ic_http_certification::HttpResponse;
+    let query = Encode!(&HttpResponse::builder().with_upgrade(true).build()).unwrap();
+    let update = Encode!(&HttpResponse::builder()
+        .with_status_code(ic_http_certification::StatusCode::OK)
+        .with_headers(vec![("content-type".into(), "text/plain".into())])
+        .with_body(b"answered by a call".to_vec())
+        .build())
+    .unwrap();
+    let data = |b: &[u8]| b.iter().map(|x| format!("\\{x:02x}")).collect::<String>();
+    format!(
+        r#"(module
+  (import "ic0" "msg_reply" (func $reply))
+  (import "ic0" "msg_reply_data_append" (func $append (param i32 i32)))
+  (memory 1)
+  (data (i32.const 0) "{q}")
+  (data (i32.const 4096) "{u}")
+  (func (export "canister_query http_request")
+    (call $append (i32.const 0) (i32.const {ql})) (call $reply))
+  (func (export "canister_update http_request_update")
+    (call $append (i32.const 4096) (i32.const {ul})) (call $reply)))"#,
+        q = data(&query),
+        u = data(&update),
+        ql = query.len(),
+        ul = update.len(),
+    )
 }
