@@ -29,6 +29,7 @@ STABLE_PKGS=(
   clang              # the C example canisters, built for wasm32 (crates/example-canisters)
   lld                # wasm-ld, clang's linker for wasm32
   chromium           # tests: a real browser opens a canister's page through the gateway
+  libnss3-tools      # tests: certutil puts the local network's CA in that browser's trust store
 )
 # Node.js runs the @dfinity/agent test; this machine kind ships it (NodeSource), Debian's
 # own is the fallback.

@@ -503,26 +503,62 @@ const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>ic
 <script>document.getElementById('s').textContent = 'rendered by the browser';</script></body></html>";
 
 /// Headless Chromium's DOM of `url` after scripts ran, and a screenshot of it in `png`.
-fn chromium(url: &str, png: &Path) -> String {
+/// The browser trusts `ca` (if any) and nothing else of ours: it is put in the NSS store of
+/// a home made for this run, as an operator adds a CA to a browser.
+fn chromium(url: &str, png: &Path, ca: Option<&Path>) -> String {
+    let home = png.with_extension("home");
+    let nssdb = home.join(".pki/nssdb");
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&nssdb).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    let mut steps = vec![vec!["-N", "-d", &db, "--empty-password"]];
+    if ca.is_some() {
+        steps.push(vec![
+            "-A",
+            "-d",
+            &db,
+            "-t",
+            "C,,",
+            "-n",
+            "icos local network CA",
+            "-i",
+        ]);
+    }
+    for args in steps {
+        let mut cmd = Command::new("certutil");
+        cmd.args(&args);
+        if let (Some(ca), "-A") = (ca, args[0]) {
+            cmd.arg(ca);
+        }
+        let out = cmd
+            .output()
+            .expect("certutil runs (./scripts/setup.sh installs libnss3-tools)");
+        assert!(
+            out.status.success(),
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let base = [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
         "--disable-dev-shm-usage",
         "--no-first-run",
-        // The local network's certificate is self-signed.
-        "--ignore-certificate-errors",
         "--window-size=1024,600",
     ];
-    let profile = png.with_extension("profile");
     let run = |extra: &str| {
         let out = Command::new("timeout")
             .arg("120")
             .arg("chromium")
             .args(base)
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!(
+                "--user-data-dir={}",
+                home.join("profile").display()
+            ))
             .arg(extra)
             .arg(url)
+            .env("HOME", &home)
             .output()
             .expect("chromium runs (./scripts/setup.sh installs it)");
         assert!(
@@ -548,7 +584,8 @@ async fn a_browser_gets_verified_pages_over_tls_and_never_a_forged_one() {
     assert!(url.starts_with("https://"), "{url}");
 
     // Clients trust exactly the boundary's local CA, which certifies each name they ask for.
-    let cert = std::fs::read(net.dir.join("boundary/tls-ca.pem")).unwrap();
+    let ca = net.dir.join("boundary/tls-ca.pem");
+    let cert = std::fs::read(&ca).unwrap();
     let client = |host: &str| {
         reqwest::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
@@ -624,9 +661,12 @@ async fn a_browser_gets_verified_pages_over_tls_and_never_a_forged_one() {
     // A real browser renders it (the page's script runs) and the test keeps a screenshot.
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let browser_url = format!("https://{id}.localhost:{port}/");
-    let dom = chromium(&browser_url, &shots.join("gateway-page.png"));
+    let dom = chromium(&browser_url, &shots.join("gateway-page.png"), Some(&ca));
     assert!(dom.contains("A genuine page from a canister"), "{dom}");
     assert!(dom.contains("rendered by the browser"), "{dom}");
+    // A browser that does not trust the local CA gets no page: the TLS check is real.
+    let untrusting = chromium(&browser_url, &shots.join("gateway-untrusted.png"), None);
+    assert!(!untrusting.contains("A genuine page"), "{untrusting}");
     let png = std::fs::read(shots.join("gateway-page.png")).unwrap();
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 2000,
@@ -649,7 +689,7 @@ async fn a_browser_gets_verified_pages_over_tls_and_never_a_forged_one() {
         text.contains("did not verify") && !text.contains("forged!"),
         "{text}"
     );
-    let dom = chromium(&browser_url, &shots.join("gateway-refused.png"));
+    let dom = chromium(&browser_url, &shots.join("gateway-refused.png"), Some(&ca));
     assert!(
         dom.contains("The canister's answer did not verify"),
         "{dom}"
