@@ -47,7 +47,9 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
     pub status: StatusCode,
-    pub cause: &'static str,
+    /// The machine-readable name, as `x-ic-error-cause` carries it (the API's own causes
+    /// pass through as they came).
+    pub cause: String,
     pub title: &'static str,
     pub details: String,
 }
@@ -55,13 +57,13 @@ pub struct GatewayError {
 impl GatewayError {
     fn new(
         status: StatusCode,
-        cause: &'static str,
+        cause: impl Into<String>,
         title: &'static str,
         details: impl Into<String>,
     ) -> Self {
         GatewayError {
             status,
-            cause,
+            cause: cause.into(),
             title,
             details: details.into(),
         }
@@ -86,7 +88,7 @@ impl IntoResponse for GatewayError {
              <body><h1>{title}</h1>\n<p>Cause: <code id=\"cause\">{cause}</code></p>\n\
              <pre id=\"details\" style=\"white-space: pre-wrap\">{details}</pre>\n</body></html>\n",
             title = self.title,
-            cause = self.cause,
+            cause = escape(&self.cause),
             details = escape(&self.details),
         );
         let mut r = (
@@ -98,8 +100,9 @@ impl IntoResponse for GatewayError {
             page,
         )
             .into_response();
-        r.headers_mut()
-            .insert(proxy::ERROR_CAUSE, HeaderValue::from_static(self.cause));
+        if let Ok(v) = HeaderValue::from_str(&self.cause) {
+            r.headers_mut().insert(proxy::ERROR_CAUSE, v);
+        }
         r
     }
 }
@@ -385,7 +388,6 @@ fn agent_error(source: AgentError, details: String) -> GatewayError {
             let cause = text
                 .lines()
                 .find_map(|l| l.strip_prefix("error: "))
-                .and_then(proxy::known_cause)
                 .unwrap_or("replica_error");
             GatewayError::new(
                 status,

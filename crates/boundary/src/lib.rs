@@ -216,6 +216,20 @@ impl Boundary {
         }
     }
 
+    /// Keep health and limits current until the process ends: every node probed each
+    /// `probe_interval`, quiet clients' buckets dropped every ten rounds.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut round = 0u64;
+        loop {
+            self.probe_all().await;
+            round += 1;
+            if round.is_multiple_of(10) {
+                self.limits.forget_quiet();
+            }
+            tokio::time::sleep(self.config.probe_interval).await;
+        }
+    }
+
     /// Probe every routed node once, all at the same time.
     pub async fn probe_all(self: &Arc<Self>) {
         let table = self.table();
@@ -335,18 +349,7 @@ pub fn run(config: Config) -> Result<(), BoundaryError> {
         .build()
         .map_err(io("starting the runtime"))?;
     runtime.block_on(async move {
-        let prober = b.clone();
-        tokio::spawn(async move {
-            let mut round = 0u64;
-            loop {
-                prober.probe_all().await;
-                round += 1;
-                if round.is_multiple_of(10) {
-                    prober.limits.forget_quiet();
-                }
-                tokio::time::sleep(prober.config.probe_interval).await;
-            }
-        });
+        tokio::spawn(b.clone().maintain());
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(io(&format!("listening on {}", config.listen)))?;

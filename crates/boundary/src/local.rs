@@ -8,7 +8,6 @@ use crate::{gateway, Boundary, BoundaryError, Config};
 use registry_model::{CanisterRange, Node, Registry, Subnet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// A registry naming one node at `endpoint` that holds `range`, under `root_key_der`.
 pub fn single_node_registry(root_key_der: &[u8], endpoint: &str, range: (u64, u64)) -> Registry {
@@ -69,7 +68,7 @@ pub fn spawn(
         }
     })?;
     std::thread::Builder::new()
-        .name("gateway probes".into())
+        .name("gateway upkeep".into())
         .spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -78,15 +77,10 @@ pub fn spawn(
                 tracing::error!("the gateway's probes have no runtime; failed nodes stay out");
                 return;
             };
-            rt.block_on(async move {
-                loop {
-                    b.probe_all().await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            });
+            rt.block_on(b.maintain());
         })
         .map_err(|source| BoundaryError::Io {
-            what: "starting the probe thread".into(),
+            what: "starting the upkeep thread".into(),
             source,
         })?;
     Ok(addr)

@@ -102,29 +102,6 @@ impl From<Limited> for ApiError {
 #[derive(Debug, Clone, Copy)]
 pub struct Internal;
 
-/// Every cause an [`ApiError`] may carry, for readers that get one back as text.
-pub const CAUSES: &[&str] = &[
-    "no_healthy_nodes",
-    "canister_not_found",
-    "subnet_not_found",
-    "malformed_request",
-    "payload_too_large",
-    "body_timeout",
-    "body_error",
-    "rate_limited_client",
-    "rate_limited_subnet",
-    "replica_error",
-    "replica_unreachable",
-    "registry_unavailable",
-    "not_found",
-    "method_not_allowed",
-];
-
-/// `cause` as the static name of an [`ApiError`] cause, if it is one.
-pub fn known_cause(cause: &str) -> Option<&'static str> {
-    CAUSES.iter().copied().find(|c| *c == cause)
-}
-
 /// The three kinds of API request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

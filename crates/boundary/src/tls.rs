@@ -55,13 +55,28 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsErr
         path: key.to_path_buf(),
         source,
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let config = builder(provider())?.with_single_cert(chain, key)?;
+    Ok(with_alpn(config))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// rustls' safe defaults (TLS 1.2 and 1.3), no client certificates.
+fn builder(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, TlsError>
+{
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_no_client_auth())
+}
+
+/// ALPN offers HTTP/2, then HTTP/1.1.
+fn with_alpn(mut config: rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// The local CA of a network without a real certificate: `tls-ca.pem` (what clients
@@ -85,7 +100,7 @@ pub fn local_ca(
     } else {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let key = rcgen::KeyPair::generate()?;
-        write_private(&key_path, key.serialize_pem().as_bytes())
+        daemon_support::write_private(&key_path, key.serialize_pem().as_bytes())
             .map_err(io("writing", &key_path))?;
         key
     };
@@ -104,7 +119,7 @@ pub fn local_ca(
     if !ca_path.is_file() {
         std::fs::write(&ca_path, ca.pem()).map_err(io("writing", &ca_path))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let resolver = Minting {
         ca_der: ca.der().clone(),
         ca,
@@ -113,12 +128,8 @@ pub fn local_ca(
         minted: Mutex::new(HashMap::new()),
         provider: provider.clone(),
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok((Arc::new(config), ca_path))
+    let config = builder(provider)?.with_cert_resolver(Arc::new(resolver));
+    Ok((with_alpn(config), ca_path))
 }
 
 /// Minted leaves are kept up to this many names, then all are dropped and minted again.
@@ -180,12 +191,15 @@ impl Minting {
 impl ResolvesServerCert for Minting {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = self.name_for(hello.server_name());
-        let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = minted.get(&name) {
+        let lock = || self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = lock().get(&name) {
             return Some(k.clone());
         }
+        // Minted without the lock, so other handshakes do not wait on a key generation; two
+        // clients asking for a new name at once may both mint, and one leaf is kept.
         match self.mint(&name) {
             Ok(k) => {
+                let mut minted = lock();
                 if minted.len() >= MAX_MINTED {
                     minted.clear();
                 }
@@ -198,19 +212,6 @@ impl ResolvesServerCert for Minting {
             }
         }
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 #[cfg(test)]
@@ -241,7 +242,7 @@ mod tests {
             ca_key: rcgen::KeyPair::generate().unwrap(),
             names,
             minted: Mutex::new(HashMap::new()),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: provider(),
         };
         assert_eq!(m.name_for(Some("abc.localhost")), "abc.localhost");
         assert_eq!(m.name_for(Some("a.raw.ICP.local")), "a.raw.icp.local");

@@ -131,13 +131,20 @@ pub async fn fetch(
         return update(agent, canister, request).await;
     }
     match mode {
-        Mode::Raw => Ok(Fetched {
+        Mode::Raw => Ok(Fetched::as_answered(&response, Verification::Unverified)),
+        Mode::Verified => verify(agent, canister, request, response),
+    }
+}
+
+impl Fetched {
+    /// The answer as the canister gave it, vouched for by `verification`.
+    fn as_answered(response: &HttpResponse<'_>, verification: Verification) -> Fetched {
+        Fetched {
             status: response.status_code().as_u16(),
             headers: response.headers().to_vec(),
             body: response.body().to_vec(),
-            verification: Verification::Unverified,
-        }),
-        Mode::Verified => verify(agent, canister, request, response),
+            verification,
+        }
     }
 }
 
@@ -147,7 +154,7 @@ async fn update(
     canister: &Principal,
     request: HttpRequest<'static>,
 ) -> Result<Fetched, FetchError> {
-    let update = ic_http_certification::HttpRequest::builder()
+    let update = HttpRequest::builder()
         .with_method(request.method().clone())
         .with_url(request.url())
         .with_headers(request.headers().to_vec())
@@ -162,12 +169,7 @@ async fn update(
         .map_err(|source| agent_error(canister, "http_request_update", source))?;
     let response = Decode!(&reply, HttpResponse<'static>)
         .map_err(|source| decode_error(canister, "http_request_update", source))?;
-    Ok(Fetched {
-        status: response.status_code().as_u16(),
-        headers: response.headers().to_vec(),
-        body: response.body().to_vec(),
-        verification: Verification::Update,
-    })
+    Ok(Fetched::as_answered(&response, Verification::Update))
 }
 
 fn verify(
