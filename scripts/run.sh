@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install what is needed, build the icos tool, and bring up a local icos
 # network with its default settings (a registry under local governance, a package mirror,
-# and 2 nodes, each a HostOS agent supervising a GuestOS VM, in one subnet).
+# 2 nodes in one subnet and an API boundary node, each a HostOS agent supervising a GuestOS VM).
 # The network keeps running; `target/release/icos testnet down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ if [ -f "$DIR/testnet.json" ]; then
   "$ICOS" testnet down --dir "$DIR" || true
 fi
 
-step "icos testnet up (GuestOS 1.0.0 built on first use; TCG here: about 3 minutes the first time, 2 later)"
+step "icos testnet up (GuestOS 1.0.0 built on first use; 3 VMs under TCG here: about 4 minutes)"
 "$ICOS" testnet up --dir "$DIR" --nodes "${ICOS_NODES:-2}"
 
 if [ "${ICOS_SETUPOS:-1}" != 0 ]; then
@@ -45,7 +45,8 @@ for log in "$DIR"/nodes/*/state/guest-serial.log; do
 done
 echo "(subnet-1 has two nodes and refuses calls until subnets replicate; the counter below runs on a replica of its own)"
 
-step "the API boundary: one URL for agents, routes from the verified registry"
+step "the API boundary node (node3, made one by governance): one URL for agents, routes from the verified registry"
+grep -a -o "GUESTOS BOUNDARY.*" "$DIR"/nodes/*/state/guest-serial.log | tail -1 || true
 BOUNDARY=$("$ICOS" testnet status --dir "$DIR" | sed -n 's/^boundary \(http[^:]*:[^:]*:[0-9]*\):.*/\1/p')
 "$ICOS" testnet status --dir "$DIR" | grep '^boundary' || true
 echo "what a client gets for a canister id no subnet holds (the cause is in x-ic-error-cause):"

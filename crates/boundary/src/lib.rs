@@ -28,7 +28,7 @@
 //!     id: "s1".into(), nodes: vec![], guestos_version: "1".into(), key: None,
 //!     canister_ranges: vec![CanisterRange { start: 0, end: 1_048_575 }],
 //! });
-//! let table = Table::from_registry(&reg, 1);
+//! let table = Table::from_registry(&reg, 1, None);
 //! let counter = ic_principal::Principal::from_text("rwlgt-iiaaa-aaaaa-aaaaa-cai").unwrap();
 //! assert_eq!(table.by_canister(&counter).unwrap().id, "s1");
 //! ```
@@ -88,6 +88,9 @@ pub struct Config {
     pub domains: Vec<String>,
     /// Serve HTTPS; plain HTTP when `None`.
     pub tls: Option<TlsSetup>,
+    /// Development networks: reach endpoints on a loopback address at this address instead
+    /// (see [`routes::Table::from_registry`]).
+    pub host_loopback: Option<std::net::IpAddr>,
 }
 
 /// Where the boundary's TLS certificates come from.
@@ -125,6 +128,7 @@ impl Config {
             http: Default::default(),
             domains: Vec::new(),
             tls: None,
+            host_loopback: None,
         }
     }
 }
@@ -283,7 +287,11 @@ fn follow(b: Arc<Boundary>, mut client: registry_client::Client, interval: Durat
             Ok(_) => {
                 last_error.clear();
                 if client.version() != b.table().version {
-                    let t = Table::from_registry(client.registry(), client.version());
+                    let t = Table::from_registry(
+                        client.registry(),
+                        client.version(),
+                        b.config.host_loopback,
+                    );
                     tracing::info!(
                         "routes from registry version {}: {} subnet(s), {} node(s)",
                         t.version,
@@ -336,7 +344,11 @@ pub fn run(config: Config) -> Result<(), BoundaryError> {
     };
     let b = Boundary::new(config.clone());
     if client.version() > 0 {
-        b.set_table(Table::from_registry(client.registry(), client.version()));
+        b.set_table(Table::from_registry(
+            client.registry(),
+            client.version(),
+            config.host_loopback,
+        ));
     }
     let follower = b.clone();
     std::thread::Builder::new()

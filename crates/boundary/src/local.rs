@@ -59,6 +59,7 @@ pub fn spawn(
     b.set_table(Table::from_registry(
         &single_node_registry(root_key_der, endpoint, range),
         1,
+        None,
     ));
     let app = gateway::app(gateway::Gateway::new(b.clone(), Vec::new())?);
     let (addr, _) = http_guard::spawn(listen, app, config.http.clone()).map_err(|source| {

@@ -4,6 +4,7 @@
 
 use ic_principal::Principal;
 use registry_model::Registry;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// A node a request can be sent to.
@@ -50,8 +51,10 @@ pub struct Table {
 
 impl Table {
     /// The table of registry `version`. Nodes whose endpoint this boundary cannot use
-    /// (anything but `http://host:port`) are left out and logged.
-    pub fn from_registry(reg: &Registry, version: u64) -> Table {
+    /// (anything but `http://host:port`) are left out and logged. With `host_loopback`, an
+    /// endpoint on a loopback address is reached at that address instead (a boundary in a
+    /// development network's VM, whose nodes register their host's forwarded ports).
+    pub fn from_registry(reg: &Registry, version: u64, host_loopback: Option<IpAddr>) -> Table {
         let mut subnets = Vec::new();
         let mut ranges = Vec::new();
         for s in reg.subnets.values() {
@@ -64,7 +67,7 @@ impl Table {
                 .nodes
                 .iter()
                 .filter_map(|n| reg.nodes.get(n))
-                .filter_map(|n| match usable_endpoint(&n.http_endpoint) {
+                .filter_map(|n| match usable_endpoint(&n.http_endpoint, host_loopback) {
                     Some(endpoint) => Some(NodeRoute {
                         id: n.id.clone(),
                         endpoint,
@@ -140,12 +143,25 @@ pub fn canister_index(p: &Principal) -> Option<u64> {
     }
 }
 
-/// `http://host:port` with the trailing slash removed, or none.
-fn usable_endpoint(e: &str) -> Option<String> {
+/// `http://host:port` with the trailing slash removed (a loopback host replaced by
+/// `host_loopback` when given), or none.
+fn usable_endpoint(e: &str, host_loopback: Option<IpAddr>) -> Option<String> {
     let e = e.trim_end_matches('/');
     let rest = e.strip_prefix("http://")?;
     let authority: hyper::http::uri::Authority = rest.parse().ok()?;
-    (authority.as_str() == rest && authority.port_u16().is_some()).then(|| e.to_string())
+    let port = authority.port_u16()?;
+    if authority.as_str() != rest {
+        return None;
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
+    match host_loopback {
+        Some(via) if loopback => Some(format!("http://{}", SocketAddr::new(via, port))),
+        _ => Some(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -202,7 +218,7 @@ mod tests {
 
     #[test]
     fn canisters_route_to_the_subnet_whose_range_holds_them() {
-        let t = Table::from_registry(&registry(), 7);
+        let t = Table::from_registry(&registry(), 7, None);
         assert_eq!(t.version, 7);
         for (index, subnet) in [(0, "s1"), (99, "s1"), (100, "s2"), (199, "s2"), (350, "s1")] {
             assert_eq!(
@@ -225,7 +241,7 @@ mod tests {
 
     #[test]
     fn only_plain_http_endpoints_with_a_port_are_routed() {
-        let t = Table::from_registry(&registry(), 1);
+        let t = Table::from_registry(&registry(), 1, None);
         let s2 = t.by_canister(&canister(150)).unwrap();
         assert_eq!(
             s2.nodes.clone(),
@@ -235,5 +251,23 @@ mod tests {
             }]
         );
         assert_eq!(t.nodes().count(), 2);
+    }
+
+    #[test]
+    fn a_development_boundary_reaches_loopback_endpoints_through_its_host() {
+        let via: IpAddr = "10.0.2.2".parse().unwrap();
+        let t = Table::from_registry(&registry(), 1, Some(via));
+        let endpoints: Vec<_> = t.nodes().map(|(_, n)| n.endpoint.clone()).collect();
+        assert_eq!(endpoints, ["http://10.0.2.2:8001", "http://10.0.2.2:8002"]);
+        for (given, want) in [
+            ("http://localhost:9/", "http://10.0.2.2:9"),
+            ("http://127.5.0.1:9", "http://10.0.2.2:9"),
+            // Only loopback endpoints are rewritten: a node elsewhere is reached where it is.
+            ("http://192.0.2.7:9", "http://192.0.2.7:9"),
+            ("http://[2001:db8::1]:9", "http://[2001:db8::1]:9"),
+        ] {
+            assert_eq!(usable_endpoint(given, Some(via)).as_deref(), Some(want));
+        }
+        assert_eq!(usable_endpoint("http://localhost", Some(via)), None);
     }
 }

@@ -119,7 +119,7 @@ fn boundary(nodes: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -> (Arc<Bound
     config.body_timeout = Duration::from_secs(1);
     tweak(&mut config);
     let b = Boundary::new(config);
-    b.set_table(Table::from_registry(&reg, 1));
+    b.set_table(Table::from_registry(&reg, 1, None));
     let (addr, _) = http_guard::spawn(
         "127.0.0.1:0".parse().unwrap(),
         boundary::proxy::router(b.clone()),

@@ -20,7 +20,7 @@ pub enum RestartReason {
         error: std::io::Error,
     },
     #[error(transparent)]
-    OperatorKey(#[from] crate::guestdisk::OperatorKeyError),
+    ConfigFile(#[from] crate::guestdisk::ConfigFileError),
     #[error(transparent)]
     ConfigDisk(#[from] node_config::guest::ConfigDiskError),
     #[error("cannot start QEMU: {0}")]

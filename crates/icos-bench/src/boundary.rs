@@ -119,7 +119,7 @@ pub fn boundary_benchmark(
         config.rates.per_subnet_burst = 10_000_000;
         config.cache_ttl = cache_ttl;
         let b = boundary::Boundary::new(config);
-        b.set_table(boundary::routes::Table::from_registry(&registry, 1));
+        b.set_table(boundary::routes::Table::from_registry(&registry, 1, None));
         let gateway = boundary::gateway::Gateway::new(b, vec![])
             .map_err(|e| err("the gateway's agent")(e.to_string()))?;
         let (addr, _) = http_guard::spawn_with(

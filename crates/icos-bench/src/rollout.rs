@@ -103,6 +103,7 @@ pub fn rollout_benchmark(
         dir: dir.clone(),
         nodes,
         subnets: 1,
+        boundary_nodes: 0,
         version: p.from.clone(),
         icos: p.icos.clone(),
         images: Some(p.images.clone()),

@@ -84,6 +84,10 @@ enum TestnetCmd {
         nodes: usize,
         #[arg(long, default_value_t = 1)]
         subnets: usize,
+        /// More nodes, made API boundary nodes by governance once registered (0: the boundary
+        /// runs as a process on this machine instead, one VM fewer).
+        #[arg(long, default_value_t = 1)]
+        boundary_nodes: usize,
         #[arg(long, default_value = "1.0.0")]
         version: String,
         /// Folder with already built `guestos-<version>` images.
@@ -611,6 +615,7 @@ fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
         TestnetCmd::Up {
             nodes,
             subnets,
+            boundary_nodes,
             version,
             images,
             vcpus,
@@ -622,6 +627,7 @@ fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
                 dir: dir.clone(),
                 nodes,
                 subnets,
+                boundary_nodes,
                 version,
                 icos: std::env::current_exe()?,
                 images,
@@ -638,10 +644,11 @@ fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
                 }
             };
             println!(
-                "testnet up in {:.0} s ({} node(s), {} subnet(s)) in {}",
+                "testnet up in {:.0} s ({} node(s) in {} subnet(s), {} API boundary node(s)) in {}",
                 t.elapsed().as_secs_f64(),
                 nodes,
                 subnets,
+                boundary_nodes,
                 dir.display()
             );
             println!(
@@ -662,6 +669,12 @@ fn testnet_cmd(cmd: TestnetCmd, dir: PathBuf) -> Result<i32> {
                     n.agent_port,
                     n.status_port,
                     n.dir.display()
+                );
+            }
+            if let Some(url) = state.boundary_url() {
+                let port = url.rsplit(':').next().unwrap_or_default();
+                println!(
+                    "  API boundary:   {url}  (agents; pages at http://<canister-id>.localhost:{port}/)"
                 );
             }
             println!("next: icos testnet status | icos testnet upgrade --subnet subnet-1 --to 1.1.0 | icos testnet down");

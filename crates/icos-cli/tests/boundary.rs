@@ -15,6 +15,7 @@ use ic_agent::{Agent, AgentError};
 use ic_principal::Principal;
 use ic_utils::interfaces::ManagementCanister;
 use node_status::boundary::{BoundaryStatus, NodeState};
+use orchestrator::payload::{Place, Spec};
 use orchestrator::replica::{desired, Desired, ReplicaPlace};
 use registry_client::api::Api;
 use registry_model::*;
@@ -128,16 +129,18 @@ fn network(dir: &Path, front_a: bool) -> Net {
         .zip(ports.iter().zip(&endpoint_ports))
         .map(|((id, key), (port, endpoint_port))| {
             let place = ReplicaPlace {
-                dir: dir.join(id),
+                payload: Place {
+                    dir: dir.join(id),
+                    unit: None,
+                    data_mount: None,
+                },
                 listen: format!("127.0.0.1:{port}").parse().unwrap(),
-                unit: None,
-                data_mount: None,
             };
             let Desired::Run(spec) = desired(&reg, id, key, &place) else {
                 panic!("{id} has no replica to run")
             };
-            std::fs::create_dir_all(&place.dir).unwrap();
-            let path = place.dir.join("spec.json");
+            std::fs::create_dir_all(&place.payload.dir).unwrap();
+            let path = place.payload.spec_path();
             spec.write(&path).unwrap();
             NodeSpec {
                 id: id.clone(),

@@ -9,7 +9,9 @@
 mod common;
 use common::*;
 use node_status::hostos::AgentStatus;
-use node_status::orchestrator::{HostosRequest, OrchestratorStatus, ReplicaState, UpgradeState};
+use node_status::orchestrator::{
+    BoundaryState, HostosRequest, OrchestratorStatus, ReplicaState, UpgradeState,
+};
 use registry_model::api::ProposalStatus;
 use registry_model::{Action, Elected, Vote};
 use std::path::{Path, PathBuf};
@@ -102,6 +104,16 @@ fn canister(dir: &Path, url: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// What `icos testnet status` prints.
+fn status_table(dir: &Path) -> String {
+    let out = icos()
+        .args(["testnet", "status", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The counter canister's value, by a query.
 fn counter_value(dir: &Path, url: &str, id: &str) -> u64 {
     let out = canister(dir, url, &["query", id, "get"]);
@@ -187,7 +199,15 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
 
     // --- Up: two nodes register and run 1.0.0. --------------------------------------
     let out = icos()
-        .args(["testnet", "up", "--nodes", "2", "--dir"])
+        .args([
+            "testnet",
+            "up",
+            "--nodes",
+            "2",
+            "--boundary-nodes",
+            "0",
+            "--dir",
+        ])
         .arg(&dir)
         .arg("--images")
         .arg(&images)
@@ -206,7 +226,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         text.contains("registry:") && text.contains("node2:"),
         "{text}"
     );
-    let state = State::load(&dir).unwrap();
+    let mut state = State::load(&dir).unwrap();
     let reg = state.api().snapshot(None).unwrap().registry;
     assert_eq!(reg.nodes.len(), 2, "{:?}", reg.nodes);
     assert_eq!(reg.subnets["subnet-1"].guestos_version, "1.0.0");
@@ -466,12 +486,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     );
     let url1 = format!("http://127.0.0.1:{}", state.nodes[0].payload_port);
     // The status table says where each replica answers.
-    let table = icos()
-        .args(["testnet", "status", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&table.stdout);
+    let table = status_table(&dir);
     let line = |node: &str| {
         table
             .lines()
@@ -512,6 +527,55 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     );
     assert_eq!(counter_value(&dir, &boundary, &id), 2);
 
+    // --- Governance makes node2 (in no subnet now) an API boundary node: its orchestrator --
+    // starts the boundary on its payload port, configured from its config disk and the
+    // verified registry, and it reaches node1 through its host. It becomes the agents' URL.
+    let host_boundary = boundary;
+    testnet::make_api_boundary(&mut state, &[1], &testnet::Stderr)
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics(&dir)));
+    let boundary = state.boundary_url().unwrap();
+    assert_eq!(
+        boundary,
+        format!("http://127.0.0.1:{}", state.nodes[1].payload_port)
+    );
+    let out = canister(&dir, &boundary, &["call", &id, "inc"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains('3'), "{text}");
+    assert_eq!(counter_value(&dir, &boundary, &id), 3);
+    let o2 = orch(&rows(&state)[1]);
+    assert!(
+        matches!(&o2.boundary, BoundaryState::Serving { https: false, .. }),
+        "{o2:?}"
+    );
+    assert!(
+        std::fs::read_to_string(state.nodes[1].dir.join("state/guest-serial.log"))
+            .unwrap_or_default()
+            .contains("GUESTOS BOUNDARY serving the network's API and pages"),
+        "{}",
+        tail(&state.nodes[1].dir.join("state/guest-serial.log"), 30)
+    );
+    // Its gateway: the counter has no pages, and the browser is told so.
+    let page = ureq::get(&format!("{boundary}/"))
+        .set("host", &format!("{id}.localhost"))
+        .timeout(Duration::from_secs(20))
+        .call();
+    match page {
+        Err(ureq::Error::Status(_, r)) => {
+            assert_eq!(r.header("x-ic-error-cause"), Some("canister_reject"))
+        }
+        other => panic!("a page from a canister without pages: {other:?}"),
+    }
+    let table = status_table(&dir);
+    assert!(
+        table.lines().any(|l| l.starts_with("node2")
+            && l.contains("api-bn")
+            && l.contains(&format!("boundary {boundary}")))
+            && table.contains(&format!(
+                "boundary {boundary}: routes from registry version"
+            )),
+        "{table}"
+    );
+
     // --- Broken 1.2.0 on subnet-1 (node1 now): it rolls back to 1.1.0 and holds, and the -
     // counter is still there after the trial and the rollback.
     let res = testnet::upgrade(&state, "subnet-1", "1.2.0", &testnet::Stderr)
@@ -538,7 +602,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     );
     assert_eq!(
         counter_value(&dir, &url1, &id),
-        2,
+        3,
         "the counter after the rollback"
     );
     // node1 said on its console why it went back: the health check's own words.
@@ -706,7 +770,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     );
     assert_eq!(
         counter_value(&dir, &url1, &id),
-        2,
+        3,
         "the counter after the upgrade"
     );
 
@@ -745,7 +809,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     .unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     streamer.join().unwrap();
-    let answered = 2 + acked.load(std::sync::atomic::Ordering::SeqCst);
+    let answered = 3 + acked.load(std::sync::atomic::Ordering::SeqCst);
     wait_until(
         &dir,
         "node1 back after the power cut",
@@ -793,8 +857,10 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
             &format!("without a registry: {r:?}"),
         );
     }
-    // The boundary keeps routing by the last registry version it verified.
+    // The boundaries (node2's and the process) keep routing by the last registry version
+    // they verified.
     assert_eq!(counter_value(&dir, &boundary, &id), value);
+    assert_eq!(counter_value(&dir, &host_boundary, &id), value);
 
     // --- Down: nothing left running. ---------------------------------------------------------
     let out = icos()

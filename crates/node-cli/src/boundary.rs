@@ -48,6 +48,12 @@ pub enum BoundaryCmd {
         #[arg(long)]
         tls_self_signed: bool,
     },
+    /// Serve as an API boundary node, as the GuestOS orchestrator starts it once governance
+    /// made the node one: every setting from the spec it wrote (registry, domains, TLS).
+    Run {
+        #[arg(long, default_value = "/var/lib/icos/data/boundary/spec.json")]
+        spec: PathBuf,
+    },
 }
 
 pub fn boundary(cmd: BoundaryCmd) -> Result<i32> {
@@ -85,6 +91,24 @@ pub fn boundary(cmd: BoundaryCmd) -> Result<i32> {
                 per_subnet_per_sec: subnet_rate,
                 per_subnet_burst: subnet_rate.saturating_mul(2),
             };
+            boundary::run(config).context("running the API boundary")?;
+            Ok(0)
+        }
+        BoundaryCmd::Run { spec } => {
+            use node_config::boundary::{BoundarySpec, Spec};
+            let spec = BoundarySpec::read(&spec)?;
+            let mut config = boundary::Config::new(
+                spec.registry_urls,
+                &spec.genesis_hash,
+                spec.cache_dir,
+                spec.listen,
+            );
+            config.domains = spec.domains;
+            config.tls = spec.tls.map(|t| boundary::TlsSetup::Files {
+                cert: t.cert,
+                key: t.key,
+            });
+            config.host_loopback = spec.host_loopback;
             boundary::run(config).context("running the API boundary")?;
             Ok(0)
         }

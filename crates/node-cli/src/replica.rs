@@ -45,6 +45,7 @@ pub fn replica(cmd: ReplicaCmd) -> Result<i32> {
 }
 
 fn serve(path: &std::path::Path) -> Result<i32> {
+    use node_config::spec::Spec;
     let spec = node_config::replica::ReplicaSpec::read(path)?;
     let (r, recovery) = replica::node::open(&spec, Default::default())
         .with_context(|| format!("starting the replica of {}", spec.subnet))?;

@@ -59,6 +59,24 @@ pub struct GuestConfig {
     /// SSH public keys for the `admin` account (from the operator's SetupOS config only).
     #[serde(default)]
     pub ssh_admin_keys: Vec<String>,
+    /// What the node serves with if governance makes it an API boundary node.
+    #[serde(default)]
+    pub boundary: GuestBoundary,
+    /// Development networks: the address at which the guest reaches its host's loopback
+    /// (QEMU's user network: 10.0.2.2), where a local network's nodes have their endpoints.
+    #[serde(default)]
+    pub host_loopback: Option<std::net::IpAddr>,
+}
+
+/// The API boundary's settings from the operator (the routes come from the registry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GuestBoundary {
+    /// The gateway's domains: `<canister-id>.<domain>` serves a canister's pages.
+    pub domains: Vec<String>,
+    /// The TLS certificate chain (PEM); with the key, the boundary serves HTTPS.
+    pub tls_cert_pem: Option<String>,
+    pub tls_key_pem: Option<String>,
 }
 
 impl GuestConfig {
@@ -138,6 +156,12 @@ mod tests {
                 domain_name: Some("node.example.com".into()),
             },
             ssh_admin_keys: vec!["ssh-ed25519 AAAA admin".into()],
+            boundary: GuestBoundary {
+                domains: vec!["icp.local".into()],
+                tls_cert_pem: Some("-----BEGIN CERTIFICATE-----".into()),
+                tls_key_pem: Some("-----BEGIN PRIVATE KEY-----".into()),
+            },
+            host_loopback: Some("10.0.2.2".parse().unwrap()),
         };
         let p = d.path().join("cfg.img");
         write_config_disk(&p, &c).unwrap();

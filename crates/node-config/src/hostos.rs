@@ -91,6 +91,14 @@ pub struct HostosConfig {
     /// host does (user-mode networking: the host is 10.0.2.2 to its guest); empty = the
     /// host's own `registry.urls`.
     pub guest_registry_urls: Vec<String>,
+    /// Settings for the guest's API boundary, should governance make the node one
+    /// (`[boundary]`: `domains`, `tls_cert_file`, `tls_key_file`).
+    pub boundary_domains: Vec<String>,
+    pub boundary_tls_cert_file: Option<PathBuf>,
+    pub boundary_tls_key_file: Option<PathBuf>,
+    /// Development: where the guest reaches this host's loopback (`guest_config.host_loopback`;
+    /// QEMU's user network: 10.0.2.2).
+    pub guest_host_loopback: Option<std::net::IpAddr>,
     /// Development and tests: more virtio-serial ports for the guest (`name=socket`).
     pub extra_ports: Vec<(String, PathBuf)>,
     /// Problems found in the config, each naming its field.
@@ -349,6 +357,10 @@ impl HostosConfig {
             http_endpoint: r.string("node.http_endpoint"),
             admin_prefixes: r.strings("guest_config.admin_prefixes"),
             guest_registry_urls: r.strings("guest_config.registry_urls"),
+            boundary_domains: r.strings("boundary.domains"),
+            boundary_tls_cert_file: r.string("boundary.tls_cert_file").map(PathBuf::from),
+            boundary_tls_key_file: r.string("boundary.tls_key_file").map(PathBuf::from),
+            guest_host_loopback: r.parsed("guest_config.host_loopback", "an IP address"),
             extra_ports: Vec::new(),
             problems: Vec::new(),
         };
@@ -517,6 +529,18 @@ impl HostosConfig {
                 ("ssh_admin_keys", list(&self.ssh_admin_keys)),
                 ("admin_prefixes", list(&self.admin_prefixes)),
                 ("registry_urls", list(&self.guest_registry_urls)),
+                (
+                    "host_loopback",
+                    opt(&self.guest_host_loopback.map(|a| a.to_string())),
+                ),
+            ])),
+        );
+        root.insert(
+            "boundary".into(),
+            V::Table(table(vec![
+                ("domains", list(&self.boundary_domains)),
+                ("tls_cert_file", path(&self.boundary_tls_cert_file)),
+                ("tls_key_file", path(&self.boundary_tls_key_file)),
             ])),
         );
         let ports: Vec<String> = self

@@ -11,12 +11,14 @@
 //! reader takes a newer file (ignoring what it does not know) and a newer reader an older one.
 //! [`network`] renders the systemd-networkd file each OS writes at boot from its stage.
 
+pub mod boundary;
 pub mod guest;
 pub mod hostos;
 pub mod ini;
 pub mod network;
 pub mod operator;
 pub mod replica;
+pub mod spec;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

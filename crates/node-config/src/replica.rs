@@ -5,11 +5,9 @@
 //! with the node's key); the replica (`icos replica serve`) reads it on start. A change of the
 //! subnet (its key, size or ranges) is a new spec and a restart of the replica.
 
+pub use crate::spec::{Spec, SpecError, SPEC_FILE};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-
-/// The file name of the spec inside the replica's folder.
-pub const SPEC_FILE: &str = "spec.json";
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,41 +37,8 @@ pub struct ReplicaSpec {
     pub state_dir: PathBuf,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: not a replica spec: {source}", path.display())]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-}
-
-impl ReplicaSpec {
-    pub fn read(path: &Path) -> Result<ReplicaSpec, SpecError> {
-        let text = std::fs::read(path).map_err(|source| SpecError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| SpecError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
-    /// Write to `path` (mode 0600) through a synced temporary file and a rename, so a reader
-    /// or a power cut sees the old spec or the new one.
-    pub fn write(&self, path: &Path) -> Result<(), SpecError> {
-        let text = serde_json::to_vec_pretty(self).expect("a spec serializes");
-        daemon_support::write_private(path, &text).map_err(|source| SpecError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
+impl crate::spec::Spec for ReplicaSpec {
+    const WHAT: &'static str = "replica spec";
 }
 
 #[cfg(test)]

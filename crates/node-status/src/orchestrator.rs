@@ -60,6 +60,24 @@ pub enum ReplicaState {
     Down { subnet: String, reason: String },
 }
 
+/// The API boundary the orchestrator runs when governance makes the node an API boundary
+/// node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum BoundaryState {
+    /// Not an API boundary node.
+    #[default]
+    NotAssigned,
+    /// Serving on `listen` (HTTPS or plain HTTP), with the gateway's `domains`.
+    Serving {
+        listen: String,
+        https: bool,
+        domains: Vec<String>,
+    },
+    /// An API boundary node whose boundary does not run: `reason` says why.
+    Down { reason: String },
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OrchestratorStatus {
@@ -91,6 +109,7 @@ pub struct OrchestratorStatus {
     /// The global IPv6 addresses the GuestOS has (from the kernel, not the config).
     pub ipv6_addresses: Vec<String>,
     pub replica: ReplicaState,
+    pub boundary: BoundaryState,
 }
 
 impl OrchestratorStatus {
@@ -112,6 +131,9 @@ impl OrchestratorStatus {
         }
         if let ReplicaState::Down { subnet, reason } = &self.replica {
             return Some(format!("replica of {subnet}: {reason}"));
+        }
+        if let BoundaryState::Down { reason } = &self.boundary {
+            return Some(format!("API boundary: {reason}"));
         }
         None
     }

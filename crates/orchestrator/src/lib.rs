@@ -17,7 +17,10 @@
 //! 6. **firewall**: nftables rules from the registry (node > subnet > global);
 //! 7. **replica**: in a subnet, the `icos-replica` unit runs the subnet's replica (its key
 //!    opened from the box sealed to this node); out of every subnet, it is stopped and its
-//!    state deleted ([`replica`]).
+//!    state deleted ([`replica`]);
+//! 8. **boundary**: named an API boundary node by governance, the `icos-boundary` unit
+//!    serves the network's API and pages on the payload port ([`boundary`]); the replica
+//!    and the boundary share the unit-and-folder mechanics of [`payload`].
 //!
 //! `/status` (JSON) and `/metrics` (Prometheus) are served on the status port.
 //!
@@ -33,16 +36,18 @@
 //! o.run().unwrap(); // serves /status and loops forever
 //! ```
 
+pub mod boundary;
 pub mod firewall;
 mod http;
 pub mod identity;
+pub mod payload;
 pub mod replica;
 
 use daemon_support::release::{running_slot, Release};
 use daemon_support::{unix_now, Backoff, Console};
 use node_config::guest::{read_config_disk, GuestConfig};
 pub use node_status::orchestrator::{
-    GuestosUpgrade, HostosRequest, OrchestratorStatus, ReplicaState, UpgradeState,
+    BoundaryState, GuestosUpgrade, HostosRequest, OrchestratorStatus, ReplicaState, UpgradeState,
 };
 use registry_model::{keys, Registration, SignedRegistration};
 use std::path::PathBuf;
@@ -80,6 +85,8 @@ pub struct Options {
     pub console: Option<PathBuf>,
     /// Where the replica lives and which unit runs it.
     pub replica: replica::ReplicaPlace,
+    /// Where the API boundary lives and which unit runs it.
+    pub boundary: boundary::BoundaryPlace,
 }
 
 impl Default for Options {
@@ -94,6 +101,7 @@ impl Default for Options {
             reboot: true,
             console: Some("/dev/console".into()),
             replica: replica::ReplicaPlace::default(),
+            boundary: boundary::BoundaryPlace::default(),
         }
     }
 }
@@ -139,6 +147,8 @@ pub struct Orchestrator {
     applied_ruleset: Option<String>,
     /// The replica state last said on the console.
     said_replica: Option<ReplicaState>,
+    /// The boundary state last said on the console.
+    said_boundary: Option<BoundaryState>,
 }
 
 impl Orchestrator {
@@ -184,6 +194,7 @@ impl Orchestrator {
             last_waiting_message: None,
             applied_ruleset: None,
             said_replica: None,
+            said_boundary: None,
         })
     }
 
@@ -302,6 +313,7 @@ impl Orchestrator {
         self.last_waiting_message = None;
         self.firewall(&reg, &node_id, &cfg);
         self.replica(&reg, &node_id);
+        self.boundary(&reg, &node_id, &cfg);
         self.hostos(&reg, &node_id);
         self.guestos(&reg, &node_id);
     }
@@ -504,6 +516,35 @@ impl Orchestrator {
         self.set(|s| s.replica = state);
     }
 
+    /// Run or remove the API boundary as governance says; say each change once.
+    fn boundary(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {
+        let want = boundary::desired(reg, node, cfg, &self.opts.boundary);
+        let state = match boundary::apply(&want, &self.opts.boundary) {
+            Ok((payload::Change::Removed, state)) => {
+                self.console("GUESTOS BOUNDARY stopped and its folder deleted: governance removed this node from the API boundary nodes");
+                state
+            }
+            Ok((_, state)) => state,
+            Err(e) => BoundaryState::Down {
+                reason: e.to_string(),
+            },
+        };
+        if self.said_boundary.as_ref() != Some(&state) {
+            match &state {
+                BoundaryState::Serving { listen, https, .. } => self.console(&format!(
+                    "GUESTOS BOUNDARY serving the network's API and pages on {} {listen}",
+                    if *https { "https" } else { "plain http" }
+                )),
+                BoundaryState::Down { reason } => {
+                    self.console(&format!("GUESTOS BOUNDARY not running: {reason}"))
+                }
+                BoundaryState::NotAssigned => {}
+            }
+            self.said_boundary = Some(state.clone());
+        }
+        self.set(|s| s.boundary = state);
+    }
+
     fn hostos(&mut self, reg: &registry_model::Registry, node: &str) {
         use host_channel::{Client, Reply, Request};
         if !self.opts.channel.exists() {
@@ -674,9 +715,11 @@ mod tests {
 
     fn test_replica(d: &std::path::Path) -> replica::ReplicaPlace {
         replica::ReplicaPlace {
-            dir: d.join("replica"),
-            unit: None,
-            data_mount: None,
+            payload: payload::Place {
+                dir: d.join("replica"),
+                unit: None,
+                data_mount: None,
+            },
             ..Default::default()
         }
     }
@@ -691,6 +734,14 @@ mod tests {
             console: Some(d.join("console")),
             reboot: false,
             replica: test_replica(d),
+            boundary: boundary::BoundaryPlace {
+                payload: payload::Place {
+                    dir: d.join("boundary"),
+                    unit: None,
+                    data_mount: None,
+                },
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -734,6 +785,14 @@ mod tests {
             console: None,
             reboot: false,
             replica: test_replica(d),
+            boundary: boundary::BoundaryPlace {
+                payload: payload::Place {
+                    dir: d.join("boundary"),
+                    unit: None,
+                    data_mount: None,
+                },
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

@@ -7,11 +7,10 @@
 //! nothing (the replica keeps serving what it has); only a verified registry version that no
 //! longer lists the node in a subnet deletes state.
 
-use node_config::replica::{ReplicaSpec, SPEC_FILE};
+use crate::payload::{self, Change, PayloadError, Place};
+use node_config::replica::ReplicaSpec;
 use node_status::orchestrator::ReplicaState;
 use registry_model::{keys, Registry};
-use std::path::PathBuf;
-use std::process::Command;
 
 /// The port the replica serves the IC's HTTP interface on (the payload port).
 pub const REPLICA_PORT: u16 = 8080;
@@ -30,25 +29,15 @@ pub enum Desired {
 /// Where the replica lives and how it is started.
 #[derive(Debug, Clone)]
 pub struct ReplicaPlace {
-    /// The replica's folder on the data partition (spec and state).
-    pub dir: PathBuf,
+    pub payload: Place,
     pub listen: std::net::SocketAddr,
-    /// The systemd unit that runs `icos replica serve` (none: tests, which drive the spec
-    /// and the folder only).
-    pub unit: Option<String>,
-    /// The encrypted data partition's mount point: nothing (the subnet's secret least of
-    /// all) is written unless a file system is mounted there, so a node whose data volume
-    /// did not open never leaves the key on its unencrypted `/var`.
-    pub data_mount: Option<PathBuf>,
 }
 
 impl Default for ReplicaPlace {
     fn default() -> Self {
         ReplicaPlace {
-            dir: "/var/lib/icos/data/replica".into(),
+            payload: Place::in_guestos("replica"),
             listen: std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, REPLICA_PORT)),
-            unit: Some("icos-replica.service".into()),
-            data_mount: Some("/var/lib/icos/data".into()),
         }
     }
 }
@@ -92,28 +81,8 @@ pub fn desired(reg: &Registry, node: &str, key: &keys::SecretKey, place: &Replic
             .filter_map(|n| reg.nodes.get(n).map(|n| n.public_key.clone()))
             .collect(),
         listen: place.listen,
-        state_dir: place.dir.join("state"),
+        state_dir: place.payload.dir.join("state"),
     }))
-}
-
-/// Why the replica could not be put in the state the registry asks for.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplicaError {
-    #[error(transparent)]
-    Spec(#[from] node_config::replica::SpecError),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{} is not a mounted file system (the encrypted data partition did not open: see `journalctl -u icos-data`); the replica waits for it", path.display())]
-    NotMounted { path: PathBuf },
-    #[error("systemctl {action} {unit}: {why}")]
-    Unit {
-        action: &'static str,
-        unit: String,
-        why: String,
-    },
 }
 
 /// What [`apply`] did, for the console.
@@ -125,25 +94,19 @@ pub enum Applied {
     Removed,
 }
 
-/// Bring the replica to `want`: write the spec and (re)start the unit when the spec changed,
-/// start it when it is not running; stop it and delete the folder when the node left its
-/// subnet.
+/// Bring the replica to `want`: written and (re)started when its spec changed, started
+/// when it is not running; stopped and its folder deleted when the node left its subnet.
 pub fn apply(
     want: &Desired,
     place: &ReplicaPlace,
-) -> Result<(Applied, ReplicaState), ReplicaError> {
-    let spec_path = place.dir.join(SPEC_FILE);
+) -> Result<(Applied, ReplicaState), PayloadError> {
     match want {
         Desired::None => {
-            if !place.dir.exists() {
-                return Ok((Applied::Nothing, ReplicaState::NotAssigned));
-            }
-            unit(place, "stop")?;
-            std::fs::remove_dir_all(&place.dir).map_err(|source| ReplicaError::Io {
-                path: place.dir.clone(),
-                source,
-            })?;
-            Ok((Applied::Removed, ReplicaState::NotAssigned))
+            let applied = match payload::remove(&place.payload)? {
+                Change::Removed => Applied::Removed,
+                _ => Applied::Nothing,
+            };
+            Ok((applied, ReplicaState::NotAssigned))
         }
         Desired::Cannot { subnet, reason } => Ok((
             Applied::Nothing,
@@ -153,34 +116,13 @@ pub fn apply(
             },
         )),
         Desired::Run(spec) => {
-            if let Some(m) = &place.data_mount {
-                if !is_mount_point(m) {
-                    return Err(ReplicaError::NotMounted { path: m.clone() });
-                }
-            }
-            let current = ReplicaSpec::read(&spec_path).ok();
-            let applied = if current.as_ref() != Some(spec) {
-                std::fs::create_dir_all(&place.dir).map_err(|source| ReplicaError::Io {
-                    path: place.dir.clone(),
-                    source,
-                })?;
-                spec.write(&spec_path)?;
-                unit(place, "restart")?;
-                match current {
-                    Some(_) => Applied::Restarted {
-                        subnet: spec.subnet.clone(),
-                    },
-                    None => Applied::Started {
-                        subnet: spec.subnet.clone(),
-                    },
-                }
-            } else {
-                if !active(place) {
-                    unit(place, "start")?;
-                }
-                Applied::Nothing
+            let subnet = spec.subnet.clone();
+            let applied = match payload::ensure(&place.payload, &**spec, &[])? {
+                Change::Started => Applied::Started { subnet },
+                Change::Restarted => Applied::Restarted { subnet },
+                Change::Nothing | Change::Removed => Applied::Nothing,
             };
-            let state = if active(place) {
+            let state = if payload::active(&place.payload) {
                 ReplicaState::Serving {
                     subnet: spec.subnet.clone(),
                     nodes: spec.subnet_size,
@@ -198,50 +140,11 @@ pub fn apply(
     }
 }
 
-/// Whether a file system is mounted at `path` (it lies on another device than its parent).
-fn is_mount_point(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let parent = path.parent().unwrap_or(path);
-    match (std::fs::metadata(path), std::fs::metadata(parent)) {
-        (Ok(a), Ok(b)) => a.dev() != b.dev() || a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-/// Run `systemctl <action> <unit>` (nothing without a unit).
-fn unit(place: &ReplicaPlace, action: &'static str) -> Result<(), ReplicaError> {
-    let Some(u) = &place.unit else { return Ok(()) };
-    let err = |why: String| ReplicaError::Unit {
-        action,
-        unit: u.clone(),
-        why,
-    };
-    let out = Command::new("systemctl")
-        .args([action, u.as_str()])
-        .output()
-        .map_err(|e| err(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
-    }
-}
-
-/// Whether the unit runs (without a unit: whether the spec is in place).
-fn active(place: &ReplicaPlace) -> bool {
-    match &place.unit {
-        Some(u) => Command::new("systemctl")
-            .args(["is-active", "--quiet", u.as_str()])
-            .status()
-            .is_ok_and(|s| s.success()),
-        None => place.dir.join(SPEC_FILE).exists(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use certified_state::BlsKey;
+    use node_config::spec::Spec;
     use registry_model::subnet_key::SubnetKey;
     use registry_model::{Action, CanisterRange, Elected, Node};
 
@@ -279,16 +182,18 @@ mod tests {
         .unwrap();
         let d = tempfile::tempdir().unwrap();
         let place = ReplicaPlace {
-            dir: d.path().join("replica"),
-            unit: None,
-            data_mount: None,
+            payload: Place {
+                dir: d.path().join("replica"),
+                unit: None,
+                data_mount: None,
+            },
             ..ReplicaPlace::default()
         };
         // Unassigned: nothing runs, nothing is made.
         let want = desired(&reg, &me.id, &mine, &place);
         assert_eq!(want, Desired::None);
         assert_eq!(apply(&want, &place).unwrap().0, Applied::Nothing);
-        assert!(!place.dir.exists());
+        assert!(!place.payload.dir.exists());
 
         // Governance makes a subnet of both nodes: the spec holds the opened subnet key.
         let range = CanisterRange { start: 0, end: 99 };
@@ -325,19 +230,22 @@ mod tests {
         );
         assert!(matches!(state, ReplicaState::Serving { .. }), "{state:?}");
         assert_eq!(
-            &ReplicaSpec::read(&place.dir.join(SPEC_FILE)).unwrap(),
+            &ReplicaSpec::read(&place.payload.spec_path()).unwrap(),
             &**spec
         );
         // With the data partition not mounted, nothing is written (the key least of all).
         let unmounted = ReplicaPlace {
-            dir: d.path().join("elsewhere"),
-            data_mount: Some(d.path().to_path_buf()),
+            payload: Place {
+                dir: d.path().join("elsewhere"),
+                data_mount: Some(d.path().to_path_buf()),
+                unit: None,
+            },
             ..place.clone()
         };
         let e = apply(&want, &unmounted).unwrap_err().to_string();
         assert!(e.contains("is not a mounted file system"), "{e}");
-        assert!(!unmounted.dir.exists());
-        assert!(is_mount_point(std::path::Path::new("/")));
+        assert!(!unmounted.payload.dir.exists());
+        assert!(payload::is_mount_point(std::path::Path::new("/")));
         // The same registry again changes nothing.
         assert_eq!(apply(&want, &place).unwrap().0, Applied::Nothing);
         std::fs::create_dir_all(&spec.state_dir).unwrap();
@@ -381,6 +289,6 @@ mod tests {
         let want = desired(&reg, &me.id, &mine, &place);
         assert_eq!(want, Desired::None);
         assert_eq!(apply(&want, &place).unwrap().0, Applied::Removed);
-        assert!(!place.dir.exists());
+        assert!(!place.payload.dir.exists());
     }
 }

@@ -44,7 +44,9 @@
 mod setupos;
 
 pub use node_status::hostos::{AgentStatus, GuestState};
-pub use node_status::orchestrator::{OrchestratorStatus, ReplicaState, UpgradeState};
+pub use node_status::orchestrator::{
+    BoundaryState, OrchestratorStatus, ReplicaState, UpgradeState,
+};
 use registry_client::api::Api;
 use registry_model::api::{ProposalRecord, ProposalStatus};
 use registry_model::*;
@@ -83,8 +85,12 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestnetError {
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub dir: PathBuf,
+    /// Nodes dealt into the subnets.
     pub nodes: usize,
     pub subnets: usize,
+    /// More nodes that governance makes API boundary nodes (none: the boundary runs as a
+    /// process on this machine instead).
+    pub boundary_nodes: usize,
     pub version: String,
     /// The `icos` binary (the agents and the registry server run as its subcommands).
     pub icos: PathBuf,
@@ -104,6 +110,9 @@ pub struct NodeInfo {
     pub status_port: u16,
     pub payload_port: u16,
     pub node_id: Option<String>,
+    /// Governance made it an API boundary node: its payload port serves the boundary.
+    #[serde(default)]
+    pub api_boundary: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,8 +128,8 @@ pub struct State {
     pub icos: PathBuf,
     pub nodes: Vec<NodeInfo>,
     pub subnets: Vec<String>,
-    /// The API boundary (`icos boundary serve`, a process on this machine until the boundary
-    /// image lands): one URL for agents, routes from the verified registry.
+    /// A network without API boundary nodes: the boundary as a process on this machine
+    /// (`icos boundary serve`), its port and pid (0: none).
     #[serde(default)]
     pub boundary_port: u16,
     #[serde(default)]
@@ -157,9 +166,22 @@ impl State {
         Api::new(&self.registry_url())
     }
 
-    /// The API boundary's URL (none in a network started before it existed).
+    /// The API boundary's URL: the first API boundary node's forwarded payload port, else
+    /// the boundary process's (none in a network started before either existed).
     pub fn boundary_url(&self) -> Option<String> {
-        (self.boundary_port != 0).then(|| format!("http://127.0.0.1:{}", self.boundary_port))
+        let port = match self.nodes.iter().find(|n| n.api_boundary) {
+            Some(n) => n.payload_port,
+            None => self.boundary_port,
+        };
+        (port != 0).then(|| format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Where a boundary problem is explained: the boundary node's console, or the process's log.
+    fn boundary_log(&self) -> PathBuf {
+        match self.nodes.iter().find(|n| n.api_boundary) {
+            Some(n) => n.dir.join("state/guest-serial.log"),
+            None => self.dir.join("logs/boundary.log"),
+        }
     }
 
     /// What the boundary says about its routes and nodes (none if it does not answer).
@@ -415,7 +437,11 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
     let base = image(&images, &spec.recipes, &spec.version, report)?;
     let package_port = free_port()?;
     let registry_port = free_port()?;
-    let boundary_port = free_port()?;
+    let boundary_port = if spec.boundary_nodes == 0 {
+        free_port()?
+    } else {
+        0
+    };
     let pkg = spec
         .dir
         .join(format!("packages/guestos-{}.tar", spec.version));
@@ -431,7 +457,7 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
         genesis_hash,
         report,
     )?;
-    for i in 1..=spec.nodes {
+    for i in 1..=spec.nodes + spec.boundary_nodes {
         let node = start_node(&state, spec, &base, i, report)?;
         state.nodes.push(node);
         state.save()?;
@@ -439,7 +465,90 @@ pub fn up(spec: &Spec, report: &dyn Report) -> Result<State, TestnetError> {
     wait_registered(&mut state, report)?;
     create_subnets(&mut state, spec, report)?;
     wait_following(&state, report)?;
+    let boundary: Vec<usize> = (spec.nodes..spec.nodes + spec.boundary_nodes).collect();
+    if !boundary.is_empty() {
+        make_api_boundary(&mut state, &boundary, report)?;
+    }
     Ok(state)
+}
+
+/// Governance makes nodes `indexes` (into `state.nodes`, each in no subnet) API boundary
+/// nodes; returns once each one's boundary serves the network's API on its payload port.
+pub fn make_api_boundary(
+    state: &mut State,
+    indexes: &[usize],
+    report: &dyn Report,
+) -> Result<(), TestnetError> {
+    let ids = indexes
+        .iter()
+        .map(|&i| {
+            let n = state
+                .nodes
+                .get(i)
+                .ok_or_else(|| msg(format!("no node #{}", i + 1)))?;
+            n.node_id
+                .clone()
+                .ok_or_else(|| msg(format!("{} is not registered", n.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let r = state.propose(
+        1,
+        &[2],
+        "API boundary nodes",
+        Action::AddApiBoundaryNodes { nodes: ids },
+    )?;
+    if !matches!(r.status, ProposalStatus::Adopted { .. }) {
+        return Err(msg(format!("adding API boundary nodes: {}", r.status)));
+    }
+    for &i in indexes {
+        state.nodes[i].api_boundary = true;
+    }
+    state.save()?;
+    report.line(&format!(
+        "API boundary node(s) {} named by proposal {}; waiting for their boundary",
+        indexes
+            .iter()
+            .map(|&i| state.nodes[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.id
+    ));
+    for &i in indexes {
+        let n = &state.nodes[i];
+        let url = format!("http://127.0.0.1:{}", n.payload_port);
+        wait_boundary_node(state, n)?;
+        wait_up(
+            &format!("{}'s API boundary", n.name),
+            &format!("{url}/api/v2/status"),
+            &n.dir.join("state/guest-serial.log"),
+        )?;
+        report.line(&format!(
+            "{}: API boundary node, serving agents on {url} and pages on http://<canister-id>.localhost:{}/",
+            n.name, n.payload_port
+        ));
+    }
+    Ok(())
+}
+
+/// Until node `n`'s orchestrator says its boundary serves (an error naming why it does not,
+/// after 5 minutes).
+fn wait_boundary_node(state: &State, n: &NodeInfo) -> Result<(), TestnetError> {
+    let end = Instant::now() + Duration::from_secs(300);
+    loop {
+        let row = status(state).into_iter().find(|r| r.name == n.name);
+        let boundary = row.and_then(|r| r.orchestrator).map(|o| o.boundary);
+        if let Some(BoundaryState::Serving { .. }) = boundary {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(msg(format!(
+                "{}'s boundary not serving within 5 minutes: {boundary:?}; see {}",
+                n.name,
+                n.dir.join("state/guest-serial.log").display()
+            )));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// Until every orchestrator has seen, in its verified registry, itself registered and in its
@@ -616,17 +725,21 @@ fn start_services(
             .arg(&conf),
         &spec.dir.join("logs/nginx.log"),
     )?;
-    let boundary_pid = spawn_detached(
-        Command::new(&spec.icos)
-            .args(["boundary", "serve", "--registry"])
-            .arg(format!("http://127.0.0.1:{registry_port}"))
-            .args(["--genesis-hash", &genesis_hash])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{boundary_port}"))
-            .arg("--state-dir")
-            .arg(spec.dir.join("boundary")),
-        &spec.dir.join("logs/boundary.log"),
-    )?;
+    let boundary_pid = if boundary_port == 0 {
+        0
+    } else {
+        spawn_detached(
+            Command::new(&spec.icos)
+                .args(["boundary", "serve", "--registry"])
+                .arg(format!("http://127.0.0.1:{registry_port}"))
+                .args(["--genesis-hash", &genesis_hash])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{boundary_port}"))
+                .arg("--state-dir")
+                .arg(spec.dir.join("boundary")),
+            &spec.dir.join("logs/boundary.log"),
+        )?
+    };
     let state = State {
         dir: spec.dir.clone(),
         registry_port,
@@ -653,14 +766,16 @@ fn start_services(
         &format!("http://127.0.0.1:{package_port}/{MIRROR_PROBE}"),
         &spec.dir.join("logs/nginx.log"),
     )?;
-    wait_up(
-        "the API boundary",
-        &format!("http://127.0.0.1:{boundary_port}/api/v2/status"),
-        &spec.dir.join("logs/boundary.log"),
-    )?;
-    report.line(&format!(
-        "API boundary on http://127.0.0.1:{boundary_port} (agents: one URL for every subnet)"
-    ));
+    if boundary_port != 0 {
+        wait_up(
+            "the API boundary",
+            &format!("http://127.0.0.1:{boundary_port}/api/v2/status"),
+            &spec.dir.join("logs/boundary.log"),
+        )?;
+        report.line(&format!(
+            "API boundary process on http://127.0.0.1:{boundary_port} (agents: one URL for every subnet)"
+        ));
+    }
     Ok(state)
 }
 
@@ -704,6 +819,7 @@ fn start_node(
         status_port,
         payload_port,
         node_id: None,
+        api_boundary: false,
     })
 }
 
@@ -747,6 +863,9 @@ fn node_config(
     c.operator_key_file = Some(spec.dir.join("keys/operator_op1.key"));
     c.admin_prefixes = vec!["10.0.2.0/24".into()];
     c.guest_registry_urls = vec![state.guest_registry_url()];
+    // Nodes register endpoints on this machine's loopback; a boundary in a VM reaches them
+    // through its host.
+    c.guest_host_loopback = Some(std::net::Ipv4Addr::new(10, 0, 2, 2).into());
     c.problems.clear();
     Ok(c)
 }
@@ -803,6 +922,7 @@ fn create_subnets(state: &mut State, spec: &Spec, report: &dyn Report) -> Result
         let nodes: Vec<String> = state
             .nodes
             .iter()
+            .take(spec.nodes)
             .enumerate()
             .filter(|(i, _)| i % spec.subnets == k)
             .filter_map(|(_, n)| n.node_id.clone())
@@ -896,11 +1016,18 @@ impl fmt::Display for Health {
 }
 
 impl NodeRow {
-    /// Where the node's replica answers agents, or why it does not: for the status table.
-    pub fn replica_word(&self) -> String {
-        match self.orchestrator.as_ref().map(|o| &o.replica) {
-            Some(ReplicaState::Serving { .. }) => format!("http://127.0.0.1:{}", self.payload_port),
-            Some(ReplicaState::Down { .. }) => "down".into(),
+    /// What the node's payload port serves (its replica or the API boundary) and where, or
+    /// that it is down: for the status table.
+    pub fn payload_word(&self) -> String {
+        let url = format!("http://127.0.0.1:{}", self.payload_port);
+        let Some(o) = self.orchestrator.as_ref() else {
+            return "-".into();
+        };
+        match (&o.replica, &o.boundary) {
+            (ReplicaState::Serving { .. }, _) => format!("replica {url}"),
+            (_, BoundaryState::Serving { .. }) => format!("boundary {url}"),
+            (ReplicaState::Down { .. }, _) => "replica down".into(),
+            (_, BoundaryState::Down { .. }) => "boundary down".into(),
             _ => "-".into(),
         }
     }
@@ -991,7 +1118,7 @@ pub fn status(state: &State) -> Vec<NodeRow> {
 
 pub fn print_status(rows: &[NodeRow]) {
     println!(
-        "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} {:<23} health",
+        "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} {:<32} health",
         "node",
         "node id",
         "subnet",
@@ -1001,16 +1128,20 @@ pub fn print_status(rows: &[NodeRow]) {
         "hostos",
         "vm",
         "upgrade",
-        "replica"
+        "serves"
     );
     for r in rows {
         let o = r.orchestrator.as_ref();
         let dash = || "-".to_string();
         println!(
-            "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} {:<23} {}",
+            "{:<7} {:<22} {:<10} {:<10} {:<10} {:<5} {:<6} {:<10} {:<11} {:<32} {}",
             r.name,
             r.node_id,
-            r.subnet.as_deref().unwrap_or("unassigned"),
+            match (&r.subnet, o.map(|o| &o.boundary)) {
+                (Some(s), _) => s.as_str(),
+                (None, Some(BoundaryState::NotAssigned) | None) => "unassigned",
+                (None, Some(_)) => "api-bn",
+            },
             o.map(|o| o.guestos_version.clone()).unwrap_or_else(dash),
             o.and_then(|o| o.target_guestos.clone())
                 .unwrap_or_else(dash),
@@ -1024,7 +1155,7 @@ pub fn print_status(rows: &[NodeRow]) {
             r.guest_state().map(vm_word).unwrap_or_else(dash),
             o.map(|o| upgrade_word(o.upgrade.state))
                 .unwrap_or_else(dash),
-            r.replica_word(),
+            r.payload_word(),
             r.health
         );
     }
@@ -1049,7 +1180,7 @@ pub fn print_boundary(state: &State) {
         }
         None => println!(
             "boundary {url}: not answering (see {})",
-            state.dir.join("logs/boundary.log").display()
+            state.boundary_log().display()
         ),
     }
 }
