@@ -26,6 +26,7 @@
 //!     dir: "out/testnet".into(),
 //!     nodes: 2,
 //!     subnets: 1,
+//!     boundary_nodes: 1,
 //!     version: "1.0.0".into(),
 //!     icos: "target/release/icos".into(),
 //!     images: None,
