@@ -2,8 +2,17 @@
  * The asset canister: serves files over the HTTP gateway protocol with certified bodies.
  *
  *   canister_query  http_request(HttpRequest) -> HttpResponse
+ *   canister_query  http_request_streaming_callback(Token) -> StreamingCallbackHttpResponse
  *   canister_update put(path : text, content_type : text, body : blob) -> ()   controllers only
+ *   canister_update put_chunk(path : text, chunk : blob) -> ()                  controllers only
  *   canister_update delete(path : text) -> ()                                  controllers only
+ *
+ * A body larger than one message is uploaded in pieces: `put_chunk` stages them (one upload
+ * at a time; a call for another path starts over), and `put` with the last piece publishes
+ * the whole body at once, so no reader ever sees half a file. A body over 1 MiB is answered
+ * in 1 MiB chunks: the first with the HttpResponse and a streaming strategy whose token
+ * (`record { key : text; index : nat64 }`) names the next, the rest by the callback. The
+ * certificate covers the SHA-256 of the whole body, so a gateway checks the chunks together.
  *
  * Every body is certified (response verification version 1): the canister's certified data
  * is the root of the hash tree `http_assets -> <path> -> SHA-256(body)`, and each answer
@@ -48,11 +57,14 @@ IC0("stable64_size") u64 ic0_stable64_size(void);
 IC0("stable64_grow") i64 ic0_stable64_grow(u64 pages);
 IC0("stable64_read") void ic0_stable64_read(u64 dst, u64 offset, u64 size);
 IC0("stable64_write") void ic0_stable64_write(u64 offset, u64 src, u64 size);
+IC0("canister_self_size") u32 ic0_canister_self_size(void);
+IC0("canister_self_copy") void ic0_canister_self_copy(void *dst, u32 offset, u32 size);
 
 #define MAX_ASSETS 64
 #define MAX_PATH 255
 #define MAX_CONTENT_TYPE 95
-#define MAX_BODY (1024 * 1024)
+#define MAX_BODY (64ULL * 1024 * 1024)
+#define CHUNK (1024 * 1024) /* bytes per answer: the IC's reply limit is 2 MiB */
 #define MAX_DEPTH 32
 #define PAGE 65536ULL
 #define BODIES_START PAGE
@@ -233,7 +245,22 @@ static table_header header;
 static asset assets[MAX_ASSETS];
 static u8 root_hash[32];
 
-_Static_assert(TABLE_OFFSET + sizeof assets <= BODIES_START, "the asset table fits in page 0");
+/* The upload in progress (`put_chunk`): its pieces are staged at the end of the bodies and
+ * hashed as they come; `put` publishes them. Kept in page 0 after the table (zeros, as a
+ * canister installed before chunked uploads has there, mean none). */
+typedef struct {
+  u64 len;    /* bytes staged; 0: no upload in progress */
+  u64 offset; /* where they start in stable memory */
+  sha256 hash;
+  u16 path_len;
+  u8 path[MAX_PATH + 1];
+} pending_upload;
+
+#define PENDING_OFFSET 49152ULL
+static pending_upload pending;
+
+_Static_assert(TABLE_OFFSET + sizeof assets <= PENDING_OFFSET, "the asset table fits in page 0");
+_Static_assert(PENDING_OFFSET + sizeof(pending_upload) <= BODIES_START, "the upload fits in page 0");
 
 static void stable_ensure(u64 end) {
   u64 have = ic0_stable64_size() * PAGE;
@@ -246,12 +273,19 @@ static void save_table(void) {
   ic0_stable64_write(TABLE_OFFSET, (u64)(usize)assets, sizeof(asset) * header.count);
 }
 
+static void save_pending(void) {
+  ic0_stable64_write(PENDING_OFFSET, (u64)(usize)&pending, sizeof pending);
+}
+
 static void load_table(void) {
   stable_ensure(BODIES_START);
   ic0_stable64_read((u64)(usize)&header, 0, sizeof header);
   if (compare(header.magic, 8, MAGIC, 8) != 0) fail("stable memory holds no asset table");
   if (header.count > MAX_ASSETS) fail("the asset table in stable memory is damaged");
   ic0_stable64_read((u64)(usize)assets, TABLE_OFFSET, sizeof(asset) * header.count);
+  ic0_stable64_read((u64)(usize)&pending, PENDING_OFFSET, sizeof pending);
+  if (pending.path_len > MAX_PATH || pending.offset + pending.len > ic0_stable64_size() * PAGE)
+    pending.len = 0; /* damaged: the upload starts over */
 }
 
 /* The index of `path`, or -1 - (where it would be inserted): the table is sorted by path,
@@ -595,34 +629,75 @@ static void check_content_type(const u8 *p, u32 n) {
 
 /* ---- changing assets ---- */
 
+/* The table entry for `path`, made (empty) if there is none. */
+static asset *entry(const u8 *path, u32 path_len) {
+  int i = find(path, path_len);
+  if (i >= 0) return &assets[i];
+  if (header.count == MAX_ASSETS) fail("the canister holds 64 assets already");
+  i = -1 - i;
+  memmove(&assets[i + 1], &assets[i], sizeof(asset) * (header.count - (u32)i));
+  header.count++;
+  memset(&assets[i], 0, sizeof(asset));
+  memcpy(assets[i].path, path, path_len);
+  assets[i].path_len = (u16)path_len;
+  return &assets[i];
+}
+
+static int pending_for(const u8 *path, u32 path_len) {
+  return pending.len > 0 && compare(pending.path, pending.path_len, path, path_len) == 0;
+}
+
+/* Stage `chunk` as the next piece of `path`'s upload (a new upload when none is in progress
+ * for this path: one for another path is dropped). */
+static void stage(const u8 *path, u32 path_len, const u8 *chunk, u32 n) {
+  if (!pending_for(path, path_len)) {
+    pending.len = 0;
+    pending.offset = header.bodies_end;
+    sha256_init(&pending.hash);
+    memcpy(pending.path, path, path_len);
+    pending.path_len = (u16)path_len;
+  }
+  if (pending.len + n > MAX_BODY) fail("an asset body is at most 64 MiB");
+  stable_ensure(pending.offset + pending.len + n);
+  ic0_stable64_write(pending.offset + pending.len, (u64)(usize)chunk, n);
+  sha256_add(&pending.hash, chunk, n);
+  pending.len += n;
+  save_pending();
+}
+
+/* Publish `path` with `body` (after the staged pieces, when an upload for it is in
+ * progress): the table and the certified tree change in one message. */
 static void store(const u8 *path, u32 path_len, const u8 *type, u32 type_len, const u8 *body,
                   u32 body_len) {
-  if (body_len > MAX_BODY) fail("an asset body is at most 1 MiB (this canister has no chunked upload)");
-  int i = find(path, path_len);
-  if (i < 0) {
-    if (header.count == MAX_ASSETS) fail("the canister holds 64 assets already");
-    i = -1 - i;
-    memmove(&assets[i + 1], &assets[i], sizeof(asset) * (header.count - (u32)i));
-    header.count++;
-    memset(&assets[i], 0, sizeof(asset));
-    memcpy(assets[i].path, path, path_len);
-    assets[i].path_len = (u16)path_len;
+  if (pending_for(path, path_len)) {
+    stage(path, path_len, body, body_len);
+    asset *a = entry(path, path_len);
+    a->body_offset = pending.offset;
+    a->body_len = a->body_capacity = pending.len;
+    sha256_done(&pending.hash, a->sha);
+    header.bodies_end = pending.offset + pending.len;
+  } else {
+    if (body_len > MAX_BODY) fail("an asset body is at most 64 MiB");
+    asset *a = entry(path, path_len);
+    /* A new body goes where no staged upload lies: that upload is dropped. */
+    if (body_len > a->body_capacity) {
+      a->body_offset = header.bodies_end;
+      a->body_capacity = body_len;
+      header.bodies_end += body_len;
+      stable_ensure(header.bodies_end);
+    }
+    ic0_stable64_write(a->body_offset, (u64)(usize)body, body_len);
+    a->body_len = body_len;
+    sha256 s;
+    sha256_init(&s);
+    sha256_add(&s, body, body_len);
+    sha256_done(&s, a->sha);
   }
-  asset *a = &assets[i];
-  if (body_len > a->body_capacity) {
-    a->body_offset = header.bodies_end;
-    a->body_capacity = body_len;
-    header.bodies_end += body_len;
-    stable_ensure(header.bodies_end);
-  }
-  ic0_stable64_write(a->body_offset, (u64)(usize)body, body_len);
-  a->body_len = body_len;
+  asset *a = entry(path, path_len);
   memcpy(a->content_type, type, type_len);
   a->content_type_len = (u16)type_len;
-  sha256 s;
-  sha256_init(&s);
-  sha256_add(&s, body, body_len);
-  sha256_done(&s, a->sha);
+  pending.len = 0;
+  save_pending();
   save_table();
   certify();
 }
@@ -666,6 +741,21 @@ EXPORT("canister_update put") void put(void) {
   check_path(path, path_len);
   check_content_type(type, type_len);
   store(path, path_len, type, type_len, body, body_len);
+  reply_empty();
+}
+
+EXPORT("canister_update put_chunk") void put_chunk(void) {
+  begin_message();
+  in_method("put_chunk");
+  check_controller();
+  candid c;
+  read_argument(&c, 2);
+  i64 t_path = type_ref(&c), t_chunk = type_ref(&c);
+  u32 path_len, chunk_len;
+  const u8 *path = read_bytes(&c, t_path, 0, &path_len);
+  const u8 *chunk = read_bytes(&c, t_chunk, 1, &chunk_len);
+  check_path(path, path_len);
+  stage(path, path_len, chunk, chunk_len);
   reply_empty();
 }
 
@@ -758,41 +848,89 @@ static void certificate_header(buf *b, u32 k) {
   put_byte(b, ':');
 }
 
-/* Writes the HttpResponse: record { body : blob; headers : vec record { text; text };
- * status_code : nat16 } (fields in the order of their ids), the body read from stable
- * memory straight into the reply. */
-static void reply_http(u16 status, const u8 *type, u32 type_len, int certified_k,
-                       const u8 *body, u64 stable_body, u32 body_len) {
+/* The types of an HttpResponse and of its streaming strategy, shared by both answers:
+ *   0: record { body : 1; headers : 2; streaming_strategy : 4; status_code : nat16 }
+ *   1: blob   2: vec 3   3: record { text; text }   4: opt 5
+ *   5: variant { Callback : 6 }   6: record { token : 7; callback : 8 }
+ *   7: record { key : text; index : nat64 }   (the token)
+ *   8: func (7) -> (9) query
+ *   9: record { token : 10; body : 1 }   (StreamingCallbackHttpResponse)   10: opt 7
+ * Fields are listed in the order of their ids (Candid's hash of each name). */
+static const u8 TYPES[] = {
+    'D', 'I', 'D', 'L', 11,
+    0x6c, 4,
+    0xa2, 0xf5, 0xed, 0x88, 0x04, 1,         /* body */
+    0xc6, 0xa4, 0xa1, 0x98, 0x06, 2,         /* headers */
+    0xb0, 0x96, 0x99, 0xe2, 0x0c, 4,         /* streaming_strategy */
+    0x9a, 0xa1, 0xb2, 0xf9, 0x0c, 0x7a,      /* status_code : nat16 */
+    0x6d, 0x7b,
+    0x6d, 3,
+    0x6c, 2, 0, 0x71, 1, 0x71,
+    0x6e, 5,
+    0x6b, 1, 0xe5, 0xab, 0xe1, 0xc5, 0x05, 6, /* Callback */
+    0x6c, 2,
+    0xf9, 0x85, 0xae, 0xa1, 0x01, 7,         /* token */
+    0xc5, 0xb3, 0x9a, 0xf8, 0x07, 8,         /* callback */
+    0x6c, 2,
+    0x9f, 0x93, 0xc6, 0x02, 0x71,            /* key : text */
+    0x92, 0xb6, 0xd2, 0xf0, 0x0b, 0x78,      /* index : nat64 */
+    0x6a, 1, 7, 1, 9, 1, 1,                  /* func (7) -> (9) query */
+    0x6c, 2,
+    0xf9, 0x85, 0xae, 0xa1, 0x01, 10,        /* token */
+    0xa2, 0xf5, 0xed, 0x88, 0x04, 1,         /* body */
+    0x6e, 7};
+
+/* Appends the bytes [from, from + n) of asset k's body, read from stable memory. */
+static void reply_body(const asset *a, u64 from, u32 n) {
+  u8 *p = scratch(n);
+  ic0_stable64_read((u64)(usize)p, a->body_offset + from, n);
+  ic0_msg_reply_data_append(p, n);
+}
+
+/* The token naming chunk `index` of asset k. */
+static void put_token(buf *b, const asset *a, u64 index) {
+  append_text(b, a->path, a->path_len);
+  for (int i = 0; i < 8; i++) put_byte(b, (u8)(index >> (8 * i)));
+}
+
+/* Writes the HttpResponse. Without an asset (k < 0) the body is `text`; with one, its first
+ * chunk is read from stable memory, a streaming strategy names the next when there is more,
+ * and the certificate header covers the whole body. */
+static void reply_http(u16 status, const u8 *type, u32 type_len, int k, const u8 *text,
+                       u32 text_len) {
   u32 cap = 16384 + 4 * (type_len + 8192);
   buf b = {scratch(cap), 0, cap};
-  static const u8 types[] = {
-      'D', 'I', 'D', 'L', 4,
-      0x6c, 3, /* 0: record */
-      0xa2, 0xf5, 0xed, 0x88, 0x04, 1, /* body: 1 */
-      0xc6, 0xa4, 0xa1, 0x98, 0x06, 2, /* headers: 2 */
-      0x9a, 0xa1, 0xb2, 0xf9, 0x0c, 0x7a, /* status_code: nat16 */
-      0x6d, 0x7b,                         /* 1: vec nat8 */
-      0x6d, 3,                            /* 2: vec 3 */
-      0x6c, 2, 0, 0x71, 1, 0x71,          /* 3: record { text; text } */
-      1, 0};
-  put_bytes(&b, types, sizeof types);
-  put_uleb(&b, body_len);
+  put_bytes(&b, TYPES, sizeof TYPES);
+  put_uleb(&b, 1), put_uleb(&b, 0); /* one value, of type 0 */
+  const asset *a = k >= 0 ? &assets[k] : 0;
+  u32 first = a ? (a->body_len > CHUNK ? CHUNK : (u32)a->body_len) : text_len;
+  put_uleb(&b, first);
   ic0_msg_reply_data_append(b.p, b.len);
-  if (body) ic0_msg_reply_data_append(body, body_len);
-  else if (body_len) {
-    u8 *p = scratch(body_len);
-    ic0_stable64_read((u64)(usize)p, stable_body, body_len);
-    ic0_msg_reply_data_append(p, body_len);
-  }
+  if (a) reply_body(a, 0, first);
+  else ic0_msg_reply_data_append(text, text_len);
   b.len = 0;
-  put_uleb(&b, certified_k >= 0 ? 2 : 1);
+  put_uleb(&b, a ? 2 : 1);
   append_text(&b, "content-type", 12);
   append_text(&b, type, type_len);
-  if (certified_k >= 0) {
+  if (a) {
     append_text(&b, "ic-certificate", 14);
     buf value = {scratch(cap), 0, cap};
-    certificate_header(&value, (u32)certified_k);
+    certificate_header(&value, (u32)k);
     append_text(&b, value.p, value.len);
+  }
+  if (a && a->body_len > CHUNK) {
+    put_byte(&b, 1); /* some */
+    put_uleb(&b, 0); /* Callback */
+    put_token(&b, a, 1);
+    u32 n = ic0_canister_self_size();
+    u8 *self = scratch(n);
+    ic0_canister_self_copy(self, 0, n);
+    put_byte(&b, 1), put_byte(&b, 1); /* a public method of an identified service */
+    put_uleb(&b, n);
+    put_bytes(&b, self, n);
+    append_text(&b, "http_request_streaming_callback", 31);
+  } else {
+    put_byte(&b, 0); /* none */
   }
   put_byte(&b, (u8)status);
   put_byte(&b, (u8)(status >> 8));
@@ -811,9 +949,60 @@ EXPORT("canister_query http_request") void http_request(void) {
   if (k < 0) {
     static const char text[] = "text/plain; charset=utf-8";
     static const char none[] = "no asset has this path, and there is no /index.html\n";
-    reply_http(404, (const u8 *)text, sizeof text - 1, -1, (const u8 *)none, 0, sizeof none - 1);
+    reply_http(404, (const u8 *)text, sizeof text - 1, -1, (const u8 *)none, sizeof none - 1);
     return;
   }
-  asset *a = &assets[k];
-  reply_http(200, a->content_type, a->content_type_len, k, 0, a->body_offset, (u32)a->body_len);
+  reply_http(200, assets[k].content_type, assets[k].content_type_len, k, 0, 0);
+}
+
+#define FIELD_KEY 5343647u
+#define FIELD_INDEX 3189021458u
+
+/* The chunk a token names: its asset's path (key) and the chunk's number (index). */
+EXPORT("canister_query http_request_streaming_callback") void http_request_streaming_callback(void) {
+  begin_message();
+  in_method("http_request_streaming_callback");
+  candid c;
+  read_argument(&c, 1);
+  candid def;
+  if (opcode(&c, type_ref(&c), &def) != T_RECORD) fail("expected a token record");
+  const u8 *key = 0;
+  u32 key_len = 0;
+  u64 index = 0;
+  int have_index = 0;
+  u64 fields = uleb(&def);
+  for (u64 f = 0; f < fields; f++) {
+    u64 id = uleb(&def);
+    i64 ft = type_ref(&def);
+    if (id == FIELD_KEY) {
+      key = read_bytes(&c, ft, 0, &key_len);
+    } else if (id == FIELD_INDEX && ft == T_NAT64) {
+      skip(&c, 8);
+      for (int i = 0; i < 8; i++) index |= (u64)c.p[i - 8] << (8 * i);
+      have_index = 1;
+    } else {
+      skip_value(&c, ft, 1);
+    }
+  }
+  if (!key || !have_index) fail("the token has no key or no index : nat64");
+  int k = find(key, key_len);
+  if (k < 0) fail("no asset has this path (was it deleted while streaming?)");
+  const asset *a = &assets[k];
+  if (index == 0 || a->body_len == 0 || index > (a->body_len - 1) / CHUNK) fail("the token's index is past the body");
+  u64 from = index * CHUNK;
+  u32 n = a->body_len - from > CHUNK ? CHUNK : (u32)(a->body_len - from);
+  buf b = {scratch(1024), 0, 1024};
+  static const u8 answer[] = {1, 9}; /* one value, of type 9 */
+  put_bytes(&b, TYPES, sizeof TYPES);
+  put_bytes(&b, answer, 2);
+  if (from + n < a->body_len) {
+    put_byte(&b, 1);
+    put_token(&b, a, index + 1);
+  } else {
+    put_byte(&b, 0);
+  }
+  put_uleb(&b, n);
+  ic0_msg_reply_data_append(b.p, b.len);
+  reply_body(a, from, n);
+  ic0_msg_reply();
 }

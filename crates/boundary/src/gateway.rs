@@ -317,8 +317,36 @@ fn request_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The body as it goes out: whole, or its first chunk and then each checked chunk as it
+/// arrives. A chunk that cannot be had or a body whose hash does not match ends the stream
+/// with an error, which breaks the transfer (no final chunk on HTTP/1.1, a reset on
+/// HTTP/2): the client never takes a forged body for a whole one.
+fn page_body(canister: String, first: Vec<u8>, rest: Option<canister_http::stream::Rest>) -> Body {
+    let Some(rest) = rest else {
+        return Body::from(first);
+    };
+    let chunks = futures_util::stream::try_unfold((Some(first), rest), move |(first, mut rest)| {
+        let canister = canister.clone();
+        async move {
+            if let Some(first) = first {
+                return Ok(Some((bytes::Bytes::from(first), (None, rest))));
+            }
+            match rest.next().await {
+                Ok(Some(chunk)) => Ok(Some((bytes::Bytes::from(chunk), (None, rest)))),
+                Ok(None) => Ok(None),
+                Err(e) => {
+                    tracing::warn!("gateway: a streamed page of {canister} broken off: {e}");
+                    Err(e)
+                }
+            }
+        }
+    });
+    Body::from_stream(chunks)
+}
+
 fn page_response(target: &Target, fetched: canister_http::Fetched) -> Response {
-    let mut r = Response::new(Body::from(fetched.body));
+    let body = page_body(target.canister.to_text(), fetched.body, fetched.rest);
+    let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(fetched.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = r.headers_mut();
     for (name, value) in &fetched.headers {
@@ -352,7 +380,7 @@ fn fetch_error(target: &Target, url: &str, e: canister_http::FetchError) -> Gate
     use canister_http::FetchError as F;
     let details = e.to_string();
     match e {
-        F::Verification { .. } | F::NoVerifiedBody { .. } => GatewayError::new(
+        F::Verification { .. } | F::NoVerifiedBody { .. } | F::Stream { .. } => GatewayError::new(
             StatusCode::BAD_GATEWAY,
             "response_verification_failed",
             "The canister's answer did not verify",

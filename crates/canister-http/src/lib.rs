@@ -12,6 +12,9 @@
 //! A failed check is an error ([`FetchError::Verification`]): there is no way to get the
 //! body of an answer that did not verify in verified mode.
 //!
+//! A large body comes in chunks (the answer's streaming strategy): [`Fetched::rest`] fetches
+//! the others, checked as they pass against the hash the certificate holds ([`stream`]).
+//!
 //! ```no_run
 //! # async fn f(agent: ic_agent::Agent) -> Result<(), canister_http::FetchError> {
 //! let canister = ic_principal::Principal::from_text("rwlgt-iiaaa-aaaaa-aaaaa-cai").unwrap();
@@ -20,6 +23,8 @@
 //! assert!(matches!(page.verification, canister_http::Verification::Verified { .. }));
 //! # Ok(()) }
 //! ```
+
+pub mod stream;
 
 use candid::{Decode, Encode};
 use ic_agent::{Agent, AgentError};
@@ -53,11 +58,14 @@ pub enum Verification {
 }
 
 /// A canister's HTTP answer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Fetched {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The body, or its first chunk when `rest` is set.
     pub body: Vec<u8>,
+    /// The chunks still to come of a streamed body.
+    pub rest: Option<stream::Rest>,
     pub verification: Verification,
 }
 
@@ -86,9 +94,19 @@ pub enum FetchError {
     },
     #[error("the answer for {path} from {canister} verified but carries no body")]
     NoVerifiedBody { canister: Principal, path: String },
+    #[error("the streamed answer for {path} from {canister}: {why}")]
+    Stream {
+        canister: Principal,
+        path: String,
+        why: String,
+    },
     #[error("the system clock is before 1970")]
     Clock,
 }
+
+/// A streamed body whose other chunks must be had before it can be checked (version 2
+/// hashes the body with the status and headers) is held up to this size.
+pub const MAX_BUFFERED_BODY: usize = 16 << 20;
 
 /// A `GET` of `url` (a path with an optional query) and no headers.
 pub fn get(url: &str) -> HttpRequest<'static> {
@@ -130,10 +148,115 @@ pub async fn fetch(
     if response.upgrade() == Some(true) {
         return update(agent, canister, request).await;
     }
+    if let Some((method, token)) = streaming(canister, &reply)? {
+        return streamed(agent, canister, request, response, method, token, mode).await;
+    }
     match mode {
         Mode::Raw => Ok(Fetched::as_answered(&response, Verification::Unverified)),
         Mode::Verified => verify(agent, canister, request, response),
     }
+}
+
+/// The callback method and first token of an answer that streams its body (a callback on
+/// another canister is refused: the gateway asks only the canister it was sent to).
+fn streaming(
+    canister: &Principal,
+    reply: &[u8],
+) -> Result<Option<(String, ic_utils::interfaces::http_request::Token)>, FetchError> {
+    use ic_utils::interfaces::http_request::{
+        HttpRequestStreamingCallbackAny, HttpResponse as AnyResponse, StreamingStrategy, Token,
+    };
+    let any = Decode!(reply, AnyResponse<Token, HttpRequestStreamingCallbackAny>)
+        .map_err(|source| decode_error(canister, "http_request", source))?;
+    match any.streaming_strategy {
+        None => Ok(None),
+        Some(StreamingStrategy::Callback(c)) if c.callback.0.principal == *canister => {
+            Ok(Some((c.callback.0.method, c.token)))
+        }
+        Some(StreamingStrategy::Callback(c)) => Err(FetchError::Stream {
+            canister: *canister,
+            path: String::new(),
+            why: format!(
+                "its streaming callback is on another canister ({})",
+                c.callback.0.principal
+            ),
+        }),
+    }
+}
+
+/// A body in chunks: in verified mode, a version 1 answer is checked as it streams; any
+/// other is gathered (up to [`MAX_BUFFERED_BODY`]) and verified whole.
+async fn streamed(
+    agent: &Agent,
+    canister: &Principal,
+    request: HttpRequest<'static>,
+    response: HttpResponse<'static>,
+    method: String,
+    token: ic_utils::interfaces::http_request::Token,
+    mode: Mode,
+) -> Result<Fetched, FetchError> {
+    let path = url_path(request.url());
+    let broken = |why: String| FetchError::Stream {
+        canister: *canister,
+        path: path.clone(),
+        why,
+    };
+    let header = response
+        .headers()
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("ic-certificate"))
+        .map(|(_, v)| stream::parse_header(v))
+        .transpose()
+        .map_err(|e| broken(format!("IC-Certificate: {e}")))?;
+    let (expected, verification) = match (mode, header) {
+        (Mode::Raw, _) => (None, Verification::Unverified),
+        (Mode::Verified, Some(h)) if h.version == 1 => (
+            Some(stream::check_v1(agent, canister, &h, &path).map_err(broken)?),
+            Verification::Verified { version: 1 },
+        ),
+        (Mode::Verified, _) => {
+            let first = response.body().to_vec();
+            let rest = stream::Rest::new(agent, *canister, method, token, &first, None, path);
+            let body = rest.collect(first, MAX_BUFFERED_BODY).await?;
+            let whole = HttpResponse::builder()
+                .with_status_code(response.status_code())
+                .with_headers(response.headers().to_vec())
+                .with_body(body)
+                .build();
+            return verify(agent, canister, request, whole);
+        }
+    };
+    let first = response.body().to_vec();
+    let rest = stream::Rest::new(agent, *canister, method, token, &first, expected, path);
+    Ok(Fetched {
+        status: response.status_code().as_u16(),
+        headers: response.headers().to_vec(),
+        body: first,
+        rest: Some(rest),
+        verification,
+    })
+}
+
+/// The path of a request URL, percent-decoded, without its query (what version 1 looks up).
+fn url_path(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Fetched {
@@ -143,6 +266,7 @@ impl Fetched {
             status: response.status_code().as_u16(),
             headers: response.headers().to_vec(),
             body: response.body().to_vec(),
+            rest: None,
             verification,
         }
     }
@@ -212,6 +336,7 @@ fn verify(
         status,
         headers,
         body: verified.body,
+        rest: None,
         verification: Verification::Verified {
             version: info.verification_version,
         },
@@ -231,5 +356,47 @@ fn decode_error(canister: &Principal, method: &'static str, source: candid::Erro
         canister: *canister,
         method,
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ic_utils::interfaces::http_request::{
+        CallbackStrategy, HttpRequestStreamingCallback, HttpResponse as Answer, StreamingStrategy,
+    };
+
+    fn answer(callback_on: Principal) -> Vec<u8> {
+        let a: Answer<u64, HttpRequestStreamingCallback<u64>> = Answer {
+            status_code: 200,
+            headers: Vec::new(),
+            body: b"first".to_vec(),
+            streaming_strategy: Some(StreamingStrategy::Callback(CallbackStrategy {
+                callback: candid::Func {
+                    principal: callback_on,
+                    method: "next_chunk".into(),
+                }
+                .into(),
+                token: 1,
+            })),
+            upgrade: None,
+        };
+        Encode!(&a).unwrap()
+    }
+
+    #[test]
+    fn a_streaming_callback_must_be_the_canisters_own() {
+        let me = Principal::from_slice(&[1; 10]);
+        let (method, _) = streaming(&me, &answer(me)).unwrap().unwrap();
+        assert_eq!(method, "next_chunk");
+        let other = Principal::from_slice(&[2; 10]);
+        let e = streaming(&me, &answer(other)).unwrap_err().to_string();
+        assert!(e.contains("on another canister"), "{e}");
+    }
+
+    #[test]
+    fn paths_are_decoded_as_version_1_looks_them_up() {
+        assert_eq!(url_path("/a%20b/c.txt?x=%41#top"), "/a b/c.txt");
+        assert_eq!(url_path("/100%"), "/100%");
     }
 }

@@ -10,8 +10,9 @@ use ic_agent::Agent;
 use ic_principal::Principal;
 use std::path::{Path, PathBuf};
 
-/// The asset canister takes bodies up to this size in one `put`.
-const MAX_BODY: u64 = 1 << 20;
+/// The asset canister takes bodies up to this size, in pieces of `PIECE` (one message each).
+const MAX_BODY: u64 = 64 << 20;
+const PIECE: usize = 1 << 20;
 
 /// A page whose body verified.
 pub struct Page {
@@ -21,8 +22,10 @@ pub struct Page {
     pub root_key_hash: String,
 }
 
+/// The page, all of it: a streamed body is gathered and checked whole before anything is
+/// shown.
 pub async fn http_get(agent: &Agent, canister: &Principal, path: &str) -> Result<Page> {
-    let page = canister_http::fetch(
+    let mut page = canister_http::fetch(
         agent,
         canister,
         canister_http::get(path),
@@ -32,6 +35,13 @@ pub async fn http_get(agent: &Agent, canister: &Principal, path: &str) -> Result
     .with_context(|| {
         format!("fetching {path} from {canister} (nothing is shown unless it verifies)")
     })?;
+    if let Some(rest) = page.rest.take() {
+        let first = std::mem::take(&mut page.body);
+        page.body = rest
+            .collect(first, MAX_BODY as usize)
+            .await
+            .with_context(|| format!("fetching the rest of {path} from {canister}"))?;
+    }
     Ok(Page {
         page,
         root_key_hash: short_hash(&agent.read_root_key()),
@@ -97,15 +107,30 @@ pub async fn upload(
     let mut done = Vec::new();
     for (file, path, size, content_type) in plan {
         let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let uploading = || format!("uploading {} as {path} to {canister}", file.display());
+        // Every piece but the last is staged; the last publishes the whole body at once.
+        let mut pieces: Vec<&[u8]> = body.chunks(PIECE).collect();
+        let last = pieces.pop().unwrap_or_default();
+        for piece in pieces {
+            agent
+                .update(canister, "put_chunk")
+                .with_arg(
+                    Encode!(&path, &serde_bytes::ByteBuf::from(piece))
+                        .context("encoding put_chunk")?,
+                )
+                .call_and_wait()
+                .await
+                .with_context(uploading)?;
+        }
         agent
             .update(canister, "put")
             .with_arg(
-                Encode!(&path, &content_type, &serde_bytes::ByteBuf::from(body))
+                Encode!(&path, &content_type, &serde_bytes::ByteBuf::from(last))
                     .context("encoding put")?,
             )
             .call_and_wait()
             .await
-            .with_context(|| format!("uploading {} as {path} to {canister}", file.display()))?;
+            .with_context(uploading)?;
         done.push(Uploaded {
             path,
             size,

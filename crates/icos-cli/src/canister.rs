@@ -67,8 +67,9 @@ enum CanisterCmd {
         #[arg(default_value = "/")]
         path: String,
     },
-    /// Upload every file under a directory to an asset canister (its `put` method), each
-    /// with the content type its name implies.
+    /// Upload every file under a directory to an asset canister (its `put` method; a file
+    /// over 1 MiB in pieces with `put_chunk`, published whole by the last), each with the
+    /// content type its name implies.
     Upload {
         canister: Principal,
         dir: PathBuf,

@@ -715,6 +715,47 @@ async fn a_browser_gets_verified_pages_over_tls_and_never_a_forged_one() {
     assert_eq!(page.status(), 200);
     assert_eq!(page.text().await.unwrap(), PAGE);
 
+    // A large page streams in chunks (no length ahead), each hashed as it passes and the
+    // whole checked against the certified hash at the end.
+    let large = format!("{}the genuine end\n", "filler line\n".repeat(220_000));
+    for (i, piece) in large.as_bytes().chunks(1 << 20).enumerate() {
+        let last = (i + 1) << 20 >= large.len();
+        let arg = if last {
+            Encode!(
+                &"/large.txt",
+                &"text/plain",
+                &serde_bytes::ByteBuf::from(piece)
+            )
+        } else {
+            Encode!(&"/large.txt", &serde_bytes::ByteBuf::from(piece))
+        };
+        let method = if last { "put" } else { "put_chunk" };
+        a.update(&id, method)
+            .with_arg(arg.unwrap())
+            .call_and_wait()
+            .await
+            .unwrap();
+    }
+    let streamed = get(host.clone(), "/large.txt".into()).await;
+    assert_eq!(streamed.status(), 200);
+    assert_eq!(streamed.headers()["x-icos-verification"], "verified (v1)");
+    assert!(streamed.headers().get("content-length").is_none());
+    assert!(streamed.bytes().await.unwrap() == large.as_bytes());
+    // Node a forges the last chunk (the word `genuine` is only there), signed with its own
+    // key: the headers and the first chunks went out, but the transfer breaks before the
+    // forged chunk does, so no client holds a complete forged file.
+    liar.forge.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let told = liar.forged.load(Ordering::SeqCst);
+    let broken = get(host.clone(), "/large.txt".into()).await;
+    assert_eq!(broken.status(), 200);
+    assert!(broken.bytes().await.is_err(), "a forged stream completed");
+    assert!(
+        liar.forged.load(Ordering::SeqCst) > told,
+        "the lie was told"
+    );
+    liar.forge.store(false, Ordering::SeqCst);
+
     // A host that names no canister gets an error page that says so; a canister no subnet
     // holds gets the API's cause.
     let bad = "nope.icp.local";
