@@ -65,6 +65,7 @@ IC0("canister_self_copy") void ic0_canister_self_copy(void *dst, u32 offset, u32
 #define MAX_CONTENT_TYPE 95
 #define MAX_BODY (64ULL * 1024 * 1024)
 #define CHUNK (1024 * 1024) /* bytes per answer: the IC's reply limit is 2 MiB */
+#define MAX_PIECE (1024 * 1024) /* bytes per put or put_chunk: hashing them fits one message */
 #define MAX_DEPTH 32
 #define PAGE 65536ULL
 #define BODIES_START PAGE
@@ -650,6 +651,7 @@ static int pending_for(const u8 *path, u32 path_len) {
 /* Stage `chunk` as the next piece of `path`'s upload (a new upload when none is in progress
  * for this path: one for another path is dropped). */
 static void stage(const u8 *path, u32 path_len, const u8 *chunk, u32 n) {
+  if (n > MAX_PIECE) fail("a piece is at most 1 MiB (send larger files in pieces with put_chunk)");
   if (!pending_for(path, path_len)) {
     pending.len = 0;
     pending.offset = header.bodies_end;
@@ -677,7 +679,7 @@ static void store(const u8 *path, u32 path_len, const u8 *type, u32 type_len, co
     sha256_done(&pending.hash, a->sha);
     header.bodies_end = pending.offset + pending.len;
   } else {
-    if (body_len > MAX_BODY) fail("an asset body is at most 64 MiB");
+    if (body_len > MAX_PIECE) fail("a body in one put is at most 1 MiB (send larger files in pieces with put_chunk)");
     asset *a = entry(path, path_len);
     /* A new body goes where no staged upload lies: that upload is dropped. */
     if (body_len > a->body_capacity) {

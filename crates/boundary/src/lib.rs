@@ -196,6 +196,7 @@ impl Boundary {
         BoundaryStatus {
             registry_version: t.version,
             clients_tracked: self.limits.tracked_clients() as u64,
+            clients_forgotten: self.limits.forgotten_clients(),
             subnets: t
                 .subnets
                 .iter()

@@ -40,6 +40,8 @@ pub struct RateLimits {
     clients: DefaultKeyedRateLimiter<IpAddr>,
     subnets: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
+    /// Client buckets dropped so far (they went quiet).
+    forgotten: std::sync::atomic::AtomicU64,
 }
 
 fn quota(per_sec: u32, burst: u32) -> Quota {
@@ -53,6 +55,7 @@ impl RateLimits {
             clients: RateLimiter::keyed(quota(c.per_client_per_sec, c.per_client_burst)),
             subnets: RateLimiter::keyed(quota(c.per_subnet_per_sec, c.per_subnet_burst)),
             clock: DefaultClock::default(),
+            forgotten: Default::default(),
         }
     }
 
@@ -73,7 +76,11 @@ impl RateLimits {
 
     /// Drop the buckets that are full again (their clients went quiet).
     pub fn forget_quiet(&self) {
+        let before = self.clients.len();
         self.clients.retain_recent();
+        let dropped = before.saturating_sub(self.clients.len()) as u64;
+        self.forgotten
+            .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
         self.clients.shrink_to_fit();
         self.subnets.retain_recent();
     }
@@ -81,6 +88,11 @@ impl RateLimits {
     /// Clients with a bucket now.
     pub fn tracked_clients(&self) -> usize {
         self.clients.len()
+    }
+
+    /// Client buckets dropped since the start.
+    pub fn forgotten_clients(&self) -> u64 {
+        self.forgotten.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -160,5 +172,6 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         l.forget_quiet();
         assert_eq!(l.tracked_clients(), 0);
+        assert_eq!(l.forgotten_clients(), 200);
     }
 }

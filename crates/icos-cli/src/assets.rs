@@ -10,9 +10,11 @@ use ic_agent::Agent;
 use ic_principal::Principal;
 use std::path::{Path, PathBuf};
 
-/// The asset canister takes bodies up to this size, in pieces of `PIECE` (one message each).
+/// The asset canister takes bodies up to this size, in pieces of `PIECE` (one message each,
+/// well inside the canister's 1 MiB per message, whose hashing must fit one message's
+/// instruction limit).
 const MAX_BODY: u64 = 64 << 20;
-const PIECE: usize = 1 << 20;
+const PIECE: usize = 512 << 10;
 
 /// A page whose body verified.
 pub struct Page {

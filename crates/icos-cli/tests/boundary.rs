@@ -718,8 +718,8 @@ async fn a_browser_gets_verified_pages_over_tls_and_never_a_forged_one() {
     // A large page streams in chunks (no length ahead), each hashed as it passes and the
     // whole checked against the certified hash at the end.
     let large = format!("{}the genuine end\n", "filler line\n".repeat(220_000));
-    for (i, piece) in large.as_bytes().chunks(1 << 20).enumerate() {
-        let last = (i + 1) << 20 >= large.len();
+    for (i, piece) in large.as_bytes().chunks(512 << 10).enumerate() {
+        let last = (i + 1) * (512 << 10) >= large.len();
         let arg = if last {
             Encode!(
                 &"/large.txt",
@@ -877,8 +877,15 @@ async fn floods_and_bad_requests_cost_their_senders_only_and_memory_stays_bounde
         ),
         413
     );
-    let during = boundary_status(&url).clients_tracked;
-    assert!(during >= 20_000, "{during} clients tracked");
+    // Every address got a bucket: tracked now, or already dropped as quiet (every ten
+    // probe rounds; a flood slowed by a busy machine outlasts a round).
+    let status = boundary_status(&url);
+    let during = status.clients_tracked;
+    assert!(
+        during + status.clients_forgotten >= 20_000,
+        "{during} clients tracked, {} forgotten",
+        status.clients_forgotten
+    );
     let grown = rss_kib(pid).saturating_sub(before);
     eprintln!("{during} clients tracked; resident memory grew {grown} KiB from {before} KiB; flooder: {codes:?}");
     assert!(

@@ -59,4 +59,7 @@ pub struct BoundaryStatus {
     /// Client addresses (IPv6: /64s) with a rate-limit bucket now; quiet ones are dropped.
     #[serde(default)]
     pub clients_tracked: u64,
+    /// Client buckets dropped since the start (their clients went quiet).
+    #[serde(default)]
+    pub clients_forgotten: u64,
 }
