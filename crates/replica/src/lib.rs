@@ -10,9 +10,12 @@
 //! * [`Replica::read_state`]: a certificate (the subnet's BLS key, delegated from the
 //!   network's root key) over the asked paths; request statuses only for their sender.
 //!
-//! A subnet of more than one node refuses calls until subnets replicate (issue 14): calls
-//! executed on one node alone would make the nodes' states diverge. Queries and `read_state`
-//! still answer from the state there is.
+//! * [`Replica::execute_batch`]: calls in an order and at a time fixed for the whole subnet;
+//!   every node that executes the same batches reaches the same [`Replica::state_root`].
+//!
+//! A subnet of more than one node refuses calls sent to one node alone ([`Replica::call`]):
+//! executed there, they would make the nodes' states diverge. Its calls go through batches
+//! (ordering them is issue 14). Queries and `read_state` answer from the state there is.
 //!
 //! A replica opened on a state directory ([`Replica::open`]) takes a [`checkpoint`] after every
 //! executed call, before the caller hears of it: an answered call is never lost to a power
@@ -32,7 +35,8 @@ use canister_runtime::{Context, Entry, Outcome, Runtime, Trap};
 use certified_state::{BlsKey, Delegation, Path, StateTree};
 use ic_principal::Principal;
 use ingress::{Authenticated, EnvelopeContent};
-use state::{Reject, Request, State, Status};
+pub use state::Reject;
+use state::{Request, State, Status};
 use std::sync::Mutex;
 
 pub use query::{sign_answer, QueryAnswer};
@@ -85,6 +89,50 @@ pub enum CallAnswer {
     /// Executed (now or before): the certificate of its request status, CBOR.
     Certified(Vec<u8>),
     /// Refused before execution; nothing recorded.
+    NotExecuted(Reject),
+}
+
+/// One ingress message as a subnet orders it: the envelope as its sender signed it, and the
+/// canister its URL named.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ingress {
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    pub effective: Principal,
+}
+
+/// Messages in the order every node of a subnet executes them, and the time they execute
+/// at: chosen once, by whoever orders them, so no node's own clock enters the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Batch {
+    pub time_ns: u64,
+    pub messages: Vec<Ingress>,
+}
+
+/// What a message of a batch came to: the same on every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Executed {
+    /// Executed, its outcome recorded under its request id.
+    Recorded([u8; 32]),
+    /// Its request id was recorded before: not executed again.
+    Duplicate([u8; 32]),
+    /// Refused before execution (routing, the canister's state, inspect_message).
+    NotExecuted(Reject),
+    /// No valid call at the batch's time (signature, expiry, envelope): nothing recorded.
+    Invalid(String),
+}
+
+/// Whether a call runs on one node alone or in a batch every node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    OneNode,
+    Replicated,
+}
+
+/// What [`Replica::run_call`] did.
+enum Ran {
+    Recorded,
+    Duplicate,
     NotExecuted(Reject),
 }
 
@@ -221,10 +269,76 @@ impl Replica {
         self.lock().height
     }
 
-    /// An ingress call to `effective` (the canister in the URL).
+    /// An ingress call to `effective` (the canister in the URL), executed now: a node that
+    /// is a subnet of its own. (A subnet of several nodes executes calls in batches that
+    /// every node runs alike: [`Replica::execute_batch`].)
     pub fn call(&self, body: &[u8], effective: &Principal) -> Result<CallAnswer, RequestError> {
         let now = self.now();
         let auth = ingress::authenticate(body, now, &self.config.ingress)?;
+        let mut state = self.lock();
+        match self.run_call(&mut state, &auth, effective, now, Admission::OneNode)? {
+            Ran::NotExecuted(r) => Ok(CallAnswer::NotExecuted(r)),
+            Ran::Recorded | Ran::Duplicate => {
+                self.make_durable(&mut state)?;
+                self.certified_status(&mut state, &auth.request_id, now)
+            }
+        }
+    }
+
+    /// Execute `batch` as every node of the subnet does: each message is checked at the
+    /// batch's time (never this node's clock), executed in order and recorded; then the
+    /// state is made durable once. Equal batches give equal states on every node
+    /// ([`Replica::state_root`]).
+    pub fn execute_batch(&self, batch: &Batch) -> Result<Vec<Executed>, RequestError> {
+        let mut state = self.lock();
+        let mut out = Vec::with_capacity(batch.messages.len());
+        for m in &batch.messages {
+            let auth = match ingress::authenticate(&m.body, batch.time_ns, &self.config.ingress) {
+                Ok(a) => a,
+                Err(e) => {
+                    out.push(Executed::Invalid(e.to_string()));
+                    continue;
+                }
+            };
+            let id = auth.request_id;
+            let ran = self.run_call(
+                &mut state,
+                &auth,
+                &m.effective,
+                batch.time_ns,
+                Admission::Replicated,
+            );
+            out.push(match ran {
+                Ok(Ran::Recorded) => Executed::Recorded(id),
+                Ok(Ran::Duplicate) => Executed::Duplicate(id),
+                Ok(Ran::NotExecuted(r)) => Executed::NotExecuted(r),
+                Err(e) => Executed::Invalid(e.to_string()),
+            });
+        }
+        state.batch_time = state.batch_time.max(batch.time_ns);
+        self.make_durable(&mut state)?;
+        Ok(out)
+    }
+
+    /// The height and root hash of the state as the last batch left it (its time is the
+    /// batch's): what the nodes of a subnet compare.
+    pub fn state_root(&self) -> (u64, [u8; 32]) {
+        let mut state = self.lock();
+        let time = state.batch_time;
+        state.tree.set_time(time);
+        (state.height, state.tree.root_hash())
+    }
+
+    /// A call authenticated at `now`, against `state`: recorded before (not run again),
+    /// refused before execution, or executed and recorded.
+    fn run_call(
+        &self,
+        state: &mut State,
+        auth: &Authenticated,
+        effective: &Principal,
+        now: u64,
+        admission: Admission,
+    ) -> Result<Ran, RequestError> {
         let EnvelopeContent::Call {
             canister_id,
             method_name,
@@ -237,12 +351,10 @@ impl Replica {
                 "the request to /call is not a call (request_type must be \"call\")".into(),
             ));
         };
-        let mut state = self.lock();
         let drift = self.config.ingress.clock_drift_nanos;
         state.prune(now, drift);
         if state.requests.contains_key(&auth.request_id) {
-            self.make_durable(&mut state)?;
-            return self.certified_status(&mut state, &auth.request_id, now);
+            return Ok(Ran::Duplicate);
         }
         if ingress_expiry.saturating_add(drift) < state.prune_mark {
             // Another call pruned with a later clock: this id may be gone from the records.
@@ -252,15 +364,16 @@ impl Replica {
             )));
         }
         if let Err(r) = self.admit(
-            &state,
-            &auth,
+            state,
+            auth,
             (canister_id, method_name, arg),
             effective,
             now,
+            admission,
         ) {
-            return Ok(CallAnswer::NotExecuted(r));
+            return Ok(Ran::NotExecuted(r));
         }
-        let status = match self.execute(&mut state, &auth, canister_id, method_name, arg, now) {
+        let status = match self.execute(state, auth, canister_id, method_name, arg, now) {
             Ok(reply) => Status::Replied(reply),
             Err(r) => Status::Rejected(r),
         };
@@ -273,8 +386,7 @@ impl Replica {
                 expiry: *ingress_expiry,
             },
         );
-        self.make_durable(&mut state)?;
-        self.certified_status(&mut state, &auth.request_id, now)
+        Ok(Ran::Recorded)
     }
 
     /// Checks before a call is accepted: routing, the subnet's size, the canister's
@@ -286,8 +398,9 @@ impl Replica {
         (canister_id, method, arg): (&Principal, &str, &[u8]),
         effective: &Principal,
         now: u64,
+        admission: Admission,
     ) -> Result<(), Reject> {
-        if self.config.subnet_size > 1 {
+        if admission == Admission::OneNode && self.config.subnet_size > 1 {
             return Err(Reject::new(
                 2,
                 "IC0208",

@@ -101,6 +101,8 @@ pub struct State {
     /// The latest time requests were pruned at: a request expired before it is refused even
     /// if its caller read the clock earlier (its id may have been pruned already).
     pub prune_mark: u64,
+    /// The time of the newest batch executed (the state's time, as every node sees it).
+    pub batch_time: u64,
 }
 
 fn label(s: &str) -> Vec<u8> {
