@@ -21,7 +21,7 @@ if [ -f "$DIR/testnet.json" ]; then
   "$ICOS" testnet down --dir "$DIR" || true
 fi
 
-step "icos testnet up (GuestOS 1.0.0 built on first use; 3 VMs under TCG here: about 4 minutes)"
+step "icos testnet up (GuestOS 1.0.0 built on first use; 3 VMs under TCG here: about 8 minutes)"
 "$ICOS" testnet up --dir "$DIR" --nodes "${ICOS_NODES:-2}"
 
 if [ "${ICOS_SETUPOS:-1}" != 0 ]; then
