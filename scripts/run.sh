@@ -78,6 +78,13 @@ $CANISTER install "$ASSETS" "$DIR/canisters/assets.wasm"
 $CANISTER http "$ASSETS" /
 echo "the same page through the gateway, as a browser gets it:"
 curl -s -i -H "Host: $ASSETS.localhost" "http://127.0.0.1:$GATEWAY_PORT/" | grep -i -E '^HTTP|^x-icos-verification|^content-type|<' || true
+echo "a 3 MiB file: uploaded in pieces, streamed back in chunks, each checked as it passes:"
+mkdir -p "$DIR/media"
+head -c 3145728 /dev/urandom >"$DIR/media/large.bin"
+$CANISTER upload "$ASSETS" "$DIR/media" --prefix /media
+curl -s -D - -o "$DIR/large.back" -H "Host: $ASSETS.localhost" "http://127.0.0.1:$GATEWAY_PORT/media/large.bin" \
+  | grep -i -E '^HTTP|^x-icos-verification|^transfer-encoding' || true
+cmp -s "$DIR/media/large.bin" "$DIR/large.back" && echo "the same $(stat -c %s "$DIR/large.back") bytes came back"
 
 cat <<MSG
 

@@ -143,12 +143,11 @@ pub async fn fetch(
         .call()
         .await
         .map_err(|source| agent_error(canister, "http_request", source))?;
-    let response = Decode!(&reply, HttpResponse<'static>)
-        .map_err(|source| decode_error(canister, "http_request", source))?;
+    let (response, stream) = decode_answer(canister, &reply)?;
     if response.upgrade() == Some(true) {
         return update(agent, canister, request).await;
     }
-    if let Some((method, token)) = streaming(canister, &reply)? {
+    if let Some((method, token)) = stream {
         return streamed(agent, canister, request, response, method, token, mode).await;
     }
     match mode {
@@ -157,31 +156,57 @@ pub async fn fetch(
     }
 }
 
-/// The callback method and first token of an answer that streams its body (a callback on
-/// another canister is refused: the gateway asks only the canister it was sent to).
-fn streaming(
+/// The callback method and first token of an answer that streams its body.
+type Stream = (String, ic_utils::interfaces::http_request::Token);
+
+/// An `http_request` answer, decoded once: the response as the verifier takes it, and its
+/// streaming callback if it has one (a callback on another canister is refused: the gateway
+/// asks only the canister it was sent to).
+fn decode_answer(
     canister: &Principal,
     reply: &[u8],
-) -> Result<Option<(String, ic_utils::interfaces::http_request::Token)>, FetchError> {
+) -> Result<(HttpResponse<'static>, Option<Stream>), FetchError> {
     use ic_utils::interfaces::http_request::{
         HttpRequestStreamingCallbackAny, HttpResponse as AnyResponse, StreamingStrategy, Token,
     };
-    let any = Decode!(reply, AnyResponse<Token, HttpRequestStreamingCallbackAny>)
-        .map_err(|source| decode_error(canister, "http_request", source))?;
-    match any.streaming_strategy {
-        None => Ok(None),
+    let decode = |source| decode_error(canister, "http_request", source);
+    let any =
+        Decode!(reply, AnyResponse<Token, HttpRequestStreamingCallbackAny>).map_err(decode)?;
+    let stream = match any.streaming_strategy {
+        None => None,
         Some(StreamingStrategy::Callback(c)) if c.callback.0.principal == *canister => {
-            Ok(Some((c.callback.0.method, c.token)))
+            Some((c.callback.0.method, c.token))
         }
-        Some(StreamingStrategy::Callback(c)) => Err(FetchError::Stream {
-            canister: *canister,
-            path: String::new(),
-            why: format!(
-                "its streaming callback is on another canister ({})",
-                c.callback.0.principal
-            ),
-        }),
+        Some(StreamingStrategy::Callback(c)) => {
+            return Err(FetchError::Stream {
+                canister: *canister,
+                path: String::new(),
+                why: format!(
+                    "its streaming callback is on another canister ({})",
+                    c.callback.0.principal
+                ),
+            })
+        }
+    };
+    let status = ic_http_certification::StatusCode::from_u16(any.status_code).map_err(|e| {
+        decode(candid::Error::msg(format!(
+            "status code {}: {e}",
+            any.status_code
+        )))
+    })?;
+    let headers = any
+        .headers
+        .into_iter()
+        .map(|h| (h.0.into_owned(), h.1.into_owned()))
+        .collect();
+    let mut response = HttpResponse::builder()
+        .with_status_code(status)
+        .with_headers(headers)
+        .with_body(any.body);
+    if let Some(upgrade) = any.upgrade {
+        response = response.with_upgrade(upgrade);
     }
+    Ok((response.build(), stream))
 }
 
 /// A body in chunks: in verified mode, a version 1 answer is checked as it streams; any
@@ -201,13 +226,17 @@ async fn streamed(
         path: path.clone(),
         why,
     };
-    let header = response
-        .headers()
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("ic-certificate"))
-        .map(|(_, v)| stream::parse_header(v))
-        .transpose()
-        .map_err(|e| broken(format!("IC-Certificate: {e}")))?;
+    // The raw domain checks nothing, so it reads no certificate either.
+    let header = match mode {
+        Mode::Raw => None,
+        Mode::Verified => response
+            .headers()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("ic-certificate"))
+            .map(|(_, v)| stream::parse_header(v))
+            .transpose()
+            .map_err(|e| broken(format!("IC-Certificate: {e}")))?,
+    };
     let (expected, verification) = match (mode, header) {
         (Mode::Raw, _) => (None, Verification::Unverified),
         (Mode::Verified, Some(h)) if h.version == 1 => (
@@ -240,23 +269,9 @@ async fn streamed(
 /// The path of a request URL, percent-decoded, without its query (what version 1 looks up).
 fn url_path(url: &str) -> String {
     let path = url.split(['?', '#']).next().unwrap_or_default();
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl Fetched {
@@ -387,10 +402,12 @@ mod tests {
     #[test]
     fn a_streaming_callback_must_be_the_canisters_own() {
         let me = Principal::from_slice(&[1; 10]);
-        let (method, _) = streaming(&me, &answer(me)).unwrap().unwrap();
+        let (response, stream) = decode_answer(&me, &answer(me)).unwrap();
+        assert_eq!(response.body(), b"first");
+        let (method, _) = stream.unwrap();
         assert_eq!(method, "next_chunk");
         let other = Principal::from_slice(&[2; 10]);
-        let e = streaming(&me, &answer(other)).unwrap_err().to_string();
+        let e = decode_answer(&me, &answer(other)).unwrap_err().to_string();
         assert!(e.contains("on another canister"), "{e}");
     }
 

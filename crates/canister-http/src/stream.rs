@@ -122,8 +122,8 @@ impl Rest {
         } else {
             Err(self.broken(format!(
                 "the streamed body's SHA-256 is {}, the certified one {}",
-                hex(&got),
-                hex(&expected)
+                hex::encode(got),
+                hex::encode(expected)
             )))
         }
     }
@@ -135,10 +135,6 @@ impl Rest {
             why,
         }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The parts of an `IC-Certificate` header.
