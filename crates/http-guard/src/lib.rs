@@ -539,6 +539,7 @@ mod tests {
         let (addr, stats) = spawn("127.0.0.1:0".parse().unwrap(), app(), limits).unwrap();
         // 1000 idle connections from one address: they connect (the kernel accepts them)
         // but only 40 get a slot; the rest are closed at once.
+        let t = std::time::Instant::now();
         let flood: Vec<_> = (0..1000)
             .filter_map(|_| {
                 let s = socket_from("127.0.0.2").ok()?;
@@ -546,6 +547,7 @@ mod tests {
                 Some(s)
             })
             .collect();
+        let opened_in = t.elapsed();
         assert!(flood.len() > 900, "only {} connected", flood.len());
         let n = flood.len() as u64;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -557,10 +559,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         // Slots freed by the header timeout while the flood went on were taken again, but
-        // never more than 40 at a time.
+        // never more than 40 at a time: at most 40 per second of the flood (however slowly
+        // this machine opened it), and the rest refused.
         let s = stats.snapshot();
         assert!(s.open <= 40, "{s:?}");
-        assert!(s.refused_per_client >= n / 2, "{s:?}");
+        let allowed = 40 * (opened_in.as_secs() + 2);
+        assert!(s.accepted <= allowed, "{s:?}, at most {allowed} allowed");
+        assert!(s.refused_per_client > 0, "{s:?}");
         // Another client is answered at once, while the flood still holds its slots.
         assert!(get_from(addr, "127.0.0.3").unwrap().ends_with("127.0.0.3"));
         // The flooding client's idle connections are closed by the header timeout, after
