@@ -7,7 +7,8 @@
 //! Agents check all of it: `ic-agent` and `@dfinity/agent` verify the signature against the
 //! root key they trust (through the delegation when there is one), check that the canister
 //! they asked about lies in the delegated ranges, and read answers only from the witness.
-//! The tree and its hashing are DFINITY's `ic-certification` crate, the signatures its
+//! The tree's hashing is DFINITY's `ic-certification` crate (its shape is ours, so that the
+//! root depends only on the contents: see [`StateTree`]), the signatures its
 //! `ic-verify-bls-signature`; this crate puts them together the way a replica serves them,
 //! and the tests check the result with `ic-agent`'s own verifier.
 //!
@@ -35,7 +36,7 @@ mod tree;
 
 pub use ic_certification::{Certificate, Delegation, HashTree};
 pub use keys::{public_key_from_der, verify_signature, BlsKey, KeyError, BLS_DER_PREFIX};
-pub use tree::{leb128, path, Path, StateTree, WitnessError};
+pub use tree::{leb128, path, Path, StateTree};
 
 use ic_principal::Principal;
 
@@ -66,8 +67,6 @@ pub fn canister_index(id: &Principal) -> Option<u64> {
 /// What could not be certified.
 #[derive(Debug, thiserror::Error)]
 pub enum CertifyError {
-    #[error(transparent)]
-    Witness(#[from] WitnessError),
     #[error("encoding a certificate: {0}")]
     Encode(#[from] serde_cbor::Error),
     #[error("a delegation needs at least one canister range")]
@@ -90,7 +89,7 @@ pub fn certify(
     key: &BlsKey,
     delegation: Option<&Delegation>,
 ) -> Result<Certificate, CertifyError> {
-    let witness = tree.witness(paths)?;
+    let witness = tree.witness(paths);
     Ok(Certificate {
         tree: witness,
         signature: key.sign(&state_root_message(&tree.root_hash())).to_vec(),

@@ -122,6 +122,10 @@ pub struct Manifest {
     pub height: u64,
     pub canisters: Vec<CanisterRecord>,
     pub requests: Vec<RequestRecord>,
+    /// The time of the last batch executed (0 before any, and in checkpoints of replicas
+    /// that ran no batches): part of the state root the subnet's nodes compare.
+    #[serde(default)]
+    pub batch_time: u64,
 }
 
 impl Manifest {

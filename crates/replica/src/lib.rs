@@ -228,7 +228,8 @@ impl Replica {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        if state.height <= state.durable_height {
+        // A batch of nothing but time moves the root too, so it is made durable as well.
+        if state.height <= state.durable_height && state.batch_time == state.durable_batch_time {
             return Ok(());
         }
         let (manifest, data) = state.manifest();
@@ -239,6 +240,7 @@ impl Replica {
         match written {
             Ok(()) => {
                 state.durable_height = state.height;
+                state.durable_batch_time = state.batch_time;
                 Ok(())
             }
             Err(e) => {

@@ -103,6 +103,8 @@ pub struct State {
     pub prune_mark: u64,
     /// The time of the newest batch executed (the state's time, as every node sees it).
     pub batch_time: u64,
+    /// The batch time of the last checkpoint written.
+    pub durable_batch_time: u64,
 }
 
 fn label(s: &str) -> Vec<u8> {
@@ -253,6 +255,7 @@ impl State {
             height: self.height,
             canisters,
             requests,
+            batch_time: self.batch_time,
         };
         (manifest, data)
     }
@@ -268,6 +271,8 @@ impl State {
         let mut state = State {
             tree,
             height: m.height,
+            batch_time: m.batch_time,
+            durable_batch_time: m.batch_time,
             ..State::default()
         };
         for r in &m.canisters {

@@ -30,12 +30,16 @@ const SECOND: u64 = 1_000_000_000;
 
 /// Node `i` of a three-node subnet whose key is `subnet`; its clock is off by `skew`.
 fn node(subnet: &BlsKey, i: u8, skew: u64) -> Replica {
+    Replica::with_clock(config(subnet, i), Box::new(move || T0 + skew)).unwrap()
+}
+
+fn config(subnet: &BlsKey, i: u8) -> Config {
     let keys: Vec<ed25519_dalek::SigningKey> = (1..=3)
         .map(|k| ed25519_dalek::SigningKey::from_bytes(&[k; 32]))
         .collect();
     let me = keys[usize::from(i)].clone();
     let der = ingress::ed25519_der(me.verifying_key().as_bytes());
-    let config = Config {
+    Config {
         subnet_id: Principal::self_authenticating(subnet.public_der()),
         root_key_der: subnet.public_der(),
         subnet_key: BlsKey::from_bytes(&subnet.to_bytes()).unwrap(),
@@ -52,8 +56,7 @@ fn node(subnet: &BlsKey, i: u8, skew: u64) -> Replica {
             .collect(),
         runtime: Default::default(),
         ingress: Default::default(),
-    };
-    Replica::with_clock(config, Box::new(move || T0 + skew)).unwrap()
+    }
 }
 
 /// An agent that only signs, with expiries around `T0`.
@@ -220,4 +223,46 @@ fn a_call_sent_to_one_node_of_a_subnet_is_still_refused() {
         matches!(&answer, replica::CallAnswer::NotExecuted(r) if r.error_code == "IC0208"),
         "{answer:?}"
     );
+}
+
+/// The root is a function of the state alone: a node restarted from its checkpoint (whose
+/// tree is rebuilt in another order than the calls built it) has the root of a node that
+/// never stopped, so it can rejoin its subnet's comparison.
+#[test]
+fn a_node_restarted_from_its_checkpoint_has_the_same_root() {
+    let subnet = BlsKey::generate();
+    let a = signer(7);
+    let batches = batches(&a);
+    let dir = tempfile::tempdir().unwrap();
+    let open = |skew: u64| {
+        Replica::open(config(&subnet, 1), dir.path(), Box::new(move || T0 + skew))
+            .unwrap()
+            .0
+    };
+    let steady = node(&subnet, 0, 0);
+    let restarted = open(3 * SECOND);
+    for b in &batches {
+        steady.execute_batch(b).unwrap();
+        restarted.execute_batch(b).unwrap();
+    }
+    // A batch of nothing but time moves the root, and is kept too.
+    let tick = Batch {
+        time_ns: batches.last().unwrap().time_ns + SECOND,
+        messages: vec![],
+    };
+    steady.execute_batch(&tick).unwrap();
+    restarted.execute_batch(&tick).unwrap();
+    let root = steady.state_root();
+    assert_eq!(restarted.state_root(), root);
+    drop(restarted);
+    let back = open(40 * SECOND);
+    assert_eq!(back.state_root(), root);
+    // And it goes on with the others.
+    let next = Batch {
+        time_ns: tick.time_ns + SECOND,
+        messages: vec![],
+    };
+    steady.execute_batch(&next).unwrap();
+    back.execute_batch(&next).unwrap();
+    assert_eq!(back.state_root(), steady.state_root());
 }
