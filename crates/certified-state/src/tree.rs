@@ -160,6 +160,14 @@ impl Node {
             .digest();
     }
 
+    fn child(&mut self, left: bool) -> &mut Level {
+        if left {
+            &mut self.left
+        } else {
+            &mut self.right
+        }
+    }
+
     fn set_value(&mut self, value: Value) {
         self.value_hash = value.hash();
         self.value = value;
@@ -241,18 +249,13 @@ impl Level {
                     }
                 }
             }
-            Ordering::Less => {
-                n.left.update(key, f);
-                if n.left.0.as_ref().is_some_and(|l| l.priority > n.priority) {
-                    self.rotate_right();
-                } else {
-                    n.rehash();
-                }
-            }
-            Ordering::Greater => {
-                n.right.update(key, f);
-                if n.right.0.as_ref().is_some_and(|r| r.priority > n.priority) {
-                    self.rotate_left();
+            side => {
+                let left = side == Ordering::Less;
+                let priority = n.priority;
+                let child = n.child(left);
+                child.update(key, f);
+                if child.0.as_ref().is_some_and(|c| c.priority > priority) {
+                    self.rotate(left);
                 } else {
                     n.rehash();
                 }
@@ -260,31 +263,19 @@ impl Level {
         }
     }
 
-    /// The left child rises: `(L a b) c` becomes `a (N b c)`.
-    fn rotate_right(&mut self) {
+    /// The child on one side rises above this node (left: `(L a b) c` becomes `a (N b c)`;
+    /// right is its mirror), keeping the label order.
+    fn rotate(&mut self, left: bool) {
         let Some(mut n) = self.0.take() else { return };
-        let Some(mut l) = n.left.0.take() else {
+        let Some(mut up) = n.child(left).0.take() else {
             self.0 = Some(n);
             return;
         };
-        n.left = std::mem::take(&mut l.right);
+        *n.child(left) = std::mem::take(up.child(!left));
         n.rehash();
-        l.right = Level(Some(n));
-        l.rehash();
-        self.0 = Some(l);
-    }
-
-    fn rotate_left(&mut self) {
-        let Some(mut n) = self.0.take() else { return };
-        let Some(mut r) = n.right.0.take() else {
-            self.0 = Some(n);
-            return;
-        };
-        n.right = std::mem::take(&mut r.left);
-        n.rehash();
-        r.left = Level(Some(n));
-        r.rehash();
-        self.0 = Some(r);
+        *up.child(!left) = Level(Some(n));
+        up.rehash();
+        self.0 = Some(up);
     }
 
     /// This level, revealing the labels `paths` start with (and the rest of each path below
