@@ -667,6 +667,11 @@ mod tests {
             !String::from_utf8_lossy(&out).contains("127.0.0.1"),
             "served without TLS"
         );
+        // The server counts a failed handshake after closing it: give the count a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while stats.snapshot().tls_failed < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(stats.snapshot().tls_failed, 2, "{:?}", stats.snapshot());
         // A real TLS client is served.
         let mut roots = rustls::RootCertStore::empty();

@@ -119,17 +119,18 @@ pub fn apply(
                 None => Vec::new(),
             };
             let change = payload::ensure(&place.payload, &**spec, &files)?;
-            let state = if payload::active(&place.payload) {
-                BoundaryState::Serving {
+            let unit = place
+                .payload
+                .unit
+                .as_deref()
+                .unwrap_or("icos-boundary.service");
+            let state = match payload::running(&place.payload).reason(unit) {
+                None => BoundaryState::Serving {
                     listen: spec.listen.to_string(),
                     https: spec.tls.is_some(),
                     domains: spec.domains.clone(),
-                }
-            } else {
-                BoundaryState::Down {
-                    reason: "the boundary unit is not running (see `journalctl -u icos-boundary`)"
-                        .into(),
-                }
+                },
+                Some(reason) => BoundaryState::Down { reason },
             };
             Ok((change, state))
         }

@@ -122,18 +122,21 @@ pub fn apply(
                 Change::Restarted => Applied::Restarted { subnet },
                 Change::Nothing | Change::Removed => Applied::Nothing,
             };
-            let state = if payload::active(&place.payload) {
-                ReplicaState::Serving {
+            let unit = place
+                .payload
+                .unit
+                .as_deref()
+                .unwrap_or("icos-replica.service");
+            let state = match payload::running(&place.payload).reason(unit) {
+                None => ReplicaState::Serving {
                     subnet: spec.subnet.clone(),
                     nodes: spec.subnet_size,
                     listen: spec.listen.to_string(),
-                }
-            } else {
-                ReplicaState::Down {
+                },
+                Some(reason) => ReplicaState::Down {
                     subnet: spec.subnet.clone(),
-                    reason: "the replica unit is not running (see `journalctl -u icos-replica`)"
-                        .into(),
-                }
+                    reason,
+                },
             };
             Ok((applied, state))
         }
