@@ -126,6 +126,10 @@ pub struct Manifest {
     /// that ran no batches): part of the state root the subnet's nodes compare.
     #[serde(default)]
     pub batch_time: u64,
+    /// Where the state stands in the subnet's ordered log (opaque, the `replication`
+    /// crate's): kept in the same checkpoint as the state so the two never part.
+    #[serde(default, with = "serde_bytes")]
+    pub position: Option<Vec<u8>>,
 }
 
 impl Manifest {

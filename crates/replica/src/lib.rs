@@ -28,6 +28,7 @@ pub mod http;
 pub mod local;
 mod management;
 pub mod node;
+pub mod ordered;
 mod query;
 pub mod state;
 
@@ -229,7 +230,10 @@ impl Replica {
             return Ok(());
         };
         // A batch of nothing but time moves the root too, so it is made durable as well.
-        if state.height <= state.durable_height && state.batch_time == state.durable_batch_time {
+        if state.height <= state.durable_height
+            && state.batch_time == state.durable_batch_time
+            && state.position == state.durable_position
+        {
             return Ok(());
         }
         let (manifest, data) = state.manifest();
@@ -241,6 +245,7 @@ impl Replica {
             Ok(()) => {
                 state.durable_height = state.height;
                 state.durable_batch_time = state.batch_time;
+                state.durable_position = state.position.clone();
                 Ok(())
             }
             Err(e) => {
@@ -293,6 +298,34 @@ impl Replica {
     /// ([`Replica::state_root`]).
     pub fn execute_batch(&self, batch: &Batch) -> Result<Vec<Executed>, RequestError> {
         let mut state = self.lock();
+        let out = self.run_batch(&mut state, batch);
+        self.make_durable(&mut state)?;
+        Ok(out)
+    }
+
+    /// [`Replica::execute_batch`] for the entry at `position` of the subnet's ordered log
+    /// (no batch: an entry without one, which moves only the position); the position is
+    /// checkpointed with the state it produced. A state that could not be made durable is
+    /// an error: the log's engine stops rather than run ahead of the disk.
+    pub fn execute_ordered(
+        &self,
+        batch: Option<&Batch>,
+        position: &[u8],
+    ) -> Result<Vec<Executed>, RequestError> {
+        let mut state = self.lock();
+        let out = batch.map_or_else(Vec::new, |b| self.run_batch(&mut state, b));
+        state.position = Some(position.to_vec());
+        self.make_durable(&mut state)?;
+        Ok(out)
+    }
+
+    /// Where the state stands in the subnet's ordered log (none: no entry applied yet).
+    pub fn position(&self) -> Option<Vec<u8>> {
+        self.lock().position.clone()
+    }
+
+    /// Run every message of `batch` at its time, in order (nothing made durable yet).
+    fn run_batch(&self, state: &mut State, batch: &Batch) -> Vec<Executed> {
         let mut out = Vec::with_capacity(batch.messages.len());
         for m in &batch.messages {
             let auth = match ingress::authenticate(&m.body, batch.time_ns, &self.config.ingress) {
@@ -304,7 +337,7 @@ impl Replica {
             };
             let id = auth.request_id;
             let ran = self.run_call(
-                &mut state,
+                state,
                 &auth,
                 &m.effective,
                 batch.time_ns,
@@ -318,8 +351,7 @@ impl Replica {
             });
         }
         state.batch_time = state.batch_time.max(batch.time_ns);
-        self.make_durable(&mut state)?;
-        Ok(out)
+        out
     }
 
     /// The height and root hash of the state as the last batch left it (its time is the

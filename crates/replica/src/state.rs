@@ -105,6 +105,9 @@ pub struct State {
     pub batch_time: u64,
     /// The batch time of the last checkpoint written.
     pub durable_batch_time: u64,
+    /// Where the state stands in the subnet's ordered log, and that of the last checkpoint.
+    pub position: Option<Vec<u8>>,
+    pub durable_position: Option<Vec<u8>>,
 }
 
 fn label(s: &str) -> Vec<u8> {
@@ -256,6 +259,7 @@ impl State {
             canisters,
             requests,
             batch_time: self.batch_time,
+            position: self.position.clone(),
         };
         (manifest, data)
     }
@@ -273,6 +277,8 @@ impl State {
             height: m.height,
             batch_time: m.batch_time,
             durable_batch_time: m.batch_time,
+            position: m.position.clone(),
+            durable_position: m.position.clone(),
             ..State::default()
         };
         for r in &m.canisters {

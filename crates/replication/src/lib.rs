@@ -1,0 +1,329 @@
+//! A subnet's nodes agree on one order of commands with [openraft] (Raft: crash faults, a
+//! majority of the members must be up and connected to make progress; it does not tolerate
+//! a lying member, which the subnet's threshold certification will bound later).
+//!
+//! * [`log_store`]: the log and the vote in redb, each write durable before it is
+//!   acknowledged;
+//! * [`state_machine`]: committed commands go to the application's [`StateMachine`] one at a
+//!   time, with the [`state_machine::Position`] it stores in the same write as its state;
+//! * [`network`]: peers over HTTP with CBOR bodies; a command sent to a follower is forwarded
+//!   to the leader, and a follower answers linearizable reads after asking the leader for its
+//!   commit point ([`Replicated::read_barrier`]).
+//!
+//! This crate knows nothing of canisters: the replica plugs its batch execution in as the
+//! [`StateMachine`], so the same engine orders anything deterministic.
+//!
+//! ```no_run
+//! # async fn example(app: std::sync::Arc<dyn replication::StateMachine>) -> Result<(), Box<dyn std::error::Error>> {
+//! use replication::{Replicated, Settings};
+//! let node = Replicated::start(1, "/var/lib/node/raft.redb".as_ref(), app, Settings::default()).await?;
+//! // Serve `node.router()` on the address the other members know this node by, then, on one
+//! // node only, once: node.initialize([(1, "http://[::1]:4100".to_string())].into()).await?;
+//! let answer = node.propose(b"command".to_vec()).await?;
+//! # Ok(()) }
+//! ```
+
+// openraft's storage and RPC errors are large by design and its traits return them; boxing
+// each at our stages would only add allocations on the error path.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod testing;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A command as the application encoded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// What the application answered for a command, as it encoded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+openraft::declare_raft_types!(
+    /// The types this crate runs openraft with: node ids are `u64`, nodes are known by the
+    /// base URL of their peer routes.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+);
+
+pub type Node = openraft::BasicNode;
+pub type LogId = openraft::LogId<u64>;
+pub type Vote = openraft::Vote<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, Node>;
+
+/// An application error, as the application describes it.
+pub type AppError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The deterministic application the log drives. Every node applies the same commands in the
+/// same order; the application must reach the same state from them on every node.
+pub trait StateMachine: Send + Sync + 'static {
+    /// Apply `command` (`None`: an entry with none, a new leader's or a membership change)
+    /// and keep `position` with the resulting state, durably, in one write: after a crash the
+    /// state and the position it reports belong together.
+    fn apply(&self, command: Option<&[u8]>, position: &[u8]) -> Result<Vec<u8>, AppError>;
+    /// The position last stored (`None`: nothing applied yet).
+    fn position(&self) -> Option<Vec<u8>>;
+    /// The whole state and its position (`None`: nothing applied yet), for a node that lacks
+    /// the log behind it.
+    fn snapshot(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), AppError>;
+    /// Replace the whole state by one taken with [`StateMachine::snapshot`].
+    fn restore(&self, state: &[u8], position: &[u8]) -> Result<(), AppError>;
+}
+
+/// Timing of the protocol.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The leader's heartbeat; followers start an election after 3 to 6 of them are missed.
+    pub heartbeat: Duration,
+    /// How long a proposal or a read waits for the subnet before it is refused.
+    pub request_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a node could not start or a request was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("opening the raft log {path}: {source}")]
+    OpenLog {
+        path: String,
+        source: redb::DatabaseError,
+    },
+    #[error("the raft settings: {0}")]
+    Settings(#[source] Box<openraft::ConfigError>),
+    #[error("the raft engine stopped: {0}")]
+    Fatal(#[source] Box<openraft::error::Fatal<u64>>),
+    #[error("initializing the subnet: {0}")]
+    Initialize(String),
+    #[error("changing the subnet's members: {0}")]
+    Membership(String),
+    /// No leader is known or the leader could not be reached: nothing was written, or it is
+    /// unknown whether it was (the command may be sent again only if it is idempotent).
+    #[error("the subnet has no reachable leader now: {0}")]
+    NoLeader(String),
+    #[error("the command was not committed: {0}")]
+    NotCommitted(String),
+    #[error("no answer from the subnet within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One member of a replicated group.
+#[derive(Clone)]
+pub struct Replicated {
+    id: u64,
+    raft: openraft::Raft<TypeConfig>,
+    peers: network::Peers,
+    settings: Settings,
+}
+
+type WriteError = openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, Node>>;
+
+impl Replicated {
+    /// Open this node's log in `log_path` and start its engine over `app` (which resumes
+    /// from the position it reports).
+    pub async fn start(
+        id: u64,
+        log_path: &Path,
+        app: Arc<dyn StateMachine>,
+        settings: Settings,
+    ) -> Result<Replicated, ReplicationError> {
+        let log =
+            log_store::LogStore::open(log_path).map_err(|source| ReplicationError::OpenLog {
+                path: log_path.display().to_string(),
+                source,
+            })?;
+        let beat = settings.heartbeat.as_millis().max(10) as u64;
+        let config = openraft::Config {
+            cluster_name: "icos-subnet".into(),
+            heartbeat_interval: beat,
+            election_timeout_min: beat * 3,
+            election_timeout_max: beat * 6,
+            // The application's state is its own snapshot: nothing is built or purged on a
+            // count of entries (catch-up of purged logs is the snapshot path's job).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ReplicationError::Settings(Box::new(e)))?;
+        let network = network::Network::default();
+        let peers = network.peers.clone();
+        let raft = openraft::Raft::new(
+            id,
+            Arc::new(config),
+            network,
+            log,
+            state_machine::Machine::new(app),
+        )
+        .await
+        .map_err(|e| ReplicationError::Fatal(Box::new(e)))?;
+        Ok(Replicated {
+            id,
+            raft,
+            peers,
+            settings,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The routes the other members call (serve them at the URL they know this node by).
+    pub fn router(&self) -> axum::Router {
+        network::router(self.raft.clone())
+    }
+
+    /// Start a new group with `members` (id → peer URL). Run once, on one node; doing it
+    /// again with the same members is harmless.
+    pub async fn initialize(&self, members: BTreeMap<u64, String>) -> Result<(), ReplicationError> {
+        let nodes: BTreeMap<u64, Node> = members
+            .into_iter()
+            .map(|(id, addr)| (id, Node { addr }))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(()),
+            Err(e) => Err(ReplicationError::Initialize(e.to_string())),
+        }
+    }
+
+    /// Order `command` and apply it everywhere: the application's answer from this subnet's
+    /// state once a majority holds the command. Sent to a follower, it goes to the leader.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ReplicationError> {
+        let command = Command(command);
+        let local = tokio::time::timeout(
+            self.settings.request_timeout,
+            self.raft.client_write(command.clone()),
+        )
+        .await
+        .map_err(|_| ReplicationError::Timeout(self.settings.request_timeout))?;
+        let leader = match local {
+            Ok(w) => return Ok(w.data.0),
+            Err(e) => forward_target(&e)?,
+        };
+        let remote: Result<Applied, WriteError> = self
+            .peers
+            .post(
+                &leader.addr,
+                "/raft/propose",
+                &command,
+                self.settings.request_timeout,
+            )
+            .await
+            .map_err(|e| ReplicationError::NoLeader(e.to_string()))?;
+        match remote {
+            Ok(a) => Ok(a.0),
+            Err(e) => {
+                // The leader moved on meanwhile: the caller may try again.
+                forward_target(&e)?;
+                Err(ReplicationError::NoLeader(e.to_string()))
+            }
+        }
+    }
+
+    /// Wait until this node's state holds every command committed before the call: a read
+    /// after it sees them all (the leader's read index, then local apply).
+    pub async fn read_barrier(&self) -> Result<(), ReplicationError> {
+        let t = self.settings.request_timeout;
+        let index = match self.raft.get_read_log_id().await {
+            Ok((read, _)) => read.map(|l| l.index).unwrap_or(0),
+            Err(e) => {
+                let Some(leader) = e.forward_to_leader().and_then(|f| f.leader_node.clone()) else {
+                    return Err(ReplicationError::NoLeader(e.to_string()));
+                };
+                let remote: Result<
+                    u64,
+                    openraft::error::RaftError<u64, openraft::error::CheckIsLeaderError<u64, Node>>,
+                > = self
+                    .peers
+                    .post(&leader.addr, "/raft/read-index", &(), t)
+                    .await
+                    .map_err(|e| ReplicationError::NoLeader(e.to_string()))?;
+                remote.map_err(|e| ReplicationError::NoLeader(e.to_string()))?
+            }
+        };
+        self.raft
+            .wait(Some(t))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map_err(|_| ReplicationError::Timeout(t))?;
+        Ok(())
+    }
+
+    /// Make `members` (id → peer URL) the group: new ones join as learners, catch up, then
+    /// vote; missing ones leave. Run on the leader.
+    pub async fn set_members(
+        &self,
+        members: BTreeMap<u64, String>,
+    ) -> Result<(), ReplicationError> {
+        let err = |e: &dyn std::fmt::Display| ReplicationError::Membership(e.to_string());
+        let known = self.raft.metrics().borrow().membership_config.clone();
+        for (id, addr) in &members {
+            if known.membership().get_node(id).is_none() {
+                self.raft
+                    .add_learner(*id, Node { addr: addr.clone() }, true)
+                    .await
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        let voters: std::collections::BTreeSet<u64> = members.keys().copied().collect();
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    /// The leader this node knows of, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The index of the last entry this node applied.
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
+    }
+
+    /// Stop the engine (the log and the application's state stay as they are).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node = self.id, "stopping the raft engine: {e}");
+        }
+    }
+}
+
+/// The leader a refused write should go to, or why there is none.
+fn forward_target(e: &WriteError) -> Result<Node, ReplicationError> {
+    match e.forward_to_leader::<Node>() {
+        Some(f) => f
+            .leader_node
+            .clone()
+            .ok_or_else(|| ReplicationError::NoLeader("no leader elected yet".into())),
+        None => Err(ReplicationError::NotCommitted(e.to_string())),
+    }
+}
