@@ -6,6 +6,7 @@
 //!   acknowledged;
 //! * [`state_machine`]: committed commands go to the application's [`StateMachine`] one at a
 //!   time, with the [`state_machine::Position`] it stores in the same write as its state;
+//! * [`auth`]: peers prove who they are with their node keys; only trusted members are heard;
 //! * [`network`]: peers over HTTP with CBOR bodies; a command sent to a follower is forwarded
 //!   to the leader, and a follower answers linearizable reads after asking the leader for its
 //!   commit point ([`Replicated::read_barrier`]).
@@ -15,8 +16,10 @@
 //!
 //! ```no_run
 //! # async fn example(app: std::sync::Arc<dyn replication::StateMachine>) -> Result<(), Box<dyn std::error::Error>> {
-//! use replication::{Replicated, Settings};
-//! let node = Replicated::start(1, "/var/lib/node/raft.redb".as_ref(), app, Settings::default()).await?;
+//! use replication::{auth::Identity, Replicated, Settings};
+//! // The node's key, and the other members' public keys from the subnet's record.
+//! let identity = Identity::new(1, ed25519_dalek::SigningKey::from_bytes(&[7; 32]), [].into());
+//! let node = Replicated::start(1, "/var/lib/node/raft.redb".as_ref(), app, identity, Settings::default()).await?;
 //! // Serve `node.router()` on the address the other members know this node by, then, on one
 //! // node only, once: node.initialize([(1, "http://[::1]:4100".to_string())].into()).await?;
 //! let answer = node.propose(b"command".to_vec()).await?;
@@ -27,6 +30,7 @@
 // each at our stages would only add allocations on the error path.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -131,6 +135,7 @@ pub struct Replicated {
     id: u64,
     raft: openraft::Raft<TypeConfig>,
     peers: network::Peers,
+    identity: auth::Identity,
     settings: Settings,
 }
 
@@ -143,6 +148,7 @@ impl Replicated {
         id: u64,
         log_path: &Path,
         app: Arc<dyn StateMachine>,
+        identity: auth::Identity,
         settings: Settings,
     ) -> Result<Replicated, ReplicationError> {
         let log =
@@ -163,7 +169,9 @@ impl Replicated {
         }
         .validate()
         .map_err(|e| ReplicationError::Settings(Box::new(e)))?;
-        let network = network::Network::default();
+        let network = network::Network {
+            peers: network::Peers::new(identity.clone()),
+        };
         let peers = network.peers.clone();
         let raft = openraft::Raft::new(
             id,
@@ -178,6 +186,7 @@ impl Replicated {
             id,
             raft,
             peers,
+            identity,
             settings,
         })
     }
@@ -188,7 +197,17 @@ impl Replicated {
 
     /// The routes the other members call (serve them at the URL they know this node by).
     pub fn router(&self) -> axum::Router {
-        network::router(self.raft.clone())
+        network::router(self.raft.clone(), self.identity.clone())
+    }
+
+    /// Hear exactly `members` (id → Ed25519 public key, from the subnet's record) from now on.
+    pub fn trust(&self, members: BTreeMap<u64, [u8; 32]>) {
+        self.identity.trust(members);
+    }
+
+    /// The current term (how many elections this node has seen).
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
     }
 
     /// Start a new group with `members` (id → peer URL). Run once, on one node; doing it

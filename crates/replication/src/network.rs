@@ -1,10 +1,12 @@
 //! Peers talk over HTTP: `POST /raft/{append,vote,snapshot}` carry openraft's messages,
 //! `POST /raft/propose` takes a command forwarded by a node that is not the leader, and
 //! `POST /raft/read-index` gives a follower the leader's commit point for a linearizable
-//! read. Bodies are CBOR, at most [`MAX_BODY`]; the answer is the callee's `Result`, so a
-//! refusal (a stale term, "not the leader") reaches the caller's openraft as the remote's
-//! error, not as a broken link.
+//! read. Every request is signed by its sender's node key and checked before anything else
+//! ([`crate::auth`]: 401 otherwise). Bodies are CBOR, at most [`MAX_BODY`]; the answer is
+//! the callee's `Result`, so a refusal (a stale term, "not the leader") reaches the caller's
+//! openraft as the remote's error, not as a broken link.
 
+use crate::auth::Identity;
 use crate::{Applied, Command, Node, TypeConfig};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -47,21 +49,21 @@ pub enum PeerError {
     Garbled { url: String, why: String },
 }
 
-/// One HTTP client for every peer (connections are kept and reused).
+/// One HTTP client for every peer (connections are kept and reused), signing as this node.
 #[derive(Clone)]
 pub struct Peers {
     client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Peers {
-    fn default() -> Self {
-        Peers {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
+    identity: Identity,
 }
 
 impl Peers {
+    pub fn new(identity: Identity) -> Peers {
+        Peers {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            identity,
+        }
+    }
+
     /// POST `body` as CBOR to `{base}{path}` and decode the CBOR answer, within `ttl`.
     pub async fn post<Q: Serialize, A: DeserializeOwned>(
         &self,
@@ -75,8 +77,11 @@ impl Peers {
             url: url.clone(),
             why: e.to_string(),
         })?;
-        let req = hyper::Request::post(&url)
-            .header("content-type", "application/cbor")
+        let mut req = hyper::Request::post(&url).header("content-type", "application/cbor");
+        for (name, value) in self.identity.sign(path, &bytes) {
+            req = req.header(name, value);
+        }
+        let req = req
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| PeerError::Unreachable {
                 url: url.clone(),
@@ -122,7 +127,7 @@ impl Peers {
 }
 
 /// openraft's factory: one [`Link`] per peer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     pub peers: Peers,
 }
@@ -252,14 +257,37 @@ async fn read_index(State(raft): State<Raft_>, body: Bytes) -> Answer {
     cbor(&r)
 }
 
-/// The peer-facing routes of a node.
-pub fn router(raft: Raft_) -> Router {
+/// Refuse (401, with the reason) any request not signed by a trusted member.
+async fn authenticate(
+    State(identity): State<Identity>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return (hyper::StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response();
+        }
+    };
+    if let Err(e) = identity.check(parts.uri.path(), &parts.headers, &body) {
+        tracing::warn!(path = parts.uri.path(), "peer request refused: {e}");
+        return (hyper::StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+    }
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
+}
+
+/// The peer-facing routes of a node, open only to the members `identity` trusts.
+pub fn router(raft: Raft_, identity: Identity) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/propose", post(propose))
         .route("/raft/read-index", post(read_index))
+        .layer(axum::middleware::from_fn_with_state(identity, authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(raft)
 }

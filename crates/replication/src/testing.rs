@@ -18,6 +18,18 @@ pub struct Member {
     running: Option<(tokio::runtime::Runtime, Replicated)>,
 }
 
+/// Member `id`'s node key (fixed, so a restarted member has the same).
+pub fn key(id: u64) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[id as u8; 32])
+}
+
+/// The public keys of members 1 to 7: the members of every test group.
+pub fn members_keys() -> BTreeMap<u64, [u8; 32]> {
+    (1..=7)
+        .map(|id| (id, key(id).verifying_key().to_bytes()))
+        .collect()
+}
+
 /// Fast elections, so that tests spend little time waiting for a leader.
 pub fn settings() -> Settings {
     Settings {
@@ -62,7 +74,14 @@ impl Member {
         self.port = listener.local_addr().expect("a bound port").port();
         let log = self.dir.join("raft.redb");
         let node = retry(self.id, || {
-            match rt.block_on(Replicated::start(self.id, &log, app.clone(), settings())) {
+            let identity = crate::auth::Identity::new(self.id, key(self.id), members_keys());
+            match rt.block_on(Replicated::start(
+                self.id,
+                &log,
+                app.clone(),
+                identity,
+                settings(),
+            )) {
                 Ok(n) => Ok(n),
                 Err(e @ ReplicationError::OpenLog { .. }) => Err(e.to_string()),
                 Err(e) => panic!("node {}: {e}", self.id),

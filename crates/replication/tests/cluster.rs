@@ -6,7 +6,8 @@
 //! same state everywhere" is list equality. A command seen before is not applied again, as
 //! the replica does with request ids: a client may resend a command it got no answer for.
 
-use replication::testing::{initialize, leader, until_all, Member};
+use replication::auth::Identity;
+use replication::testing::{initialize, key, leader, members_keys, until_all, Member};
 use replication::{AppError, StateMachine};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -261,27 +262,87 @@ fn a_minority_cut_off_from_the_rest_acknowledges_nothing() {
     c.stop();
 }
 
+/// POST `body` to `path` of `url`, signed by `by` (nothing: unsigned); the HTTP status.
+fn post(url: &str, path: &str, body: &[u8], by: Option<&Identity>) -> u16 {
+    let mut req = ureq::post(&format!("{url}{path}"));
+    for (name, value) in by.map(|i| i.sign(path, body)).into_iter().flatten() {
+        req = req.set(name, &value);
+    }
+    match req.send_bytes(body) {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{path}: {e}"),
+    }
+}
+
+const ROUTES: [&str; 5] = [
+    "/raft/append",
+    "/raft/vote",
+    "/raft/snapshot",
+    "/raft/propose",
+    "/raft/read-index",
+];
+
 #[test]
-fn garbage_from_the_network_is_refused_and_the_member_keeps_working() {
+fn garbage_from_a_member_is_refused_and_the_member_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(dir.path());
     c.leader();
-    let url = c.members[1].url();
-    for path in [
-        "/raft/append",
-        "/raft/vote",
-        "/raft/snapshot",
-        "/raft/propose",
-        "/raft/read-index",
-    ] {
-        let status = match ureq::post(&format!("{url}{path}")).send_bytes(b"\xff\xfe not CBOR") {
-            Ok(r) => r.status(),
-            Err(ureq::Error::Status(s, _)) => s,
-            Err(e) => panic!("{path}: {e}"),
-        };
+    let member = Identity::new(3, key(3), members_keys());
+    for path in ROUTES {
+        let status = post(
+            &c.members[1].url(),
+            path,
+            b"\xff\xfe not CBOR",
+            Some(&member),
+        );
         assert_eq!(status, 400, "{path}");
     }
     c.propose(1, "still-fine").unwrap();
     c.converge(&["still-fine".to_string()]);
+    c.stop();
+}
+
+/// Someone outside the group, or posing as a member without its key, or replaying a
+/// member's old message, is not heard: a vote request for a far higher term would otherwise
+/// depose the leader, an append would rewrite the log.
+#[test]
+fn forged_unsigned_and_stale_peer_messages_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path());
+    let l = c.leader();
+    c.propose(l, "before").unwrap();
+    let term = c.members[l].node().term();
+    let coup = openraft::raft::VoteRequest::new(openraft::Vote::new(term + 1000, 9), None);
+    let body = serde_cbor::to_vec(&coup).unwrap();
+    let outsider = Identity::new(9, key(9), members_keys());
+    let posing = Identity::new(2, key(9), members_keys());
+    let url = c.members[l].url();
+    for path in ROUTES {
+        assert_eq!(post(&url, path, &body, None), 401, "unsigned {path}");
+        // Member 9 is not in the group (it trusts 1 to 7).
+        assert_eq!(
+            post(&url, path, &body, Some(&outsider)),
+            401,
+            "outsider {path}"
+        );
+        assert_eq!(post(&url, path, &body, Some(&posing)), 401, "posing {path}");
+    }
+    // A trusted key's genuine message, but from the past.
+    let stale = Identity::new(3, key(3), members_keys());
+    let mut h = stale.sign("/raft/vote", &body);
+    h[1].1 = (h[1].1.parse::<u64>().unwrap() - 120_000).to_string();
+    let mut req = ureq::post(&format!("{url}/raft/vote"));
+    for (name, value) in &h {
+        req = req.set(name, value);
+    }
+    assert!(matches!(
+        req.send_bytes(&body),
+        Err(ureq::Error::Status(401, _))
+    ));
+    assert_eq!(c.leader(), l, "the leader was deposed");
+    assert_eq!(c.members[l].node().term(), term, "the term moved");
+    c.propose(l, "after").unwrap();
+    c.converge(&["before".to_string(), "after".to_string()]);
     c.stop();
 }
