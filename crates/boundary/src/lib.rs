@@ -372,7 +372,6 @@ pub fn run(config: Config) -> Result<(), BoundaryError> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         // The line tests and operators wait for.
         println!("BOUNDARY serving on {scheme}://{addr}");
-        daemon_support::notify_ready();
         let app = gateway::app(gateway::Gateway::new(b, config.domains.clone())?);
         let stats = Arc::new(http_guard::Stats::default());
         http_guard::serve_with(listener, app, config.http.clone(), stats, tls)

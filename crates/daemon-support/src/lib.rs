@@ -7,8 +7,7 @@
 //!   kernel command line), with one parser for each;
 //! * [`Backoff`]: when to try again after failures;
 //! * [`reboot`]: ask systemd to reboot;
-//! * [`write_private`]: replace a secret file (mode 0600) whole or not at all;
-//! * [`notify_ready`]: tell systemd a `Type=notify` service answers now.
+//! * [`write_private`]: replace a secret file (mode 0600) whole or not at all.
 //!
 //! ```
 //! use daemon_support::{metrics::Exposition, release::Release};
@@ -31,16 +30,6 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Tell systemd that this service answers requests now (`READY=1`), so that its unit turns
-/// `active` only once it listens: readers of `systemctl is-active` (the orchestrator's
-/// status) never call a service up that would refuse a connection. Outside systemd
-/// (`NOTIFY_SOCKET` unset) nothing happens.
-pub fn notify_ready() {
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-        tracing::warn!("telling systemd the service is ready: {e}");
-    }
 }
 
 /// Where a daemon's status lines for the operator go: always the log, and a console device

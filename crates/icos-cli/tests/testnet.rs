@@ -134,11 +134,22 @@ fn counter_value(dir: &Path, url: &str, id: &str) -> u64 {
 
 /// The root key a replica's `/api/v2/status` serves.
 fn replica_root_key(url: &str) -> Vec<u8> {
-    let body = ureq::get(&format!("{url}/api/v2/status"))
-        .timeout(Duration::from_secs(10))
-        .call()
-        .unwrap_or_else(|e| panic!("{url}: {e}"))
-        .into_reader();
+    // The unit is active a moment before the replica listens (CI saw a reset): retry the
+    // connection for a while, never a wrong answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        match ureq::get(&format!("{url}/api/v2/status"))
+            .timeout(Duration::from_secs(10))
+            .call()
+        {
+            Ok(r) => break r.into_reader(),
+            Err(ureq::Error::Transport(e)) if std::time::Instant::now() < deadline => {
+                eprintln!("{url}: {e}; again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => panic!("{url}: {e}"),
+        }
+    };
     let v: serde_cbor::Value = serde_cbor::from_reader(body).unwrap();
     let v = match v {
         serde_cbor::Value::Tag(_, inner) => *inner,

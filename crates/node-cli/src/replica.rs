@@ -61,7 +61,6 @@ fn serve(path: &std::path::Path) -> Result<i32> {
     println!(
         "replica: listening on http://{addr} (agents: fetch the root key from /api/v2/status)"
     );
-    daemon_support::notify_ready();
     park()
 }
 

@@ -115,13 +115,12 @@ pub fn remove(place: &Place) -> Result<Change, PayloadError> {
     Ok(Change::Removed)
 }
 
-/// How far a payload's unit is: its services are `Type=notify`, so systemd calls them
-/// active only once they listen.
+/// How far a payload's unit is, as systemd says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Running {
     /// It answers requests.
     Ready,
-    /// Started, not listening yet (restoring its state, binding).
+    /// Being started, or waiting to be restarted after it ended.
     Starting,
     /// Not running (failed, stopped, or waiting to be restarted).
     Stopped,
@@ -133,7 +132,7 @@ impl Running {
         match self {
             Running::Ready => None,
             Running::Starting => Some(format!(
-                "starting: {unit} runs but does not listen yet (see `journalctl -u {unit}`)"
+                "starting: {unit} is being started or restarted (see `journalctl -u {unit}`)"
             )),
             Running::Stopped => Some(format!(
                 "{unit} is not running (see `journalctl -u {unit}`)"
