@@ -119,18 +119,17 @@ pub fn apply(
                 None => Vec::new(),
             };
             let change = payload::ensure(&place.payload, &**spec, &files)?;
-            let unit = place
-                .payload
-                .unit
-                .as_deref()
-                .unwrap_or("icos-boundary.service");
-            let state = match payload::running(&place.payload).reason(unit) {
-                None => BoundaryState::Serving {
+            let state = if payload::active(&place.payload) {
+                BoundaryState::Serving {
                     listen: spec.listen.to_string(),
                     https: spec.tls.is_some(),
                     domains: spec.domains.clone(),
-                },
-                Some(reason) => BoundaryState::Down { reason },
+                }
+            } else {
+                BoundaryState::Down {
+                    reason: "the boundary unit is not running (see `journalctl -u icos-boundary`)"
+                        .into(),
+                }
             };
             Ok((change, state))
         }

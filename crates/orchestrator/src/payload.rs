@@ -83,7 +83,7 @@ pub fn ensure<S: Spec>(
         .iter()
         .all(|(name, data)| std::fs::read(place.dir.join(name)).is_ok_and(|d| d == *data));
     if current.as_ref() == Some(spec) && files_same {
-        if running(place) == Running::Stopped {
+        if !active(place) {
             unit(place, "start")?;
         }
         return Ok(Change::Nothing);
@@ -115,50 +115,14 @@ pub fn remove(place: &Place) -> Result<Change, PayloadError> {
     Ok(Change::Removed)
 }
 
-/// How far a payload's unit is, as systemd says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Running {
-    /// It answers requests.
-    Ready,
-    /// Being started, or waiting to be restarted after it ended.
-    Starting,
-    /// Not running (failed, stopped, or waiting to be restarted).
-    Stopped,
-}
-
-impl Running {
-    /// Why a payload that should serve does not, for its status (`None` when it serves).
-    pub fn reason(self, unit: &str) -> Option<String> {
-        match self {
-            Running::Ready => None,
-            Running::Starting => Some(format!(
-                "starting: {unit} is being started or restarted (see `journalctl -u {unit}`)"
-            )),
-            Running::Stopped => Some(format!(
-                "{unit} is not running (see `journalctl -u {unit}`)"
-            )),
-        }
-    }
-}
-
-/// Where the payload's unit is (without a unit: ready when the spec is in place).
-pub fn running(place: &Place) -> Running {
-    let Some(u) = &place.unit else {
-        return match place.spec_path().exists() {
-            true => Running::Ready,
-            false => Running::Stopped,
-        };
-    };
-    let out = Command::new("systemctl")
-        .args(["is-active", u.as_str()])
-        .output();
-    match out
-        .as_ref()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    {
-        Ok(s) if s == "active" => Running::Ready,
-        Ok(s) if s == "activating" || s == "reloading" => Running::Starting,
-        _ => Running::Stopped,
+/// Whether the unit runs (without a unit: whether the spec is in place).
+pub fn active(place: &Place) -> bool {
+    match &place.unit {
+        Some(u) => Command::new("systemctl")
+            .args(["is-active", "--quiet", u.as_str()])
+            .status()
+            .is_ok_and(|s| s.success()),
+        None => place.spec_path().exists(),
     }
 }
 
@@ -172,9 +136,7 @@ pub(crate) fn is_mount_point(path: &Path) -> bool {
     }
 }
 
-/// Run `systemctl <action> <unit>` (nothing without a unit). Starts do not wait for the
-/// service to be ready: a replica restoring a large state must not hold up the
-/// orchestrator's loop, whose status says "starting" meanwhile.
+/// Run `systemctl <action> <unit>` (nothing without a unit).
 fn unit(place: &Place, action: &'static str) -> Result<(), PayloadError> {
     let Some(u) = &place.unit else { return Ok(()) };
     let err = |why: String| PayloadError::Unit {
@@ -183,7 +145,7 @@ fn unit(place: &Place, action: &'static str) -> Result<(), PayloadError> {
         why,
     };
     let out = Command::new("systemctl")
-        .args(["--no-block", action, u.as_str()])
+        .args([action, u.as_str()])
         .output()
         .map_err(|e| err(e.to_string()))?;
     if out.status.success() {

@@ -122,21 +122,18 @@ pub fn apply(
                 Change::Restarted => Applied::Restarted { subnet },
                 Change::Nothing | Change::Removed => Applied::Nothing,
             };
-            let unit = place
-                .payload
-                .unit
-                .as_deref()
-                .unwrap_or("icos-replica.service");
-            let state = match payload::running(&place.payload).reason(unit) {
-                None => ReplicaState::Serving {
+            let state = if payload::active(&place.payload) {
+                ReplicaState::Serving {
                     subnet: spec.subnet.clone(),
                     nodes: spec.subnet_size,
                     listen: spec.listen.to_string(),
-                },
-                Some(reason) => ReplicaState::Down {
+                }
+            } else {
+                ReplicaState::Down {
                     subnet: spec.subnet.clone(),
-                    reason,
-                },
+                    reason: "the replica unit is not running (see `journalctl -u icos-replica`)"
+                        .into(),
+                }
             };
             Ok((applied, state))
         }

@@ -35,57 +35,46 @@ impl LogStore {
         Ok(LogStore { db: Arc::new(db) })
     }
 
-    /// Run one blocking database stage off the async workers.
+    /// Run one blocking database stage off the async workers; a failure becomes the
+    /// storage error `kind` names.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+        kind: fn(&Wrapped) -> StorageIOError<u64>,
+        f: impl FnOnce(&Database) -> Stage<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        let done = tokio::task::spawn_blocking(move || f(&db))
             .await
-            .map_err(|e| StorageIOError::read_logs(&e))?
+            .map_err(|e| kind(&Wrapped(e.to_string())))?;
+        done.map_err(|e| kind(&Wrapped(e.to_string())).into())
     }
 
     async fn meta<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         key: &'static str,
     ) -> Result<Option<T>> {
-        self.blocking(move |db| {
-            let bad =
-                |e: &dyn std::error::Error| StorageIOError::read_logs(&Wrapped(e.to_string()));
-            let tx = db.begin_read().map_err(|e| bad(&e))?;
-            let table = match tx.open_table(META) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(bad(&e).into()),
-            };
-            match table.get(key).map_err(|e| bad(&e))? {
-                Some(v) => Ok(Some(
-                    serde_cbor::from_slice(v.value()).map_err(|e| bad(&e))?,
-                )),
+        self.blocking(read_logs, move |db| {
+            read(db, META, None, |t| match t.get(key)? {
+                Some(v) => Ok(Some(serde_cbor::from_slice(v.value())?)),
                 None => Ok(None),
-            }
+            })
         })
         .await
     }
 
-    /// Write `key` in one durable transaction; `write` names what failed.
+    /// Write `key` in one durable transaction; `kind` names what failed.
     async fn set_meta<T: serde::Serialize>(
         &self,
         key: &'static str,
         value: &T,
-        write: fn(&Wrapped) -> StorageIOError<u64>,
+        kind: fn(&Wrapped) -> StorageIOError<u64>,
     ) -> Result<()> {
-        let bytes = encode(value).map_err(|e| write(&Wrapped(e.to_string())))?;
-        self.blocking(move |db| {
-            let fail = |e: &dyn std::error::Error| write(&Wrapped(e.to_string()));
-            let tx = db.begin_write().map_err(|e| fail(&e))?;
-            {
-                let mut t = tx.open_table(META).map_err(|e| fail(&e))?;
-                t.insert(key, bytes.as_slice()).map_err(|e| fail(&e))?;
-            }
-            tx.commit().map_err(|e| fail(&e))?;
-            Ok(())
+        let bytes = encode(value).map_err(|e| kind(&Wrapped(e.to_string())))?;
+        self.blocking(kind, move |db| {
+            write(db, |tx| {
+                tx.open_table(META)?.insert(key, bytes.as_slice())?;
+                Ok(())
+            })
         })
         .await
     }
@@ -96,23 +85,57 @@ impl LogStore {
             .map(|p| encode(&p))
             .transpose()
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.blocking(move |db| {
-            let fail =
-                |e: &dyn std::error::Error| StorageIOError::write_logs(&Wrapped(e.to_string()));
-            let tx = db.begin_write().map_err(|e| fail(&e))?;
-            {
-                let mut log = tx.open_table(LOG).map_err(|e| fail(&e))?;
-                log.retain_in(range, |_, _| false).map_err(|e| fail(&e))?;
+        self.blocking(write_logs, move |db| {
+            write(db, |tx| {
+                tx.open_table(LOG)?.retain_in(range, |_, _| false)?;
                 if let Some(p) = &purged {
-                    let mut meta = tx.open_table(META).map_err(|e| fail(&e))?;
-                    meta.insert("purged", p.as_slice()).map_err(|e| fail(&e))?;
+                    tx.open_table(META)?.insert("purged", p.as_slice())?;
                 }
-            }
-            tx.commit().map_err(|e| fail(&e))?;
-            Ok(())
+                Ok(())
+            })
         })
         .await
     }
+}
+
+// The kinds of failure openraft tells apart, as plain functions (its constructors are
+// generic, so they do not coerce to one function type).
+fn read_logs(e: &Wrapped) -> StorageIOError<u64> {
+    StorageIOError::read_logs(e)
+}
+
+fn write_logs(e: &Wrapped) -> StorageIOError<u64> {
+    StorageIOError::write_logs(e)
+}
+
+fn write_vote(e: &Wrapped) -> StorageIOError<u64> {
+    StorageIOError::write_vote(e)
+}
+
+/// What one stage on the database gives: its value, or any of redb's and CBOR's errors.
+type Stage<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Read `def` in one read transaction (`empty` when the table was never written).
+fn read<K: redb::Key + 'static, V: redb::Value + 'static, T>(
+    db: &Database,
+    def: TableDefinition<K, V>,
+    empty: T,
+    f: impl FnOnce(&redb::ReadOnlyTable<K, V>) -> Stage<T>,
+) -> Stage<T> {
+    let tx = db.begin_read()?;
+    match tx.open_table(def) {
+        Ok(t) => f(&t),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(empty),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Run `f` in one write transaction and commit it (durable when this returns).
+fn write(db: &Database, f: impl FnOnce(&redb::WriteTransaction) -> Stage<()>) -> Stage<()> {
+    let tx = db.begin_write()?;
+    f(&tx)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// An error's text, for openraft's error type (which wants `std::error::Error + 'static`).
@@ -126,21 +149,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(move |db| {
-            let fail =
-                |e: &dyn std::error::Error| StorageIOError::read_logs(&Wrapped(e.to_string()));
-            let tx = db.begin_read().map_err(|e| fail(&e))?;
-            let table = match tx.open_table(LOG) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(fail(&e).into()),
-            };
-            let mut out = Vec::new();
-            for row in table.range::<u64>(range).map_err(|e| fail(&e))? {
-                let (_, v) = row.map_err(|e| fail(&e))?;
-                out.push(serde_cbor::from_slice(v.value()).map_err(|e| fail(&e))?);
-            }
-            Ok(out)
+        self.blocking(read_logs, move |db| {
+            read(db, LOG, Vec::new(), |t| {
+                let mut out = Vec::new();
+                for row in t.range::<u64>(range)? {
+                    out.push(serde_cbor::from_slice(row?.1.value())?);
+                }
+                Ok(out)
+            })
         })
         .await
     }
@@ -152,23 +168,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
         let purged: Option<LogId> = self.meta("purged").await?;
         let last = self
-            .blocking(|db| {
-                let fail =
-                    |e: &dyn std::error::Error| StorageIOError::read_logs(&Wrapped(e.to_string()));
-                let tx = db.begin_read().map_err(|e| fail(&e))?;
-                let table = match tx.open_table(LOG) {
-                    Ok(t) => t,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                    Err(e) => return Err(fail(&e).into()),
-                };
-                let last = match table.last().map_err(|e| fail(&e))? {
-                    Some((_, v)) => {
-                        let e: Entry = serde_cbor::from_slice(v.value()).map_err(|e| fail(&e))?;
-                        Some(e.log_id)
-                    }
-                    None => None,
-                };
-                Ok(last)
+            .blocking(read_logs, |db| {
+                read(db, LOG, None, |t| match t.last()? {
+                    Some((_, v)) => Ok(Some(serde_cbor::from_slice::<Entry>(v.value())?.log_id)),
+                    None => Ok(None),
+                })
             })
             .await?;
         Ok(LogState {
@@ -182,8 +186,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<()> {
-        self.set_meta("vote", vote, |e| StorageIOError::write_vote(e))
-            .await
+        self.set_meta("vote", vote, write_vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>> {
@@ -191,8 +194,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<()> {
-        self.set_meta("committed", &committed, |e| StorageIOError::write_logs(e))
-            .await
+        self.set_meta("committed", &committed, write_logs).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>> {
@@ -210,18 +212,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| StorageIOError::write_logs(&e))?;
         let written = self
-            .blocking(move |db| {
-                let fail =
-                    |e: &dyn std::error::Error| StorageIOError::write_logs(&Wrapped(e.to_string()));
-                let tx = db.begin_write().map_err(|e| fail(&e))?;
-                {
-                    let mut log = tx.open_table(LOG).map_err(|e| fail(&e))?;
+            .blocking(write_logs, move |db| {
+                write(db, |tx| {
+                    let mut log = tx.open_table(LOG)?;
                     for (index, bytes) in &rows {
-                        log.insert(*index, bytes.as_slice()).map_err(|e| fail(&e))?;
+                        log.insert(*index, bytes.as_slice())?;
                     }
-                }
-                tx.commit().map_err(|e| fail(&e))?;
-                Ok(())
+                    Ok(())
+                })
             })
             .await;
         // The entries are durable (or not) now: say so to openraft either way.
