@@ -422,13 +422,7 @@ console = true
     eprintln!("HostOS agent runs the nested GuestOS VM (state {:?}); it is not expected to finish booting under TCG-in-TCG", status.guest.state);
 
     // The upgrade request: the agent looks up 1.1.0 for this node in its verified registry.
-    let r = ureq::post(&format!(
-        "http://127.0.0.1:{agent_port}/v1/request-hostos-upgrade"
-    ))
-    .call()
-    .unwrap()
-    .into_string()
-    .unwrap();
+    let r = request_hostos_upgrade(agent_port);
     assert!(r.contains("\"started\"") && r.contains("1.1.0"), "{r}");
     expect_line(
         &mut vm,
@@ -459,4 +453,28 @@ console = true
     // 1.1.0 stays on trial: it is confirmed only once its GuestOS reports success, which
     // the nested VM cannot do here in time.
     vm.kill();
+}
+
+/// Ask the agent for its HostOS upgrade. A refusal because the registry could not be reached
+/// (the agent syncs on every request; under a loaded TCG host its 10 s fetch can time out) is
+/// retried for up to 2 minutes, as an operator would; any other refusal fails at once with the
+/// agent's reason.
+fn request_hostos_upgrade(agent_port: u16) -> String {
+    let url = format!("http://127.0.0.1:{agent_port}/v1/request-hostos-upgrade");
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        match ureq::post(&url).call() {
+            Ok(r) => return r.into_string().unwrap(),
+            Err(ureq::Error::Status(409, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                assert!(
+                    body.contains("cannot sync the registry") && Instant::now() < end,
+                    "the agent refused the upgrade request: {body}"
+                );
+                eprintln!("the agent could not sync its registry yet, retrying: {body}");
+            }
+            Err(e) => panic!("the upgrade request failed: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
 }
