@@ -14,9 +14,33 @@ use serde_cbor::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The replica's routes.
+/// What the routes serve: a replica, and the subnet ordering its calls if it has one.
+struct Serving {
+    replica: Arc<Replica>,
+    subnet: Option<replication::Replicated>,
+}
+
+type Served = State<Arc<Serving>>;
+
+/// The routes of a replica that is a subnet of its own.
 pub fn router(replica: Arc<Replica>) -> Router {
-    let limit = replica.config.ingress.max_envelope_bytes + 1024;
+    routes(Serving {
+        replica,
+        subnet: None,
+    })
+}
+
+/// The routes of a replica whose subnet orders its calls through `node` (its member of the
+/// subnet's log): a call may enter through any node.
+pub fn subnet_router(replica: Arc<Replica>, node: replication::Replicated) -> Router {
+    routes(Serving {
+        replica,
+        subnet: Some(node),
+    })
+}
+
+fn routes(serving: Serving) -> Router {
+    let limit = serving.replica.config.ingress.max_envelope_bytes + 1024;
     Router::new()
         .route("/api/v2/status", get(status))
         .route("/api/{version}/canister/{id}/call", post(call))
@@ -27,7 +51,26 @@ pub fn router(replica: Arc<Replica>) -> Router {
         )
         .route("/api/{version}/subnet/{id}/read_state", post(read_subnet))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(replica)
+        .layer(axum::middleware::from_fn_with_state(
+            serving.replica.clone(),
+            unless_stopped,
+        ))
+        .with_state(Arc::new(serving))
+}
+
+/// A replica that stopped serving (its state is not its subnet's) answers 503 with the
+/// reason to everything but the status.
+async fn unless_stopped(
+    State(r): State<Arc<Replica>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match r.stopped() {
+        Some(why) if req.uri().path() != "/api/v2/status" => {
+            text_error(StatusCode::SERVICE_UNAVAILABLE, why)
+        }
+        _ => next.run(req).await,
+    }
 }
 
 fn cbor(status: StatusCode, body: Vec<u8>) -> Response {
@@ -58,13 +101,21 @@ fn encode(m: BTreeMap<Value, Value>) -> Vec<u8> {
     certified_state::to_cbor(&Value::Map(m)).expect("a CBOR value encodes")
 }
 
-async fn status(State(r): State<Arc<Replica>>) -> Response {
+async fn status(State(s): Served) -> Response {
+    let r = &s.replica;
     let m = BTreeMap::from([
         (
             t("impl_version"),
             t(concat!("icos-", env!("CARGO_PKG_VERSION"))),
         ),
-        (t("replica_health_status"), t("healthy")),
+        (
+            t("replica_health_status"),
+            t(if r.stopped().is_some() {
+                "diverged"
+            } else {
+                "healthy"
+            }),
+        ),
         (t("root_key"), Value::Bytes(r.config.root_key_der.clone())),
         (t("certified_height"), Value::Integer(r.height().into())),
     ]);
@@ -110,7 +161,7 @@ fn reject_map(r: &crate::state::Reject) -> BTreeMap<Value, Value> {
 }
 
 async fn call(
-    State(r): State<Arc<Replica>>,
+    State(s): Served,
     Path((version, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -128,7 +179,14 @@ async fn call(
         Ok(p) => p,
         Err(r) => return refused(r),
     };
-    let answer = match blocking(move || r.call(&body, &ecid)).await {
+    let r = s.replica.clone();
+    let answered = match &s.subnet {
+        Some(node) => crate::ordered::call(r, node, body.to_vec(), ecid)
+            .await
+            .map_err(IntoResponse::into_response),
+        None => blocking(move || r.call(&body, &ecid)).await,
+    };
+    let answer = match answered {
         Ok(a) => a,
         Err(resp) => return resp,
     };
@@ -161,7 +219,7 @@ fn read_version(version: &str, what: &str) -> Result<(), Refusal> {
 }
 
 async fn query(
-    State(r): State<Arc<Replica>>,
+    State(s): Served,
     Path((version, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -172,6 +230,7 @@ async fn query(
         Ok(p) => p,
         Err(r) => return refused(r),
     };
+    let r = s.replica.clone();
     match blocking(move || r.query(&body, &ecid)).await {
         Ok(a) => cbor(StatusCode::OK, a.to_cbor()),
         Err(resp) => resp,
@@ -202,17 +261,17 @@ async fn read_state(
 }
 
 async fn read_canister(
-    State(r): State<Arc<Replica>>,
+    State(s): Served,
     Path((version, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    read_state(r, version, id, body, false).await
+    read_state(s.replica.clone(), version, id, body, false).await
 }
 
 async fn read_subnet(
-    State(r): State<Arc<Replica>>,
+    State(s): Served,
     Path((version, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    read_state(r, version, id, body, true).await
+    read_state(s.replica.clone(), version, id, body, true).await
 }

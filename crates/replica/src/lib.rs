@@ -24,6 +24,7 @@
 //! [`http::router`] puts the interface on `/api/v2`, `/api/v3` and `/api/v4`.
 
 pub mod checkpoint;
+pub mod compare;
 pub mod http;
 pub mod local;
 mod management;
@@ -102,6 +103,15 @@ pub struct Ingress {
     pub effective: Principal,
 }
 
+/// A call checked by [`Replica::check_call`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// Its answer is known without ordering it (answered before, or refused).
+    Answered(CallAnswer),
+    /// To be ordered; checked at `time_ns` by this node's clock.
+    Admitted { request_id: [u8; 32], time_ns: u64 },
+}
+
 /// Messages in the order every node of a subnet executes them, and the time they execute
 /// at: chosen once, by whoever orders them, so no node's own clock enters the state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -145,6 +155,8 @@ pub struct Replica {
     /// Where checkpoints go (none: the state lives in memory only). Locked after `state`.
     store: Option<Mutex<checkpoint::Store>>,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Why this replica stopped serving (its state is not its subnet's), if it did.
+    stopped: Mutex<Option<String>>,
 }
 
 /// Why a replica could not start.
@@ -185,6 +197,7 @@ impl Replica {
             state: Mutex::new(state),
             store: None,
             clock,
+            stopped: Mutex::new(None),
         })
     }
 
@@ -257,6 +270,20 @@ impl Replica {
         }
     }
 
+    /// Stop serving for `why`: from now on the interface answers 503 with it (the status
+    /// route says "diverged").
+    pub fn stop_serving(&self, why: String) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Why this replica stopped serving, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -292,6 +319,54 @@ impl Replica {
         }
     }
 
+    /// Check a call before its subnet orders it, at this node's time: a valid call envelope,
+    /// not answered before, and admitted (routing, the canister's state, its
+    /// `canister_inspect_message`). Nothing changes; every node checks again when it runs the
+    /// call in its batch.
+    pub fn check_call(&self, body: &[u8], effective: &Principal) -> Result<Checked, RequestError> {
+        let now = self.now();
+        let auth = ingress::authenticate(body, now, &self.config.ingress)?;
+        let EnvelopeContent::Call {
+            canister_id,
+            method_name,
+            arg,
+            ..
+        } = &auth.content
+        else {
+            return Err(RequestError::BadRequest(
+                "the request to /call is not a call (request_type must be \"call\")".into(),
+            ));
+        };
+        let mut state = self.lock();
+        if state.requests.contains_key(&auth.request_id) {
+            return self
+                .certified_status(&mut state, &auth.request_id, now)
+                .map(Checked::Answered);
+        }
+        let checked = self.admit(
+            &state,
+            &auth,
+            (canister_id, method_name, arg),
+            effective,
+            now,
+            Admission::Replicated,
+        );
+        Ok(match checked {
+            Ok(()) => Checked::Admitted {
+                request_id: auth.request_id,
+                time_ns: now,
+            },
+            Err(r) => Checked::Answered(CallAnswer::NotExecuted(r)),
+        })
+    }
+
+    /// The certified status of request `id`, as this node's state has it now.
+    pub fn call_answer(&self, id: &[u8; 32]) -> Result<CallAnswer, RequestError> {
+        let now = self.now();
+        let mut state = self.lock();
+        self.certified_status(&mut state, id, now)
+    }
+
     /// Execute `batch` as every node of the subnet does: each message is checked at the
     /// batch's time (never this node's clock), executed in order and recorded; then the
     /// state is made durable once. Equal batches give equal states on every node
@@ -324,11 +399,14 @@ impl Replica {
         self.lock().position.clone()
     }
 
-    /// Run every message of `batch` at its time, in order (nothing made durable yet).
+    /// Run every message of `batch` at its time, in order (nothing made durable yet). Time
+    /// never goes back: a batch stamped before the last one (its proposer's clock is behind
+    /// another's) runs at the last one's time, which every node knows alike.
     fn run_batch(&self, state: &mut State, batch: &Batch) -> Vec<Executed> {
+        let time = batch.time_ns.max(state.batch_time);
         let mut out = Vec::with_capacity(batch.messages.len());
         for m in &batch.messages {
-            let auth = match ingress::authenticate(&m.body, batch.time_ns, &self.config.ingress) {
+            let auth = match ingress::authenticate(&m.body, time, &self.config.ingress) {
                 Ok(a) => a,
                 Err(e) => {
                     out.push(Executed::Invalid(e.to_string()));
@@ -336,13 +414,7 @@ impl Replica {
                 }
             };
             let id = auth.request_id;
-            let ran = self.run_call(
-                state,
-                &auth,
-                &m.effective,
-                batch.time_ns,
-                Admission::Replicated,
-            );
+            let ran = self.run_call(state, &auth, &m.effective, time, Admission::Replicated);
             out.push(match ran {
                 Ok(Ran::Recorded) => Executed::Recorded(id),
                 Ok(Ran::Duplicate) => Executed::Duplicate(id),
@@ -350,7 +422,7 @@ impl Replica {
                 Err(e) => Executed::Invalid(e.to_string()),
             });
         }
-        state.batch_time = state.batch_time.max(batch.time_ns);
+        state.batch_time = time;
         out
     }
 

@@ -2,17 +2,54 @@
 //! committed entry is one [`Batch`] (CBOR), executed by [`Replica::execute_ordered`] with the
 //! entry's position checkpointed alongside the state it produced; the answer is the height
 //! and state root after it, which every member reaches alike.
+//!
+//! [`call`] is an ingress call on a node of such a subnet: checked here, ordered through
+//! whichever node leads, executed by every node, and answered from this node's state once it
+//! has applied the call's entry, so a call may enter through any node.
 
-use crate::{Batch, Replica};
-use replication::{AppError, StateMachine};
+use crate::{Batch, CallAnswer, Checked, Executed, Ingress, Reject, Replica, RequestError};
+use ic_principal::Principal;
+use replication::{AppError, Replicated, ReplicationError, StateMachine};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// What a batch came to, as the leader answers it: the same on every node.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchDone {
     pub height: u64,
     #[serde(with = "serde_bytes")]
     pub root: [u8; 32],
+    /// What each message came to, in the batch's order.
+    #[serde(default)]
+    pub messages: Vec<MessageDone>,
+}
+
+/// What one message of a batch came to ([`Executed`] without its request id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageDone {
+    Recorded,
+    Duplicate,
+    NotExecuted {
+        code: u64,
+        error_code: String,
+        message: String,
+    },
+    Invalid(String),
+}
+
+impl From<&Executed> for MessageDone {
+    fn from(e: &Executed) -> MessageDone {
+        match e {
+            Executed::Recorded(_) => MessageDone::Recorded,
+            Executed::Duplicate(_) => MessageDone::Duplicate,
+            Executed::NotExecuted(r) => MessageDone::NotExecuted {
+                code: r.code,
+                error_code: r.error_code.clone(),
+                message: r.message.clone(),
+            },
+            Executed::Invalid(why) => MessageDone::Invalid(why.clone()),
+        }
+    }
 }
 
 /// Why a committed entry could not be applied.
@@ -26,8 +63,27 @@ pub enum OrderedError {
     NoStateTransfer,
 }
 
-/// The adapter: one replica, driven by the log.
-pub struct Ordered(pub Arc<Replica>);
+/// The adapter: one replica, driven by the log, and the roots its recent entries left (the
+/// subnet's members compare them: [`crate::compare`]).
+pub struct Ordered {
+    pub replica: Arc<Replica>,
+    pub(crate) roots: crate::compare::Roots,
+}
+
+impl Ordered {
+    /// Drive `replica` by the log; its current root (at the position it was opened at) is the
+    /// first one it can be compared by.
+    pub fn new(replica: Arc<Replica>) -> Ordered {
+        let roots = crate::compare::Roots::default();
+        if let Some(index) = replica
+            .position()
+            .and_then(|p| replication::applied_index_of(&p))
+        {
+            roots.record(index, replica.state_root().1);
+        }
+        Ordered { replica, roots }
+    }
+}
 
 /// The bytes of one log entry for `batch`.
 pub fn encode(batch: &Batch) -> Vec<u8> {
@@ -42,15 +98,23 @@ impl StateMachine for Ordered {
                     .map_err(|e| OrderedError::NotABatch(format!("{} bytes", c.len()), e))
             })
             .transpose()?;
-        self.0
+        let executed = self
+            .replica
             .execute_ordered(batch.as_ref(), position)
             .map_err(OrderedError::Durable)?;
-        let (height, root) = self.0.state_root();
-        Ok(serde_cbor::to_vec(&BatchDone { height, root })?)
+        let (height, root) = self.replica.state_root();
+        if let Some(index) = replication::applied_index_of(position) {
+            self.roots.record(index, root);
+        }
+        Ok(serde_cbor::to_vec(&BatchDone {
+            height,
+            root,
+            messages: executed.iter().map(MessageDone::from).collect(),
+        })?)
     }
 
     fn position(&self) -> Option<Vec<u8>> {
-        self.0.position()
+        self.replica.position()
     }
 
     fn snapshot(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), AppError> {
@@ -59,5 +123,68 @@ impl StateMachine for Ordered {
 
     fn restore(&self, _state: &[u8], _position: &[u8]) -> Result<(), AppError> {
         Err(OrderedError::NoStateTransfer.into())
+    }
+}
+
+/// Run `f` on the blocking pool (Wasm and signing never stall the server's tasks).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RequestError> + Send + 'static,
+) -> Result<T, RequestError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        RequestError::Internal(format!("the request failed inside the replica: {e}"))
+    })?
+}
+
+fn unordered(e: ReplicationError) -> RequestError {
+    RequestError::Unavailable(format!(
+        "the subnet did not order the call ({e}); sending the same request again is safe: a call is never executed twice"
+    ))
+}
+
+/// An ingress call to `effective` through `node`, a member of the subnet: checked at this
+/// node's time, ordered as a batch of its own, and answered from this node's state once it
+/// has applied that batch.
+pub async fn call(
+    replica: Arc<Replica>,
+    node: &Replicated,
+    body: Vec<u8>,
+    effective: Principal,
+) -> Result<CallAnswer, RequestError> {
+    let (r, b) = (replica.clone(), body.clone());
+    let (request_id, time_ns) = match blocking(move || r.check_call(&b, &effective)).await? {
+        Checked::Answered(a) => return Ok(a),
+        Checked::Admitted {
+            request_id,
+            time_ns,
+        } => (request_id, time_ns),
+    };
+    let batch = Batch {
+        time_ns,
+        messages: vec![Ingress { body, effective }],
+    };
+    let proposed = node.propose(encode(&batch)).await.map_err(unordered)?;
+    let done: BatchDone = serde_cbor::from_slice(&proposed.answer).map_err(|e| {
+        RequestError::Internal(format!(
+            "the subnet's answer to the call is not a batch's: {e}"
+        ))
+    })?;
+    node.wait_applied(proposed.index).await.map_err(unordered)?;
+    match done.messages.into_iter().next() {
+        Some(MessageDone::Recorded | MessageDone::Duplicate) => {
+            blocking(move || replica.call_answer(&request_id)).await
+        }
+        Some(MessageDone::NotExecuted {
+            code,
+            error_code,
+            message,
+        }) => Ok(CallAnswer::NotExecuted(Reject {
+            code,
+            error_code,
+            message,
+        })),
+        Some(MessageDone::Invalid(why)) => Err(RequestError::BadRequest(why)),
+        None => Err(RequestError::Internal(
+            "the subnet answered the call's batch without its message".into(),
+        )),
     }
 }

@@ -293,7 +293,7 @@ fn a_subnet_ordered_by_raft_reaches_one_root_through_any_node_and_after_a_restar
     let mut replicas = Vec::new();
     for (i, m) in members.iter_mut().enumerate() {
         let r = open(i as u8, i as u64 * 7 * SECOND);
-        m.start(Arc::new(Ordered(r.clone())));
+        m.start(Arc::new(Ordered::new(r.clone())));
         replicas.push(r);
     }
     initialize(&members);
@@ -337,7 +337,7 @@ fn a_subnet_ordered_by_raft_reaches_one_root_through_any_node_and_after_a_restar
     assert_eq!(last.height, 8);
     // Back from its checkpoint and its log, with another clock: the same root.
     replicas[2] = open(2, 59 * SECOND);
-    members[2].start(Arc::new(Ordered(replicas[2].clone())));
+    members[2].start(Arc::new(Ordered::new(replicas[2].clone())));
     until_all(
         &members,
         "the leader's root after a restart",

@@ -47,6 +47,23 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
+/// The index of the last entry applied at `position` (a position the application stored),
+/// if it parses and holds one.
+pub fn applied_index_of(position: &[u8]) -> Option<u64> {
+    state_machine::Position::from_bytes(position)
+        .ok()?
+        .last_applied
+        .map(|l| l.index)
+}
+
+/// A command ordered and applied: its entry's index and the application's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposed {
+    pub index: u64,
+    #[serde(with = "serde_bytes")]
+    pub answer: Vec<u8>,
+}
+
 /// What the application answered for a command, as it encoded it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied(#[serde(with = "serde_bytes")] pub Vec<u8>);
@@ -197,7 +214,37 @@ impl Replicated {
 
     /// The routes the other members call (serve them at the URL they know this node by).
     pub fn router(&self) -> axum::Router {
-        network::router(self.raft.clone(), self.identity.clone())
+        self.router_with(axum::Router::new())
+    }
+
+    /// [`Replicated::router`] with the application's own peer routes (`extra`), which only
+    /// trusted members reach, as the engine's own.
+    pub fn router_with(&self, extra: axum::Router) -> axum::Router {
+        network::router(self.raft.clone(), self.identity.clone(), extra)
+    }
+
+    /// The members (id → peer URL) of the group as this node knows it.
+    pub fn members(&self) -> BTreeMap<u64, String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: std::collections::BTreeSet<u64> = m.membership().voter_ids().collect();
+        m.membership()
+            .nodes()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
+    /// Ask member `url` on the application's peer route `path` (signed by this node, as the
+    /// engine's own requests).
+    pub async fn ask<Q: Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        path: &str,
+        body: &Q,
+    ) -> Result<A, network::PeerError> {
+        self.peers
+            .post(url, path, body, self.settings.request_timeout)
+            .await
     }
 
     /// Hear exactly `members` (id → Ed25519 public key, from the subnet's record) from now on.
@@ -227,8 +274,10 @@ impl Replicated {
     }
 
     /// Order `command` and apply it everywhere: the application's answer from this subnet's
-    /// state once a majority holds the command. Sent to a follower, it goes to the leader.
-    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ReplicationError> {
+    /// state once a majority holds the command, and the index of its entry (this node has
+    /// applied it once [`Replicated::wait_applied`] returns). Sent to a follower, it goes to
+    /// the leader.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Proposed, ReplicationError> {
         let command = Command(command);
         let local = tokio::time::timeout(
             self.settings.request_timeout,
@@ -237,10 +286,15 @@ impl Replicated {
         .await
         .map_err(|_| ReplicationError::Timeout(self.settings.request_timeout))?;
         let leader = match local {
-            Ok(w) => return Ok(w.data.0),
+            Ok(w) => {
+                return Ok(Proposed {
+                    index: w.log_id.index,
+                    answer: w.data.0,
+                })
+            }
             Err(e) => forward_target(&e)?,
         };
-        let remote: Result<Applied, WriteError> = self
+        let remote: Result<Proposed, WriteError> = self
             .peers
             .post(
                 &leader.addr,
@@ -251,13 +305,25 @@ impl Replicated {
             .await
             .map_err(|e| ReplicationError::NoLeader(e.to_string()))?;
         match remote {
-            Ok(a) => Ok(a.0),
+            Ok(p) => Ok(p),
             Err(e) => {
                 // The leader moved on meanwhile: the caller may try again.
                 forward_target(&e)?;
                 Err(ReplicationError::NoLeader(e.to_string()))
             }
         }
+    }
+
+    /// Wait until this node has applied the entry at `index` (a command proposed anywhere
+    /// is then part of this node's state).
+    pub async fn wait_applied(&self, index: u64) -> Result<(), ReplicationError> {
+        let t = self.settings.request_timeout;
+        self.raft
+            .wait(Some(t))
+            .applied_index_at_least(Some(index), "a proposed entry")
+            .await
+            .map_err(|_| ReplicationError::Timeout(t))?;
+        Ok(())
     }
 
     /// Wait until this node's state holds every command committed before the call: a read
@@ -281,12 +347,7 @@ impl Replicated {
                 remote.map_err(|e| ReplicationError::NoLeader(e.to_string()))?
             }
         };
-        self.raft
-            .wait(Some(t))
-            .applied_index_at_least(Some(index), "read barrier")
-            .await
-            .map_err(|_| ReplicationError::Timeout(t))?;
-        Ok(())
+        self.wait_applied(index).await
     }
 
     /// Make `members` (id → peer URL) the group: new ones join as learners, catch up, then

@@ -7,7 +7,7 @@
 //! openraft as the remote's error, not as a broken link.
 
 use crate::auth::Identity;
-use crate::{Applied, Command, Node, TypeConfig};
+use crate::{Command, Node, Proposed, TypeConfig};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
@@ -241,8 +241,11 @@ async fn snapshot(State(raft): State<Raft_>, body: Bytes) -> Answer {
 /// learns who does.
 async fn propose(State(raft): State<Raft_>, body: Bytes) -> Answer {
     let command: Command = decode(&body)?;
-    let r: Result<Applied, RaftError<u64, ClientWriteError<u64, Node>>> =
-        raft.client_write(command).await.map(|w| w.data);
+    let r: Result<Proposed, RaftError<u64, ClientWriteError<u64, Node>>> =
+        raft.client_write(command).await.map(|w| Proposed {
+            index: w.log_id.index,
+            answer: w.data.0,
+        });
     cbor(&r)
 }
 
@@ -279,15 +282,18 @@ async fn authenticate(
         .await
 }
 
-/// The peer-facing routes of a node, open only to the members `identity` trusts.
-pub fn router(raft: Raft_, identity: Identity) -> Router {
-    Router::new()
+/// The peer-facing routes of a node (the engine's and the application's `extra`), open only
+/// to the members `identity` trusts.
+pub fn router(raft: Raft_, identity: Identity, extra: Router) -> Router {
+    let engine: Router = Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/propose", post(propose))
         .route("/raft/read-index", post(read_index))
+        .with_state(raft);
+    engine
+        .merge(extra)
         .layer(axum::middleware::from_fn_with_state(identity, authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(raft)
 }

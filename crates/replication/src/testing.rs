@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub struct Member {
     pub id: u64,
     pub port: u16,
+    /// The port of the application's interface ([`Member::serve`]; 0 until served).
+    pub api_port: u16,
     pub dir: PathBuf,
     running: Option<(tokio::runtime::Runtime, Replicated)>,
 }
@@ -45,6 +47,7 @@ impl Member {
         Member {
             id,
             port: 0,
+            api_port: 0,
             dir,
             running: None,
         }
@@ -58,10 +61,20 @@ impl Member {
         self.running.is_some()
     }
 
-    /// Start (or restart) over `app`, the log in `raft.redb` of its folder. A killed
+    /// Start (or restart) over `app`, serving the engine's peer routes only.
+    pub fn start(&mut self, app: Arc<dyn StateMachine>) {
+        self.start_with(app, |_| axum::Router::new());
+    }
+
+    /// Start (or restart) over `app`, the log in `raft.redb` of its folder, serving the
+    /// engine's peer routes and the application's (`extra`, made from the node). A killed
     /// member's port and database may stay held a moment while its last tasks end: both
     /// are retried for a few seconds.
-    pub fn start(&mut self, app: Arc<dyn StateMachine>) {
+    pub fn start_with(
+        &mut self,
+        app: Arc<dyn StateMachine>,
+        extra: impl FnOnce(&Replicated) -> axum::Router,
+    ) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -87,7 +100,7 @@ impl Member {
                 Err(e) => panic!("node {}: {e}", self.id),
             }
         });
-        let router = node.router();
+        let router = node.router_with(extra(&node));
         rt.spawn(async move { axum::serve(listener, router).await });
         self.running = Some((rt, node));
     }
@@ -115,8 +128,28 @@ impl Member {
             .block_on(f)
     }
 
+    /// Propose `command` through this member: the application's answer.
     pub fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ReplicationError> {
         self.block_on(self.node().propose(command))
+            .map(|p| p.answer)
+    }
+
+    /// Run `f` in the background on this member's runtime (it ends when the member is killed).
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.running.as_ref().expect("a running member").0.spawn(f);
+    }
+
+    /// Serve `router` (the application's own interface) on this member's runtime, on the
+    /// port it had before if it served one: it ends when the member is killed.
+    pub fn serve(&mut self, router: axum::Router) -> u16 {
+        let rt = &self.running.as_ref().expect("a running member").0;
+        let listener = retry(self.id, || {
+            rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", self.api_port)))
+                .map_err(|e| e.to_string())
+        });
+        self.api_port = listener.local_addr().expect("a bound port").port();
+        rt.spawn(async move { axum::serve(listener, router).await });
+        self.api_port
     }
 }
 
