@@ -43,7 +43,6 @@ for log in "$DIR"/nodes/*/state/guest-serial.log; do
   node=$(basename "$(dirname "$(dirname "$log")")")
   grep -a -o "GUESTOS REPLICA.*" "$log" | tail -1 | sed "s/^/$node: /" || echo "$node: no replica line yet"
 done
-echo "(subnet-1 has two nodes and refuses calls until subnets replicate; the counter below runs on a replica of its own)"
 
 step "the API boundary node (node3, made one by governance): one URL for agents, routes from the verified registry"
 grep -a -o "GUESTOS BOUNDARY.*" "$DIR"/nodes/*/state/guest-serial.log | tail -1 || true
@@ -51,6 +50,19 @@ BOUNDARY=$("$ICOS" testnet status --dir "$DIR" | sed -n 's/^boundary \(http[^:]*
 "$ICOS" testnet status --dir "$DIR" | grep '^boundary' || true
 echo "what a client gets for a canister id no subnet holds (the cause is in x-ic-error-cause):"
 curl -s -i -X POST "$BOUNDARY/api/v2/canister/aaaaa-aa/query" | grep -i -E '^HTTP|^x-ic-error-cause|^error|^details' || true
+
+step "subnet-1 replicates: its two nodes order every call in one log (a counter made through the boundary, called through each node)"
+STATUS=$("$ICOS" testnet status --dir "$DIR")
+N1=$(echo "$STATUS" | grep '^node1 ' | grep -o 'replica http://[0-9.:]*' | cut -d' ' -f2 || true)
+N2=$(echo "$STATUS" | grep '^node2 ' | grep -o 'replica http://[0-9.:]*' | cut -d' ' -f2 || true)
+NET="$ICOS canister --identity $DIR/identity.pem"
+SHARED=$($NET --url "$BOUNDARY" create)
+echo "created canister $SHARED on subnet-1 through $BOUNDARY"
+$NET --url "$BOUNDARY" install "$SHARED" canisters/counter.wat
+echo "call inc through node1 ($N1): $($NET --url "$N1" call "$SHARED" inc)"
+echo "call inc through node2 ($N2): $($NET --url "$N2" call "$SHARED" inc)"
+sleep 1 # a node answers a call once it has applied it; the other may be a moment behind
+echo "query get on node1: $($NET --url "$N1" query "$SHARED" get), on node2: $($NET --url "$N2" query "$SHARED" get)"
 
 step "a canister on a local replica (icos replica run: one node that is its own subnet)"
 REPLICA_DIR="$DIR/replica"

@@ -25,7 +25,7 @@
 //! use registry_model::{CanisterRange, Registry, Subnet};
 //! let mut reg = Registry::default();
 //! reg.subnets.insert("s1".into(), Subnet {
-//!     id: "s1".into(), nodes: vec![], guestos_version: "1".into(), key: None,
+//!     id: "s1".into(), nodes: vec![], guestos_version: "1".into(), key: None, founders: vec![],
 //!     canister_ranges: vec![CanisterRange { start: 0, end: 1_048_575 }],
 //! });
 //! let table = Table::from_registry(&reg, 1, None);

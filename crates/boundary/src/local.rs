@@ -24,6 +24,7 @@ pub fn single_node_registry(root_key_der: &[u8], endpoint: &str, range: (u64, u6
             ipv6: String::new(),
             http_endpoint: endpoint.into(),
             hostos_version: None,
+            peer_endpoint: None,
         },
     );
     reg.subnets.insert(
@@ -37,6 +38,7 @@ pub fn single_node_registry(root_key_der: &[u8], endpoint: &str, range: (u64, u6
             }],
             guestos_version: "local".into(),
             key: None,
+            founders: Vec::new(),
         },
     );
     reg

@@ -4,7 +4,7 @@
 
 use ic_principal::Principal;
 use registry_model::Registry;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// A node a request can be sent to.
@@ -67,19 +67,21 @@ impl Table {
                 .nodes
                 .iter()
                 .filter_map(|n| reg.nodes.get(n))
-                .filter_map(|n| match usable_endpoint(&n.http_endpoint, host_loopback) {
-                    Some(endpoint) => Some(NodeRoute {
-                        id: n.id.clone(),
-                        endpoint,
-                    }),
-                    None => {
-                        tracing::warn!(
+                .filter_map(|n| {
+                    match registry_model::endpoint::reachable(&n.http_endpoint, host_loopback) {
+                        Some(endpoint) => Some(NodeRoute {
+                            id: n.id.clone(),
+                            endpoint,
+                        }),
+                        None => {
+                            tracing::warn!(
                             "node {} of {}: endpoint `{}` is not http://host:port; not routed to",
                             n.id,
                             s.id,
                             n.http_endpoint
                         );
-                        None
+                            None
+                        }
                     }
                 })
                 .collect();
@@ -143,27 +145,6 @@ pub fn canister_index(p: &Principal) -> Option<u64> {
     }
 }
 
-/// `http://host:port` with the trailing slash removed (a loopback host replaced by
-/// `host_loopback` when given), or none.
-fn usable_endpoint(e: &str, host_loopback: Option<IpAddr>) -> Option<String> {
-    let e = e.trim_end_matches('/');
-    let rest = e.strip_prefix("http://")?;
-    let authority: hyper::http::uri::Authority = rest.parse().ok()?;
-    let port = authority.port_u16()?;
-    if authority.as_str() != rest {
-        return None;
-    }
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|a| a.is_loopback());
-    match host_loopback {
-        Some(via) if loopback => Some(format!("http://{}", SocketAddr::new(via, port))),
-        _ => Some(e.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +173,7 @@ mod tests {
                     ipv6: String::new(),
                     http_endpoint: endpoint.into(),
                     hostos_version: None,
+                    peer_endpoint: None,
                 },
             );
         }
@@ -210,6 +192,7 @@ mod tests {
                         .collect(),
                     guestos_version: "1".into(),
                     key: None,
+                    founders: Vec::new(),
                 },
             );
         }
@@ -259,15 +242,5 @@ mod tests {
         let t = Table::from_registry(&registry(), 1, Some(via));
         let endpoints: Vec<_> = t.nodes().map(|(_, n)| n.endpoint.clone()).collect();
         assert_eq!(endpoints, ["http://10.0.2.2:8001", "http://10.0.2.2:8002"]);
-        for (given, want) in [
-            ("http://localhost:9/", "http://10.0.2.2:9"),
-            ("http://127.5.0.1:9", "http://10.0.2.2:9"),
-            // Only loopback endpoints are rewritten: a node elsewhere is reached where it is.
-            ("http://192.0.2.7:9", "http://192.0.2.7:9"),
-            ("http://[2001:db8::1]:9", "http://[2001:db8::1]:9"),
-        ] {
-            assert_eq!(usable_endpoint(given, Some(via)).as_deref(), Some(want));
-        }
-        assert_eq!(usable_endpoint("http://localhost", Some(via)), None);
     }
 }

@@ -97,6 +97,7 @@ fn boundary(nodes: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -> (Arc<Bound
                 ipv6: String::new(),
                 http_endpoint: format!("http://{addr}"),
                 hostos_version: None,
+                peer_endpoint: None,
             },
         );
     }
@@ -108,6 +109,7 @@ fn boundary(nodes: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -> (Arc<Bound
             canister_ranges: vec![CanisterRange { start: 0, end: 99 }],
             guestos_version: "1".into(),
             key: None,
+            founders: Vec::new(),
         },
     );
     let mut config = Config::new(

@@ -57,6 +57,7 @@ pub fn guest_config(c: &HostosConfig) -> Result<GuestConfig, ConfigFileError> {
         operator_id: c.operator_id.clone(),
         operator_key_pem,
         http_endpoint: c.http_endpoint.clone(),
+        peer_endpoint: c.peer_endpoint.clone(),
         admin_prefixes: c.admin_prefixes.clone(),
         network: GuestNetwork {
             mode: c.network_mode,

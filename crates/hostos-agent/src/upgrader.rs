@@ -200,6 +200,7 @@ mod tests {
             ipv6: ipv6.into(),
             http_endpoint: "http://[fd00::1]:8080".into(),
             hostos_version: None,
+            peer_endpoint: None,
         }
     }
 

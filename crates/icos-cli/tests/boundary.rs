@@ -98,8 +98,17 @@ fn network(dir: &Path, front_a: bool) -> Net {
         .enumerate()
         .map(|(i, p)| if i == 0 && front_a { free_port() } else { *p })
         .collect();
+    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     for (i, (k, port)) in keys.iter().zip(&endpoint_ports).enumerate() {
-        register_node(&api, &gov, k, i + 1, format!("http://127.0.0.1:{port}"));
+        let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
+        register_node(
+            &api,
+            &gov,
+            k,
+            i + 1,
+            format!("http://127.0.0.1:{port}"),
+            Some(peer),
+        );
     }
     let ids: Vec<String> = keys.iter().map(|k| node_id(&keys::public_hex(k))).collect();
     for (subnet, nodes, range) in [
@@ -127,7 +136,8 @@ fn network(dir: &Path, front_a: bool) -> Net {
         .iter()
         .zip(&keys)
         .zip(ports.iter().zip(&endpoint_ports))
-        .map(|((id, key), (port, endpoint_port))| {
+        .zip(&peer_ports)
+        .map(|(((id, key), (port, endpoint_port)), peer_port)| {
             let place = ReplicaPlace {
                 payload: Place {
                     dir: dir.join(id),
@@ -135,6 +145,8 @@ fn network(dir: &Path, front_a: bool) -> Net {
                     data_mount: None,
                 },
                 listen: format!("127.0.0.1:{port}").parse().unwrap(),
+                peer_listen: format!("127.0.0.1:{peer_port}").parse().unwrap(),
+                host_loopback: None,
             };
             let Desired::Run(spec) = desired(&reg, id, key, &place) else {
                 panic!("{id} has no replica to run")
@@ -214,11 +226,16 @@ async fn agent(url: &str, key: u8) -> Agent {
 
 /// A new canister in s1 with `wasm` installed, through `a`.
 async fn install_in_s1(a: &Agent, wasm: &[u8]) -> Principal {
+    install_at(a, wasm, 0).await
+}
+
+/// A canister with `wasm`, created in the subnet whose range holds `index`.
+async fn install_at(a: &Agent, wasm: &[u8], index: u64) -> Principal {
     let mgmt = ManagementCanister::create(a);
     let (id,) = mgmt
         .create_canister()
         .as_provisional_create_with_amount(None)
-        .with_effective_canister_id(canister_index_id(0))
+        .with_effective_canister_id(canister_index_id(index))
         .call_and_wait()
         .await
         .unwrap();
@@ -317,8 +334,34 @@ async fn agents_reach_every_subnet_through_the_boundary_and_a_killed_node_costs_
     }
     assert_eq!(counter_get(&a, &id).await, 2);
 
-    // s2 has two nodes. A stream of queries and read_state requests to it while node b is
-    // killed: every one is answered (checked by the agent), none fails.
+    // s2 has two nodes, which order its calls in one log: a counter made through the
+    // boundary counts calls sent to either node directly, and both nodes answer the count.
+    let counter = wat::parse_str(example_canisters::COUNTER_WAT).unwrap();
+    let s2_counter = install_at(&a, &counter, S2_FIRST).await;
+    let mut direct = Vec::new();
+    for n in &net.nodes[1..] {
+        direct.push(agent(&format!("http://127.0.0.1:{}", n.port), 5).await);
+    }
+    for want in 1..=4u64 {
+        let r = direct[want as usize % 2]
+            .update(&s2_counter, "inc")
+            .with_arg(Encode!().unwrap())
+            .call_and_wait()
+            .await
+            .unwrap_or_else(|e| panic!("inc {want} through node {}: {e}", want % 2 + 2));
+        assert_eq!(Decode!(&r, u64).unwrap(), want);
+    }
+    for d in &direct {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter_get(d, &s2_counter).await != 4 {
+            assert!(Instant::now() < deadline, "a node of s2 never saw 4 calls");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(counter_get(&a, &s2_counter).await, 4);
+
+    // A stream of queries and read_state requests to s2 while node b is killed: every one
+    // is answered (checked by the agent), none fails.
     s2_query(&a).await.unwrap();
     let s2 = Principal::from_text(
         boundary_status(&url)
@@ -369,6 +412,8 @@ async fn agents_reach_every_subnet_through_the_boundary_and_a_killed_node_costs_
     });
     s2_query(&a).await.unwrap();
     assert_eq!(who_answers(&a, &url), b_id);
+    // Back from its checkpoint and log, it still has every call s2 ordered.
+    assert_eq!(counter_get(&direct[victim - 1], &s2_counter).await, 4);
     // s1 was never affected.
     assert_eq!(counter_get(&a, &id).await, 2);
 }

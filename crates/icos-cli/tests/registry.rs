@@ -154,6 +154,7 @@ fn gov_creates_a_subnet_with_its_key_delegated_by_the_root_key() {
             k,
             i + 1,
             format!("http://[fd00::{}]:8080", i + 1),
+            None,
         );
     }
     let ids: Vec<String> = node_keys

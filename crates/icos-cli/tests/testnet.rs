@@ -299,11 +299,52 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
             "{}: /api/v2/status serves a root key the genesis does not name",
             n.name
         );
-        // Two nodes and no replication yet: a call is refused, saying why.
-        let out = canister(&dir, &url, &["create"]);
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("does not replicate yet"), "{}: {err}", n.name);
+    }
+    // --- subnet-1's two nodes order its calls in one log (VM to VM through the peer port): -
+    // a counter made through node1 counts calls sent to either node, and both answer it.
+    let urls: Vec<String> = state
+        .nodes
+        .iter()
+        .map(|n| format!("http://127.0.0.1:{}", n.payload_port))
+        .collect();
+    let out = canister(&dir, &urls[0], &["create"]);
+    check(
+        &dir,
+        out.status.success(),
+        &format!(
+            "create through node1 of a two-node subnet: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    let shared = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let counter_wat = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../canisters/counter.wat");
+    let out = canister(
+        &dir,
+        &urls[1],
+        &["install", &shared, counter_wat.to_str().unwrap()],
+    );
+    check(
+        &dir,
+        out.status.success(),
+        &format!(
+            "install through node2: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    for (want, via) in [("1", 1), ("2", 0), ("3", 1)] {
+        let out = canister(&dir, &urls[via], &["call", &shared, "inc"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(want),
+            "inc through node{}: {text}{}",
+            via + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for url in &urls {
+        wait_until(&dir, "both nodes count 3", Duration::from_secs(30), || {
+            counter_value(&dir, url, &shared) == 3
+        });
     }
 
     let real = image_version("guestos", "1.1.0");

@@ -57,11 +57,30 @@ fn serve(path: &std::path::Path) -> Result<i32> {
         spec.subnet_size,
         r.config().node_id
     );
+    if spec.raft.is_some() {
+        return serve_replicated(&spec, r);
+    }
     let addr = serve_on(r, spec.listen)?;
     println!(
         "replica: listening on http://{addr} (agents: fetch the root key from /api/v2/status)"
     );
     park()
+}
+
+/// A replica of a replicated subnet: until its state is found diverged from the subnet's
+/// (then set aside, and the process ends with an error for systemd to start it again).
+fn serve_replicated(spec: &node_config::replica::ReplicaSpec, r: replica::Replica) -> Result<i32> {
+    let why = replica::subnet::run(spec, r, Default::default(), |at| {
+        println!(
+            "replica: peer routes on http://{} (the subnet's log, signed by members)",
+            at.peers
+        );
+        println!(
+            "replica: listening on http://{} (agents: fetch the root key from /api/v2/status)",
+            at.api
+        );
+    });
+    Err(why).with_context(|| format!("the replica of {} stopped serving", spec.subnet))
 }
 
 fn run(dir: PathBuf, listen: SocketAddr, gateway: Option<SocketAddr>) -> Result<i32> {

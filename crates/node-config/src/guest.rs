@@ -51,6 +51,10 @@ pub struct GuestConfig {
     /// The node's public HTTP endpoint (registered with the node).
     #[serde(default)]
     pub http_endpoint: Option<String>,
+    /// Where the node's subnet peers reach its peer routes (registered with the node; none:
+    /// `http://[<ipv6>]:4100`).
+    #[serde(default)]
+    pub peer_endpoint: Option<String>,
     /// Prefixes allowed to reach SSH and the status/metrics port.
     #[serde(default)]
     pub admin_prefixes: Vec<String>,
@@ -148,6 +152,7 @@ mod tests {
             operator_id: None,
             operator_key_pem: None,
             http_endpoint: Some("http://127.0.0.1:18081".into()),
+            peer_endpoint: None,
             admin_prefixes: vec!["10.0.2.0/24".into()],
             network: GuestNetwork {
                 mode: NetworkMode::Static,

@@ -85,6 +85,9 @@ pub struct HostosConfig {
     pub operator_id: Option<String>,
     /// The node's public HTTP endpoint, passed to the guest for its registration.
     pub http_endpoint: Option<String>,
+    /// Where the node's subnet peers reach its peer routes, passed to the guest for its
+    /// registration (none: `http://[<ipv6>]:4100`).
+    pub peer_endpoint: Option<String>,
     /// Prefixes allowed to reach the guest's SSH and status ports.
     pub admin_prefixes: Vec<String>,
     /// Registry URLs for the guest when it reaches the registry at another address than the
@@ -355,6 +358,7 @@ impl HostosConfig {
             ssh_admin_keys: r.strings("guest_config.ssh_admin_keys"),
             operator_id: r.string("guest_config.operator_id"),
             http_endpoint: r.string("node.http_endpoint"),
+            peer_endpoint: r.string("node.peer_endpoint"),
             admin_prefixes: r.strings("guest_config.admin_prefixes"),
             guest_registry_urls: r.strings("guest_config.registry_urls"),
             boundary_domains: r.strings("boundary.domains"),
@@ -447,6 +451,7 @@ impl HostosConfig {
                 ("node_id", opt(&self.node_id)),
                 ("hostos_version", opt(&self.hostos_version)),
                 ("http_endpoint", opt(&self.http_endpoint)),
+                ("peer_endpoint", opt(&self.peer_endpoint)),
             ])),
         );
         let ipv4 = self.guest_ipv4.as_ref();

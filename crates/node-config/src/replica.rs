@@ -14,7 +14,7 @@ use std::path::PathBuf;
 pub struct ReplicaSpec {
     /// The subnet's name in the registry.
     pub subnet: String,
-    /// The subnet's BLS secret key, hex (until subnets replicate, each node holds it whole).
+    /// The subnet's BLS secret key, hex (each node holds it whole until threshold keys land).
     pub subnet_secret_key: String,
     /// The root key's delegation of the subnet key, CBOR as hex (from the registry).
     pub delegation: String,
@@ -25,7 +25,7 @@ pub struct ReplicaSpec {
     pub node_key: String,
     /// The canister indices this subnet hands out, first and last.
     pub canister_range: (u64, u64),
-    /// Nodes in the subnet (more than one: calls refused until replication lands).
+    /// Nodes in the subnet (more than one: calls go through the subnet's log, `raft`).
     pub subnet_size: usize,
     /// The Ed25519 public keys (hex) of every node in the subnet, from the registry: the
     /// replica certifies them under `/subnet/<id>/node`, so an agent checks a query answer
@@ -35,7 +35,59 @@ pub struct ReplicaSpec {
     pub listen: std::net::SocketAddr,
     /// Where the replica keeps its checkpoints.
     pub state_dir: PathBuf,
+    /// The subnet's ordered log: how this node takes part (none: a replica of its own).
+    #[serde(default)]
+    pub raft: Option<RaftSpec>,
 }
+
+/// How a replica takes part in its subnet's ordered log (`replication`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSpec {
+    /// This node's id in the log ([`member_id`] of its node id).
+    pub id: u64,
+    /// Where this node serves its peer routes.
+    pub listen: std::net::SocketAddr,
+    /// The log's file: outside `state_dir`, so a state set aside keeps its log.
+    pub log: PathBuf,
+    /// The subnet's nodes by the registry: the log's members once the leader has made
+    /// them so.
+    pub members: Vec<u64>,
+    /// Every registered node that may be heard: the members, and nodes still in the log's
+    /// membership while they leave it.
+    pub peers: Vec<RaftPeer>,
+    /// Whether this node starts the log (the first of the subnet's founders still in it);
+    /// every other node waits to be added by the leader.
+    pub bootstrap: bool,
+    /// The registry's time for this membership: a membership change asked with an older one
+    /// than the leader has seen is refused.
+    pub membership_time: u64,
+}
+
+/// A node that may take part in a subnet's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftPeer {
+    pub id: u64,
+    /// Where it serves its peer routes.
+    pub url: String,
+    /// Its Ed25519 node key, hex.
+    pub public_key: String,
+}
+
+/// A node's id in its subnet's log: the first 8 bytes of SHA-256 over a domain and the node
+/// id, the same wherever it is computed and stable while the node exists.
+pub fn member_id(node_id: &str) -> u64 {
+    use sha2::Digest;
+    let h = sha2::Sha256::new()
+        .chain_update(b"icos-raft-member")
+        .chain_update(node_id.as_bytes())
+        .finalize();
+    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+/// The port the peer routes are served on.
+pub const PEER_PORT: u16 = 4100;
 
 impl crate::spec::Spec for ReplicaSpec {
     const WHAT: &'static str = "replica spec";
@@ -61,6 +113,19 @@ mod tests {
             subnet_nodes: Vec::new(),
             listen: "[::]:8080".parse().unwrap(),
             state_dir: d.path().join("state"),
+            raft: Some(RaftSpec {
+                id: member_id("n1"),
+                listen: "[::]:4100".parse().unwrap(),
+                log: d.path().join("raft.redb"),
+                members: vec![member_id("n1")],
+                peers: vec![RaftPeer {
+                    id: member_id("n1"),
+                    url: "http://[fd00::1]:4100".into(),
+                    public_key: "33".repeat(32),
+                }],
+                bootstrap: true,
+                membership_time: 7,
+            }),
         };
         s.write(&p).unwrap();
         assert_eq!(ReplicaSpec::read(&p).unwrap(), s);

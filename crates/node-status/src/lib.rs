@@ -15,6 +15,7 @@
 pub mod boundary;
 pub mod hostos;
 pub mod orchestrator;
+pub mod replica;
 
 use serde::de::DeserializeOwned;
 use std::io::Read;

@@ -58,6 +58,9 @@ pub enum ReplicaState {
     },
     /// The node is in `subnet` but its replica does not run: `reason` says why.
     Down { subnet: String, reason: String },
+    /// Governance took the node out of `subnet`; its replica runs on until the subnet's log
+    /// no longer counts on it (or a grace period ends), then it is removed.
+    Leaving { subnet: String },
 }
 
 /// The API boundary the orchestrator runs when governance makes the node an API boundary

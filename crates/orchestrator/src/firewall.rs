@@ -2,8 +2,10 @@
 //! nftables table replaced atomically: only what the rules allow reaches the payload ports;
 //! SSH and the status/metrics port only from the configured admin prefixes.
 
+use node_config::replica::PEER_PORT;
 use registry_model::{FirewallRule, FwAction, Protocol};
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 
 pub const TABLE: &str = "icos_filter";
 /// Ports only the admin prefixes may reach (SSH, orchestrator status and metrics).
@@ -25,8 +27,10 @@ fn set(items: impl IntoIterator<Item = String>) -> String {
     format!("{{ {} }}", v.join(", "))
 }
 
-/// The nft script: deletes and recreates our table in one transaction.
-pub fn render(rules: &[FirewallRule], admin_prefixes: &[String]) -> String {
+/// The nft script: deletes and recreates our table in one transaction. The subnet's peer
+/// port is open to `peers` (the addresses the subnet's other nodes come from) before the
+/// registry's rules; everyone else reaches it only if a registry rule allows.
+pub fn render(rules: &[FirewallRule], admin_prefixes: &[String], peers: &[IpAddr]) -> String {
     let mut lines = vec![
         format!("table inet {TABLE}"),
         format!("delete table inet {TABLE}"),
@@ -47,6 +51,19 @@ pub fn render(rules: &[FirewallRule], admin_prefixes: &[String]) -> String {
             lines.push(format!(
                 "    {family} saddr {} tcp dport {admin_ports} accept comment \"admin\"",
                 set(prefixes)
+            ));
+        }
+    }
+    for family in ["ip", "ip6"] {
+        let from: Vec<String> = peers
+            .iter()
+            .filter(|a| a.is_ipv6() == (family == "ip6"))
+            .map(|a| a.to_string())
+            .collect();
+        if !from.is_empty() {
+            lines.push(format!(
+                "    {family} saddr {} tcp dport {PEER_PORT} accept comment \"subnet peers\"",
+                set(from)
             ));
         }
     }
@@ -152,7 +169,14 @@ mod tests {
                 comment: "".into(),
             },
         ];
-        let s = render(&rules, &["192.168.1.0/24".into()]);
+        let peers: Vec<IpAddr> = vec!["fd00::2".parse().unwrap(), "10.0.2.2".parse().unwrap()];
+        let s = render(&rules, &["192.168.1.0/24".into()], &peers);
+        let peer4 = s
+            .find("ip saddr { 10.0.2.2 } tcp dport 4100 accept comment \"subnet peers\"")
+            .unwrap();
+        let peer6 = s
+            .find("ip6 saddr { fd00::2 } tcp dport 4100 accept")
+            .unwrap();
         assert!(s.contains("policy drop"));
         assert!(s.contains("ip saddr { 192.168.1.0/24 } tcp dport { 22, 9100 } accept"));
         let deny = s
@@ -165,10 +189,14 @@ mod tests {
             .find("ip6 saddr { fd00::/8 } tcp dport { 8080, 4444 } accept")
             .unwrap();
         assert!(deny < allow4 && allow4 < allow6, "node rules come first");
+        assert!(
+            peer4 < deny && peer6 < deny,
+            "the subnet's peers before the registry's rules"
+        );
         assert!(!s.contains("ip6 saddr { } "), "no empty sets");
         assert_eq!(
             digest(&s),
-            digest(&render(&rules, &["192.168.1.0/24".into()]))
+            digest(&render(&rules, &["192.168.1.0/24".into()], &peers))
         );
     }
 }

@@ -147,6 +147,8 @@ pub struct Orchestrator {
     applied_ruleset: Option<String>,
     /// The replica state last said on the console.
     said_replica: Option<ReplicaState>,
+    /// Since when the node's replica has been leaving its subnet's log.
+    leaving_since: Option<std::time::Instant>,
     /// The boundary state last said on the console.
     said_boundary: Option<BoundaryState>,
 }
@@ -194,6 +196,7 @@ impl Orchestrator {
             last_waiting_message: None,
             applied_ruleset: None,
             said_replica: None,
+            leaving_since: None,
             said_boundary: None,
         })
     }
@@ -312,7 +315,7 @@ impl Orchestrator {
         });
         self.last_waiting_message = None;
         self.firewall(&reg, &node_id, &cfg);
-        self.replica(&reg, &node_id);
+        self.replica(&reg, &node_id, &cfg);
         self.boundary(&reg, &node_id, &cfg);
         self.hostos(&reg, &node_id);
         self.guestos(&reg, &node_id);
@@ -430,7 +433,10 @@ impl Orchestrator {
             unix_now(),
         );
         let req = match request {
-            Ok(r) => SignedRegistration::sign(r, &op_key),
+            Ok(mut r) => {
+                r.peer_endpoint = cfg.peer_endpoint.clone();
+                SignedRegistration::sign(r, &op_key)
+            }
             Err(e) => {
                 self.register_backoff.fail();
                 self.waiting(format!("registration: {e}"));
@@ -458,7 +464,8 @@ impl Orchestrator {
 
     fn firewall(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {
         let rules = reg.firewall_for_node(node);
-        let script = firewall::render(&rules, &cfg.admin_prefixes);
+        let peers = replica::peer_addresses(reg, node, cfg.host_loopback);
+        let script = firewall::render(&rules, &cfg.admin_prefixes, &peers);
         let digest = firewall::digest(&script);
         if self.applied_ruleset.as_deref() == Some(digest.as_str()) {
             return;
@@ -481,9 +488,24 @@ impl Orchestrator {
     }
 
     /// Run, restart or remove the replica as the registry says; say each change once.
-    fn replica(&mut self, reg: &registry_model::Registry, node: &str) {
-        let want = replica::desired(reg, node, &self.key, &self.opts.replica);
-        let state = match replica::apply(&want, &self.opts.replica) {
+    fn replica(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {
+        let place = replica::ReplicaPlace {
+            host_loopback: cfg.host_loopback,
+            ..self.opts.replica.clone()
+        };
+        let want = replica::desired(reg, node, &self.key, &place);
+        if want != replica::Desired::None {
+            self.leaving_since = None;
+        } else if let Some(subnet) = replica::still_counted(&place) {
+            let since = *self
+                .leaving_since
+                .get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < replica::LEAVE_GRACE {
+                self.say_replica(ReplicaState::Leaving { subnet });
+                return;
+            }
+        }
+        let state = match replica::apply(&want, &place) {
             Ok((replica::Applied::Removed, state)) => {
                 self.console("GUESTOS REPLICA stopped and its state deleted: governance took this node out of its subnet");
                 state
@@ -497,6 +519,11 @@ impl Orchestrator {
                 reason: e.to_string(),
             },
         };
+        self.say_replica(state);
+    }
+
+    /// Publish the replica's state; say a change once on the console.
+    fn say_replica(&mut self, state: ReplicaState) {
         if self.said_replica.as_ref() != Some(&state) {
             match &state {
                 ReplicaState::Serving {
@@ -508,6 +535,10 @@ impl Orchestrator {
                 )),
                 ReplicaState::Down { subnet, reason } => self.console(&format!(
                     "GUESTOS REPLICA of {subnet} not running: {reason}"
+                )),
+                ReplicaState::Leaving { subnet } => self.console(&format!(
+                    "GUESTOS REPLICA leaving {subnet}: it runs until the subnet's log has let it go (at most {} s)",
+                    replica::LEAVE_GRACE.as_secs()
                 )),
                 ReplicaState::NotAssigned => {}
             }

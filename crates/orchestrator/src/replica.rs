@@ -8,7 +8,7 @@
 //! longer lists the node in a subnet deletes state.
 
 use crate::payload::{self, Change, PayloadError, Place};
-use node_config::replica::ReplicaSpec;
+use node_config::replica::{member_id, RaftPeer, RaftSpec, ReplicaSpec, PEER_PORT};
 use node_status::orchestrator::ReplicaState;
 use registry_model::{keys, Registry};
 
@@ -31,6 +31,11 @@ pub enum Desired {
 pub struct ReplicaPlace {
     pub payload: Place,
     pub listen: std::net::SocketAddr,
+    /// Where the replica serves its subnet peers (the ordered log, the root comparison).
+    pub peer_listen: std::net::SocketAddr,
+    /// Development networks: where this guest reaches its host's loopback, at which a local
+    /// network's nodes register their endpoints.
+    pub host_loopback: Option<std::net::IpAddr>,
 }
 
 impl Default for ReplicaPlace {
@@ -38,7 +43,85 @@ impl Default for ReplicaPlace {
         ReplicaPlace {
             payload: Place::in_guestos("replica"),
             listen: std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, REPLICA_PORT)),
+            peer_listen: std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, PEER_PORT)),
+            host_loopback: None,
         }
+    }
+}
+
+/// Where `n`'s subnet peers reach it: its registered peer endpoint, else its IPv6 address on
+/// [`PEER_PORT`]; through the host when the endpoint is on a local network's loopback.
+pub fn peer_url(
+    n: &registry_model::Node,
+    host_loopback: Option<std::net::IpAddr>,
+) -> Option<String> {
+    let given = n
+        .peer_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("http://[{}]:{PEER_PORT}", n.ipv6));
+    registry_model::endpoint::reachable(&given, host_loopback)
+}
+
+/// The addresses the other nodes of `node`'s subnet reach its peer port from: their peer
+/// endpoints' hosts (none when it is in no subnet).
+pub fn peer_addresses(
+    reg: &Registry,
+    node: &str,
+    host_loopback: Option<std::net::IpAddr>,
+) -> Vec<std::net::IpAddr> {
+    let Some(s) = reg
+        .subnets
+        .values()
+        .find(|s| s.nodes.iter().any(|n| n == node))
+    else {
+        return Vec::new();
+    };
+    let mut v: Vec<std::net::IpAddr> = s
+        .nodes
+        .iter()
+        .filter(|n| *n != node)
+        .filter_map(|n| reg.nodes.get(n))
+        .filter_map(|n| peer_url(n, host_loopback))
+        .filter_map(|u| registry_model::endpoint::host_addr(&u))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// How `node` takes part in the log of subnet `s`: the members by the registry, every
+/// registered node with a usable peer endpoint (a node leaving the log is still heard
+/// until it has left), and whether this node starts the log.
+fn raft_spec(
+    reg: &Registry,
+    s: &registry_model::Subnet,
+    node: &str,
+    place: &ReplicaPlace,
+) -> RaftSpec {
+    let peers = reg
+        .nodes
+        .values()
+        .filter_map(|n| {
+            peer_url(n, place.host_loopback).map(|url| RaftPeer {
+                id: member_id(&n.id),
+                url,
+                public_key: n.public_key.clone(),
+            })
+        })
+        .collect();
+    let starter = s
+        .founders
+        .iter()
+        .filter(|f| s.nodes.contains(f))
+        .min_by_key(|f| member_id(f));
+    RaftSpec {
+        id: member_id(node),
+        listen: place.peer_listen,
+        log: place.payload.dir.join("raft.redb"),
+        members: s.nodes.iter().map(|n| member_id(n)).collect(),
+        peers,
+        bootstrap: starter.is_some_and(|f| f == node),
+        membership_time: reg.time,
     }
 }
 
@@ -82,7 +165,28 @@ pub fn desired(reg: &Registry, node: &str, key: &keys::SecretKey, place: &Replic
             .collect(),
         listen: place.listen,
         state_dir: place.payload.dir.join("state"),
+        raft: Some(raft_spec(reg, s, node, place)),
     }))
+}
+
+/// How long a node taken out of its subnet keeps its replica for the subnet's log to let
+/// it go (a two-node subnet cannot shrink without the leaving node's vote).
+pub const LEAVE_GRACE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// The subnet whose log still counts on this node's replica (a voter or learner that
+/// wrote its status in the last 30 s), if any: by the replica's `status.json` and spec.
+pub fn still_counted(place: &ReplicaPlace) -> Option<String> {
+    use node_config::spec::Spec;
+    use node_status::replica::{LogRole, ReplicaStatus, STATUS_FILE};
+    let bytes = std::fs::read(place.payload.dir.join(STATUS_FILE)).ok()?;
+    let status: ReplicaStatus = serde_json::from_slice(&bytes).ok()?;
+    let fresh = daemon_support::unix_now().saturating_sub(status.written_at) <= 30;
+    if !fresh || status.role == LogRole::Outside || !payload::active(&place.payload) {
+        return None;
+    }
+    ReplicaSpec::read(&place.payload.spec_path())
+        .ok()
+        .map(|s| s.subnet)
 }
 
 /// What [`apply`] did, for the console.
@@ -157,6 +261,7 @@ mod tests {
             ipv6: "::1".into(),
             http_endpoint: String::new(),
             hostos_version: None,
+            peer_endpoint: None,
         }
     }
 
@@ -221,6 +326,57 @@ mod tests {
         };
         assert_eq!(spec.subnet_secret_key, hex::encode(secret.to_bytes()));
         assert_eq!((spec.subnet_size, spec.canister_range), (2, (0, 99)));
+        // Its part in the subnet's log: both nodes members, both heard, one of the two
+        // founders starts the log.
+        let raft = spec.raft.as_ref().unwrap();
+        let ids = [member_id(&me.id), member_id(&them.id)];
+        assert_eq!(raft.id, ids[0]);
+        assert_eq!(raft.members, ids);
+        assert_eq!(raft.bootstrap, ids[0] < ids[1]);
+        assert_eq!(raft.log, place.payload.dir.join("raft.redb"));
+        assert_eq!(raft.peers.len(), 2);
+        assert!(raft.peers.iter().all(|p| p.url == "http://[::1]:4100"));
+        let theirs = desired(&reg, &them.id, &other, &place);
+        let Desired::Run(their_spec) = &theirs else {
+            panic!("{theirs:?}")
+        };
+        assert_ne!(raft.bootstrap, their_spec.raft.as_ref().unwrap().bootstrap);
+        // A node added later never starts the log, even with the smallest id.
+        let mut grown = reg.clone();
+        let s1 = grown.subnets.get_mut("s1").unwrap();
+        s1.nodes.push("late".into());
+        let s1 = s1.clone();
+        assert!(!raft_spec(&grown, &s1, "late", &place).bootstrap);
+        assert_eq!(s1.founders, [me.id.clone(), them.id.clone()]);
+        // A local network's loopback endpoints are reached through the host; the firewall
+        // opens the peer port to the other node only.
+        let mut local = reg.clone();
+        local.nodes.get_mut(&them.id).unwrap().peer_endpoint = Some("http://127.0.0.1:7001".into());
+        let via: std::net::IpAddr = "10.0.2.2".parse().unwrap();
+        let dev = ReplicaPlace {
+            host_loopback: Some(via),
+            ..place.clone()
+        };
+        let Desired::Run(dev_spec) = desired(&local, &me.id, &mine, &dev) else {
+            panic!()
+        };
+        let urls: Vec<_> = dev_spec
+            .raft
+            .as_ref()
+            .unwrap()
+            .peers
+            .iter()
+            .map(|p| p.url.clone())
+            .collect();
+        assert!(
+            urls.contains(&"http://10.0.2.2:7001".to_string()),
+            "{urls:?}"
+        );
+        assert_eq!(peer_addresses(&local, &me.id, Some(via)), vec![via]);
+        assert_eq!(
+            peer_addresses(&reg, &me.id, None),
+            vec!["::1".parse::<std::net::IpAddr>().unwrap()]
+        );
         let (done, state) = apply(&want, &place).unwrap();
         assert_eq!(
             done,
@@ -258,6 +414,16 @@ mod tests {
         })
         .unwrap();
         let want = desired(&reg, &me.id, &mine, &place);
+        let Desired::Run(alone) = &want else {
+            panic!("{want:?}")
+        };
+        let raft = alone.raft.as_ref().unwrap();
+        assert_eq!(raft.members, [member_id(&me.id)]);
+        assert!(raft.bootstrap, "the one founder left starts the log");
+        assert!(
+            raft.peers.len() == 2,
+            "the leaving node is still heard while it leaves"
+        );
         assert_eq!(
             apply(&want, &place).unwrap().0,
             Applied::Restarted {

@@ -220,6 +220,9 @@ pub struct Registration {
     pub ipv6: String,
     pub http_endpoint: String,
     pub nonce: u64,
+    /// Where the node's subnet peers reach it (see [`crate::Node::peer_endpoint`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_endpoint: Option<String>,
 }
 
 /// How long a registration request stays valid after it is signed.
@@ -247,6 +250,7 @@ impl Registration {
             ipv6,
             http_endpoint,
             nonce: keys::random_u64()?,
+            peer_endpoint: None,
         })
     }
 
@@ -606,13 +610,12 @@ fn registration_deferred(
             other.id
         )));
     }
-    if !(r.http_endpoint.starts_with("http://") || r.http_endpoint.starts_with("https://"))
-        || r.http_endpoint.len() > 256
-    {
-        return Err(ModelError::Invalid(format!(
-            "`{}` is not an http(s) endpoint",
-            r.http_endpoint
-        )));
+    for e in std::iter::once(&r.http_endpoint).chain(&r.peer_endpoint) {
+        if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() > 256 {
+            return Err(ModelError::Invalid(format!(
+                "`{e}` is not an http(s) endpoint"
+            )));
+        }
     }
     let node = Node {
         id: id.clone(),
@@ -621,6 +624,7 @@ fn registration_deferred(
         ipv6: r.ipv6.clone(),
         http_endpoint: r.http_endpoint.clone(),
         hostos_version: None,
+        peer_endpoint: r.peer_endpoint.clone(),
     };
     reg.nodes.insert(id, node.clone());
     reg.operators

@@ -45,6 +45,7 @@
 
 pub mod api;
 pub mod change;
+pub mod endpoint;
 pub mod keys;
 pub mod registry;
 pub mod subnet_key;
@@ -291,6 +292,7 @@ mod tests {
                 ipv6: format!("fd00::{}", nonce + 1),
                 http_endpoint: "http://[fd00::1]:8080".into(),
                 nonce,
+                peer_endpoint: None,
             };
             let (_, hash, version) = n.head();
             Change {
@@ -617,6 +619,7 @@ mod tests {
             ipv6: "fd00::1".into(),
             http_endpoint: "http://[fd00::1]:8080".into(),
             nonce: 1,
+            peer_endpoint: Some("http://[fd00::1]:4100".into()),
         };
         let change = |n: &Net, r: &Registration| {
             let (_, hash, version) = n.head();
@@ -629,7 +632,22 @@ mod tests {
                 },
             }
         };
+        // A peer endpoint that is no URL is refused, naming it.
+        let bad = Registration {
+            peer_endpoint: Some("4100".into()),
+            ..r.clone()
+        };
+        let e = n.push(change(&n, &bad)).unwrap_err();
+        assert!(
+            e.to_string().contains("`4100` is not an http(s) endpoint"),
+            "{e}"
+        );
         n.push(change(&n, &r)).unwrap();
+        assert!(n
+            .reg
+            .nodes
+            .values()
+            .any(|x| x.peer_endpoint.as_deref() == Some("http://[fd00::1]:4100")));
         let e = n.push(change(&n, &r)).unwrap_err();
         assert!(matches!(e, ModelError::Replay(_)), "{e}");
         let elsewhere = Registration {

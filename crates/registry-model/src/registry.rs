@@ -39,6 +39,10 @@ pub struct Node {
     /// HostOS version this node must run (set by a deploy proposal).
     #[serde(default)]
     pub hostos_version: Option<String>,
+    /// Where the other nodes of its subnet reach its peer routes (the subnet's ordering);
+    /// none: `http://[<ipv6>]:4100`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_endpoint: Option<String>,
 }
 
 /// A range of canister indices (the 8-byte index inside an ICP canister principal).
@@ -59,6 +63,10 @@ pub struct Subnet {
     /// The subnet's certification key (present when the network has a root key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<crate::subnet_key::SubnetKey>,
+    /// The nodes it was created with: they start its ordered log; nodes added later join
+    /// the log the others already have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub founders: Vec<NodeId>,
 }
 
 /// An elected OS version: what nodes may download and install.
@@ -723,6 +731,7 @@ impl Registry {
                     id.clone(),
                     Subnet {
                         id,
+                        founders: nodes.clone(),
                         nodes,
                         canister_ranges,
                         guestos_version,

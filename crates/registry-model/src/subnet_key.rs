@@ -321,6 +321,7 @@ mod tests {
                     ipv6: "::1".into(),
                     http_endpoint: String::new(),
                     hostos_version: None,
+                    peer_endpoint: None,
                 },
             );
         }

@@ -15,7 +15,8 @@
 //!
 //! A subnet of more than one node refuses calls sent to one node alone ([`Replica::call`]):
 //! executed there, they would make the nodes' states diverge. Its calls go through batches
-//! (ordering them is issue 14). Queries and `read_state` answer from the state there is.
+//! its log orders ([`ordered`], [`subnet`]). Queries and `read_state` answer from the state
+//! there is.
 //!
 //! A replica opened on a state directory ([`Replica::open`]) takes a [`checkpoint`] after every
 //! executed call, before the caller hears of it: an answered call is never lost to a power
@@ -32,6 +33,7 @@ pub mod node;
 pub mod ordered;
 mod query;
 pub mod state;
+pub mod subnet;
 
 use canister_runtime::{Context, Entry, Outcome, Runtime, Trap};
 use certified_state::{BlsKey, Delegation, Path, StateTree};
@@ -56,7 +58,7 @@ pub struct Config {
     pub node_key: ed25519_dalek::SigningKey,
     /// The subnet's canister ids, first and last index.
     pub canister_range: (u64, u64),
-    /// Nodes in the subnet (more than one: calls are refused until replication lands).
+    /// Nodes in the subnet (more than one: a call is taken only through the subnet's log).
     pub subnet_size: usize,
     /// The Ed25519 public keys of the subnet's other nodes, certified next to this node's so
     /// an agent checks query answers signed by any of them.
@@ -511,7 +513,7 @@ impl Replica {
                 2,
                 "IC0208",
                 format!(
-                    "this subnet has {} nodes and does not replicate yet: a call executed on one node would make the nodes' states diverge, so calls are refused (queries and read_state still answer)",
+                    "this node of a {}-node subnet runs without the subnet's ordered log: a call executed on one node alone would make the nodes' states diverge, so calls are refused (queries and read_state still answer)",
                     self.config.subnet_size
                 ),
             ));

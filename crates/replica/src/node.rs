@@ -124,6 +124,7 @@ mod tests {
             subnet_nodes: Vec::new(),
             listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: "/nonexistent".into(),
+            raft: None,
         }
     }
 

@@ -252,7 +252,7 @@ async fn a_subnet_of_several_nodes_refuses_calls_until_it_replicates() {
         .await
         .unwrap_err();
     let text = reject_text(e);
-    assert!(text.contains("does not replicate yet"), "{text}");
+    assert!(text.contains("without the subnet's ordered log"), "{text}");
 }
 
 /// POST raw bytes; the status and body.

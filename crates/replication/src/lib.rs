@@ -140,6 +140,9 @@ pub enum ReplicationError {
     /// unknown whether it was (the command may be sent again only if it is idempotent).
     #[error("the subnet has no reachable leader now: {0}")]
     NoLeader(String),
+    /// No leader is elected yet: nothing was written.
+    #[error("the subnet has no leader yet (an election is under way or no majority is up)")]
+    Electing,
     #[error("the command was not committed: {0}")]
     NotCommitted(String),
     #[error("no answer from the subnet within {0:?}")]
@@ -154,7 +157,30 @@ pub struct Replicated {
     peers: network::Peers,
     identity: auth::Identity,
     settings: Settings,
+    /// The newest membership time a change was made for while this node led: an older
+    /// request (a member whose registry view lags) is refused.
+    membership_time: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The group as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+/// A membership change a member asks the leader for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MembersRequest {
+    time: u64,
+    members: BTreeMap<u64, String>,
+}
+
+/// How long a proposal that found no leader waits before it asks again.
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
 
 type WriteError = openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, Node>>;
 
@@ -205,6 +231,7 @@ impl Replicated {
             peers,
             identity,
             settings,
+            membership_time: Arc::default(),
         })
     }
 
@@ -220,7 +247,123 @@ impl Replicated {
     /// [`Replicated::router`] with the application's own peer routes (`extra`), which only
     /// trusted members reach, as the engine's own.
     pub fn router_with(&self, extra: axum::Router) -> axum::Router {
-        network::router(self.raft.clone(), self.identity.clone(), extra)
+        let me = self.clone();
+        let members = axum::Router::new().route(
+            "/raft/members",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let answer = match serde_cbor::from_slice::<MembersRequest>(&body) {
+                    Ok(r) => me
+                        .change_members(r.time, r.members)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("not a membership request: {e}")),
+                };
+                serde_cbor::to_vec(&answer).unwrap_or_default()
+            }),
+        );
+        let me = self.clone();
+        let view = axum::Router::new().route(
+            "/raft/view",
+            axum::routing::post(move || async move {
+                serde_cbor::to_vec(&me.view()).unwrap_or_default()
+            }),
+        );
+        network::router(
+            self.raft.clone(),
+            self.identity.clone(),
+            extra.merge(members).merge(view),
+        )
+    }
+
+    /// Whether the group has let this node go. A member taken out never hears of the final
+    /// change (the leader stops sending to it), so its own view still counts it: it asks
+    /// the others, and is out when it hears from no leader and every member that answers
+    /// either no longer hears it (401) or counts it out. A node that reaches nobody is not
+    /// out (it may be cut off, not removed).
+    pub async fn let_go(&self) -> bool {
+        let view = self.view();
+        if !view.voters.contains(&self.id) && !view.learners.contains(&self.id) {
+            return true;
+        }
+        if view.leader.is_some() {
+            return false;
+        }
+        let mut answered = 0;
+        for (id, url) in self.members() {
+            if id == self.id {
+                continue;
+            }
+            match self.ask::<(), View>(&url, "/raft/view", &()).await {
+                Ok(v) if v.voters.contains(&self.id) || v.learners.contains(&self.id) => {
+                    return false
+                }
+                Ok(_) | Err(network::PeerError::Status { status: 401, .. }) => answered += 1,
+                Err(e) => tracing::debug!(member = id, "no view from it: {e}"),
+            }
+        }
+        answered > 0
+    }
+
+    /// The group as this node sees it now.
+    pub fn view(&self) -> View {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let learners = membership
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| !voters.contains(id))
+            .collect();
+        View {
+            leader: m.current_leader,
+            term: m.current_term,
+            applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            voters,
+            learners,
+        }
+    }
+
+    /// Ask the leader to make `members` (id → peer URL) the group, as a registry of `time`
+    /// has it. A leader that made a change for a newer time refuses: the asker's view lags.
+    pub async fn request_members(
+        &self,
+        time: u64,
+        members: BTreeMap<u64, String>,
+    ) -> Result<(), ReplicationError> {
+        let leader = self.leader().ok_or(ReplicationError::Electing)?;
+        if leader == self.id {
+            return self.change_members(time, members).await;
+        }
+        let url = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| ReplicationError::NoLeader(format!("leader {leader} has no address")))?;
+        let answer: Result<(), String> = self
+            .ask(&url, "/raft/members", &MembersRequest { time, members })
+            .await
+            .map_err(|e| ReplicationError::NoLeader(e.to_string()))?;
+        answer.map_err(ReplicationError::Membership)
+    }
+
+    /// On the leader: [`Replicated::set_members`] unless a newer time's change was made.
+    async fn change_members(
+        &self,
+        time: u64,
+        members: BTreeMap<u64, String>,
+    ) -> Result<(), ReplicationError> {
+        use std::sync::atomic::Ordering;
+        let newest = self.membership_time.fetch_max(time, Ordering::SeqCst);
+        if time < newest {
+            return Err(ReplicationError::Membership(format!(
+                "a membership of registry time {newest} is newer than the one asked for ({time})"
+            )));
+        }
+        self.set_members(members).await
     }
 
     /// The members (id → peer URL) of the group as this node knows it.
@@ -278,6 +421,23 @@ impl Replicated {
     /// applied it once [`Replicated::wait_applied`] returns). Sent to a follower, it goes to
     /// the leader.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Proposed, ReplicationError> {
+        // An election takes a few heartbeats: a command that finds no leader waits for one,
+        // within the request timeout, rather than fail at once.
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        loop {
+            match self.propose_once(command.clone()).await {
+                Err(ReplicationError::Electing)
+                    if tokio::time::Instant::now() + NO_LEADER_PAUSE < deadline =>
+                {
+                    tracing::debug!("no leader yet; again");
+                    tokio::time::sleep(NO_LEADER_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn propose_once(&self, command: Vec<u8>) -> Result<Proposed, ReplicationError> {
         let command = Command(command);
         let local = tokio::time::timeout(
             self.settings.request_timeout,
@@ -307,9 +467,9 @@ impl Replicated {
         match remote {
             Ok(p) => Ok(p),
             Err(e) => {
-                // The leader moved on meanwhile: the caller may try again.
+                // The leader moved on meanwhile, nothing was written: ask again.
                 forward_target(&e)?;
-                Err(ReplicationError::NoLeader(e.to_string()))
+                Err(ReplicationError::Electing)
             }
         }
     }
@@ -400,10 +560,7 @@ impl Replicated {
 /// The leader a refused write should go to, or why there is none.
 fn forward_target(e: &WriteError) -> Result<Node, ReplicationError> {
     match e.forward_to_leader::<Node>() {
-        Some(f) => f
-            .leader_node
-            .clone()
-            .ok_or_else(|| ReplicationError::NoLeader("no leader elected yet".into())),
+        Some(f) => f.leader_node.clone().ok_or(ReplicationError::Electing),
         None => Err(ReplicationError::NotCommitted(e.to_string())),
     }
 }

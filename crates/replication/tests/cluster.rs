@@ -346,3 +346,71 @@ fn forged_unsigned_and_stale_peer_messages_are_refused_and_change_nothing() {
     c.converge(&["before".to_string(), "after".to_string()]);
     c.stop();
 }
+
+/// Membership follows the registry through any member: a follower asks the leader to drop
+/// a member (the dropped one is still heard until it has left, so even the last vote it
+/// casts counts), a request made from an older registry view is refused and changes
+/// nothing, and the dropped member is added back and catches up from the log.
+#[test]
+fn membership_changes_go_through_the_leader_and_an_older_registry_view_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(dir.path());
+    let l = c.leader();
+    c.propose(l, "first").unwrap();
+    let urls = |ids: &[usize]| -> std::collections::BTreeMap<u64, String> {
+        ids.iter()
+            .map(|i| (c.members[*i].id, c.members[*i].url()))
+            .collect()
+    };
+    let follower = (l + 1) % 3;
+    let dropped = (l + 2) % 3;
+    let voters = |i: usize| c.members[i].node().view().voters;
+    let m = &c.members[follower];
+    m.block_on(m.node().request_members(20, urls(&[l, follower])))
+        .unwrap();
+    let want: Vec<u64> = {
+        let mut v = vec![c.members[l].id, c.members[follower].id];
+        v.sort();
+        v
+    };
+    let kept = [c.members[l].id, c.members[follower].id];
+    until_all(&c.members, "two voters", |m| {
+        !kept.contains(&m.id) || m.node().view().voters == want
+    });
+    // The dropped member never hears of the final change; it learns it was let go by
+    // asking the others. The others were not.
+    let gone = &c.members[dropped];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gone.block_on(gone.node().let_go()) {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped member never learned it was let go"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for i in [l, follower] {
+        let k = &c.members[i];
+        assert!(!k.block_on(k.node().let_go()));
+    }
+    // A member whose view of the registry is older asks for all three back: refused.
+    let e = m
+        .block_on(m.node().request_members(10, urls(&[0, 1, 2])))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("newer than the one asked for"),
+        "{e}"
+    );
+    assert_eq!(voters(l), want);
+    // The two go on without the third.
+    c.propose(l, "second").unwrap();
+    // A newer view adds it back: it catches up from the log and votes again.
+    m.block_on(m.node().request_members(30, urls(&[0, 1, 2])))
+        .unwrap();
+    let all: Vec<u64> = (1..=3).collect();
+    until_all(&c.members, "three voters", |m| {
+        m.node().view().voters == all
+    });
+    c.converge(&["first".to_string(), "second".to_string()]);
+    assert_eq!(c.commands(dropped), ["first", "second"]);
+    c.stop();
+}

@@ -110,6 +110,9 @@ pub struct NodeInfo {
     pub agent_port: u16,
     pub status_port: u16,
     pub payload_port: u16,
+    /// The host port forwarded to the GuestOS's subnet peer port (4100).
+    #[serde(default)]
+    pub peer_port: u16,
     pub node_id: Option<String>,
     /// Governance made it an API boundary node: its payload port serves the boundary.
     #[serde(default)]
@@ -795,13 +798,14 @@ fn start_node(
     let disk = ndir.join("guest.img");
     copy_sparse(&base.join("disk.img"), &disk)?;
     let (agent_port, status_port, payload_port) = (free_port()?, free_port()?, free_port()?);
+    let peer_port = free_port()?;
     let cfg = node_config(
         state,
         spec,
         &ndir,
         &disk,
         i,
-        [agent_port, status_port, payload_port],
+        [agent_port, status_port, payload_port, peer_port],
     )?;
     let cfg_path = ndir.join("hostos.toml");
     std::fs::write(&cfg_path, cfg.render()).map_err(io("writing hostos.toml"))?;
@@ -819,6 +823,7 @@ fn start_node(
         agent_port,
         status_port,
         payload_port,
+        peer_port,
         node_id: None,
         api_boundary: false,
     })
@@ -826,14 +831,15 @@ fn start_node(
 
 /// A development HostOS config for node `i` (the same type SetupOS writes): local
 /// deployment, DHCP for IPv4 plus the static IPv6 of QEMU's user network (`fec0::/64`,
-/// gateway `fec0::2`), the testnet registry, forwards for the status and payload ports.
+/// gateway `fec0::2`), the testnet registry, forwards for the status, payload and subnet
+/// peer ports (nodes reach each other's peer port through this machine's loopback).
 fn node_config(
     state: &State,
     spec: &Spec,
     ndir: &Path,
     disk: &Path,
     i: usize,
-    [agent_port, status_port, payload_port]: [u16; 3],
+    [agent_port, status_port, payload_port, peer_port]: [u16; 4],
 ) -> Result<node_config::hostos::HostosConfig, TestnetError> {
     let mut c =
         node_config::hostos::HostosConfig::parse("", "testnet").map_err(|e| msg(e.to_string()))?;
@@ -844,6 +850,7 @@ fn node_config(
         .map_err(|e: node_identity::IdentityError| msg(e.to_string()))?;
     c.hostos_version = Some("dev".into());
     c.http_endpoint = Some(format!("http://127.0.0.1:{payload_port}"));
+    c.peer_endpoint = Some(format!("http://127.0.0.1:{peer_port}"));
     c.ipv6_prefix = Some("fec0:0:0:0".into());
     c.ipv6_gateway = Some(std::net::Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 2));
     c.network_mode = node_config::NetworkMode::Dhcp;
@@ -851,7 +858,11 @@ fn node_config(
     c.vcpus = spec.vcpus;
     c.memory_mib = spec.memory_mib;
     c.boot_timeout_secs = 900;
-    c.forwards = vec![(status_port, 9100), (payload_port, 8080)];
+    c.forwards = vec![
+        (status_port, 9100),
+        (payload_port, 8080),
+        (peer_port, node_config::replica::PEER_PORT),
+    ];
     c.registry = Some(node_config::hostos::RegistryConfig {
         urls: vec![state.registry_url()],
         genesis_hash: state.genesis_hash.clone(),
@@ -1028,6 +1039,7 @@ impl NodeRow {
             (ReplicaState::Serving { .. }, _) => format!("replica {url}"),
             (_, BoundaryState::Serving { .. }) => format!("boundary {url}"),
             (ReplicaState::Down { .. }, _) => "replica down".into(),
+            (ReplicaState::Leaving { subnet }, _) => format!("replica leaving {subnet} {url}"),
             (_, BoundaryState::Down { .. }) => "boundary down".into(),
             _ => "-".into(),
         }

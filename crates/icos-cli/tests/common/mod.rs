@@ -439,6 +439,7 @@ pub fn register_node(
     key: &registry_model::keys::SecretKey,
     n: usize,
     endpoint: String,
+    peer_endpoint: Option<String>,
 ) {
     use registry_model::{keys, Registration, SignedRegistration};
     let reg = api.snapshot(None).unwrap().registry;
@@ -455,6 +456,7 @@ pub fn register_node(
         now,
     )
     .unwrap();
+    let r = Registration { peer_endpoint, ..r };
     api.register(&SignedRegistration::sign(r, &gov.operators[0].1))
         .unwrap();
 }

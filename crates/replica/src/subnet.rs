@@ -1,0 +1,229 @@
+//! A replica of a replicated subnet, as the GuestOS runs it from its spec
+//! ([`node_config::replica::RaftSpec`]): the replica driven by the subnet's ordered log, its
+//! peer routes (the log's and the root comparison's) on the peer port, its interface on the
+//! payload port, and four background duties:
+//!
+//! * **start** the log, on the one node the spec names (the first founder still in the
+//!   subnet); every other node waits for the leader to add it;
+//! * **membership**: hear the subnet's members and, while they leave, the log's; ask the
+//!   leader to make the registry's members the log's (a change asked with an older registry
+//!   view than the leader's newest is refused, so a lagging node cannot undo one);
+//! * **comparison** of state roots ([`crate::compare`]): on a divergence the node stops
+//!   serving, sets its state folder aside and ends with an error, and its supervisor (systemd)
+//!   starts it again on an empty folder, which the log replays into the subnet's state;
+//! * **status**: `status.json` next to the spec every second
+//!   ([`node_status::replica::ReplicaStatus`]).
+
+use crate::compare;
+use crate::ordered::Ordered;
+use crate::Replica;
+use node_config::replica::{RaftSpec, ReplicaSpec};
+use node_status::replica::{LogRole, ReplicaStatus, Serving, STATUS_FILE};
+use replication::{auth::Identity, Replicated, Settings};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a replicated replica could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SubnetError {
+    #[error("the replica spec's raft section: {0}")]
+    Spec(String),
+    #[error("the subnet's log: {0}")]
+    Log(#[from] replication::ReplicationError),
+    #[error("no async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("serving on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("{0}; its state was set aside at {1}")]
+    Diverged(compare::Divergence, PathBuf),
+    #[error("{0}; and setting its state aside failed: {1}")]
+    SetAside(compare::Divergence, std::io::Error),
+}
+
+/// Where a started replicated replica serves.
+pub struct Addresses {
+    pub api: SocketAddr,
+    pub peers: SocketAddr,
+}
+
+/// [`start`] on a runtime of its own, until the replica stops: `started` hears where it
+/// serves; the return value says why it stopped (it never stops otherwise).
+pub fn run(
+    spec: &ReplicaSpec,
+    replica: Replica,
+    settings: Settings,
+    started: impl FnOnce(&Addresses),
+) -> SubnetError {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return SubnetError::Runtime(e),
+    };
+    rt.block_on(async {
+        match start(spec, replica, settings).await {
+            Ok((at, stopped)) => {
+                started(&at);
+                stopped.await
+            }
+            Err(e) => e,
+        }
+    })
+}
+
+/// Hex Ed25519 public keys of the spec's peers, by member id.
+fn peer_keys(raft: &RaftSpec) -> Result<BTreeMap<u64, [u8; 32]>, SubnetError> {
+    raft.peers
+        .iter()
+        .map(|p| {
+            let key: [u8; 32] = hex::decode(&p.public_key)
+                .ok()
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| {
+                    SubnetError::Spec(format!("peer {}'s key is not 32 bytes of hex", p.id))
+                })?;
+            Ok((p.id, key))
+        })
+        .collect()
+}
+
+/// The URLs of `ids`, from the spec's peers (an id without one is left out).
+fn urls(raft: &RaftSpec, ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, String> {
+    ids.into_iter()
+        .filter_map(|id| {
+            raft.peers
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| (id, p.url.clone()))
+        })
+        .collect()
+}
+
+/// Start the replica of `spec` on the current tokio runtime; returns where it serves and a
+/// future that ends only with the reason it stopped (a divergence, after setting the state
+/// aside).
+pub async fn start(
+    spec: &ReplicaSpec,
+    replica: Replica,
+    settings: Settings,
+) -> Result<(Addresses, impl std::future::Future<Output = SubnetError>), SubnetError> {
+    let raft = spec
+        .raft
+        .clone()
+        .ok_or_else(|| SubnetError::Spec("missing".into()))?;
+    if !raft.members.contains(&raft.id) {
+        return Err(SubnetError::Spec(format!(
+            "this node ({}) is not among the members {:?}",
+            raft.id, raft.members
+        )));
+    }
+    let keys = peer_keys(&raft)?;
+    let replica = Arc::new(replica);
+    let trusted = keys
+        .iter()
+        .filter(|(id, _)| raft.members.contains(id))
+        .map(|(id, k)| (*id, *k))
+        .collect();
+    let identity = Identity::new(raft.id, replica.config().node_key.clone(), trusted);
+    let ordered = Arc::new(Ordered::new(replica.clone()));
+    let node = Replicated::start(raft.id, &raft.log, ordered.clone(), identity, settings).await?;
+    let peer_router = node.router_with(compare::routes(ordered.clone()));
+    let (peers, _) = http_guard::spawn(raft.listen, peer_router, http_guard::Limits::default())
+        .map_err(|e| SubnetError::Listen(raft.listen, e))?;
+    let api_router = crate::http::subnet_router(replica.clone(), node.clone());
+    let (api, _) = http_guard::spawn(spec.listen, api_router, http_guard::Limits::default())
+        .map_err(|e| SubnetError::Listen(spec.listen, e))?;
+    if raft.bootstrap {
+        node.initialize(urls(&raft, raft.members.iter().copied()))
+            .await?;
+    }
+    let folder = spec.state_dir.clone();
+    let status_file = folder
+        .parent()
+        .map(|p| p.join(STATUS_FILE))
+        .unwrap_or_else(|| PathBuf::from(STATUS_FILE));
+    tokio::spawn(membership(node.clone(), raft.clone(), keys));
+    tokio::spawn(status(node.clone(), replica.clone(), raft.id, status_file));
+    let watched = async move {
+        let d = compare::watch(ordered, node.clone(), Duration::from_secs(2)).await;
+        node.shutdown().await;
+        match compare::set_aside(&folder) {
+            Ok(aside) => SubnetError::Diverged(d, aside),
+            Err(e) => SubnetError::SetAside(d, e),
+        }
+    };
+    Ok((Addresses { api, peers }, watched))
+}
+
+/// Every 2 s: hear the registry's members and the log's (a leaving member is heard until it
+/// has left), and ask the leader for the registry's membership when the log's differs.
+async fn membership(node: Replicated, raft: RaftSpec, keys: BTreeMap<u64, [u8; 32]>) {
+    let want: std::collections::BTreeSet<u64> = raft.members.iter().copied().collect();
+    let mut said = String::new();
+    loop {
+        let view = node.view();
+        let heard = keys
+            .iter()
+            .filter(|(id, _)| {
+                want.contains(id) || view.voters.contains(id) || view.learners.contains(id)
+            })
+            .map(|(id, k)| (*id, *k))
+            .collect();
+        node.trust(heard);
+        let voters: std::collections::BTreeSet<u64> = view.voters.iter().copied().collect();
+        if view.leader.is_some() && voters != want {
+            let asked = node
+                .request_members(raft.membership_time, urls(&raft, want.iter().copied()))
+                .await;
+            let now = match asked {
+                Ok(()) => format!("the log's members are now {want:?}"),
+                Err(e) => format!("asking for members {want:?}: {e}"),
+            };
+            if now != said {
+                tracing::info!("{now}");
+                said = now;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Every second: `status.json` from the log's view and the replica's serving state.
+async fn status(node: Replicated, replica: Arc<Replica>, id: u64, file: PathBuf) {
+    loop {
+        let view = node.view();
+        // A member taken out never hears of it: ask the others when no leader is heard.
+        let role = if view.leader.is_none() && node.let_go().await {
+            LogRole::Outside
+        } else if view.voters.contains(&id) {
+            LogRole::Voter
+        } else if view.learners.contains(&id) {
+            LogRole::Learner
+        } else {
+            LogRole::Outside
+        };
+        let s = ReplicaStatus {
+            member_id: id,
+            role,
+            leader: view.leader,
+            term: view.term,
+            applied: view.applied,
+            voters: view.voters,
+            serving: match replica.stopped() {
+                None => Serving::Serving,
+                Some(reason) => Serving::Diverged { reason },
+            },
+            written_at: daemon_support::unix_now(),
+        };
+        let bytes = serde_json::to_vec_pretty(&s).unwrap_or_default();
+        if let Err(e) = daemon_support::write_private(&file, &bytes) {
+            tracing::warn!("writing {}: {e}", file.display());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
