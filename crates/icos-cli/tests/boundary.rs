@@ -148,12 +148,15 @@ fn network(dir: &Path, front_a: bool) -> Net {
                 peer_listen: format!("127.0.0.1:{peer_port}").parse().unwrap(),
                 host_loopback: None,
             };
-            let Desired::Run(spec) = desired(&reg, id, key, &place) else {
+            let Desired::Run { spec, membership } = desired(&reg, id, key, &place) else {
                 panic!("{id} has no replica to run")
             };
             std::fs::create_dir_all(&place.payload.dir).unwrap();
             let path = place.payload.spec_path();
             spec.write(&path).unwrap();
+            membership
+                .write(&spec.raft.as_ref().unwrap().membership)
+                .unwrap();
             NodeSpec {
                 id: id.clone(),
                 key: key.clone(),

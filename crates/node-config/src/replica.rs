@@ -40,7 +40,8 @@ pub struct ReplicaSpec {
     pub raft: Option<RaftSpec>,
 }
 
-/// How a replica takes part in its subnet's ordered log (`replication`).
+/// How a replica takes part in its subnet's ordered log (`replication`): what is fixed for
+/// the replica's life. Who the members are changes without a restart: [`Membership`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaftSpec {
@@ -50,19 +51,35 @@ pub struct RaftSpec {
     pub listen: std::net::SocketAddr,
     /// The log's file: outside `state_dir`, so a state set aside keeps its log.
     pub log: PathBuf,
+    /// Where the orchestrator keeps the subnet's [`Membership`] up to date.
+    pub membership: PathBuf,
+    /// Whether this node starts the log (the first of the subnet's founders still in it);
+    /// every other node waits to be added by the leader.
+    pub bootstrap: bool,
+}
+
+/// Who is in a subnet's log, by the registry: rewritten by the orchestrator whenever its
+/// registry view changes, read by the replica every few seconds (no restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Membership {
     /// The subnet's nodes by the registry: the log's members once the leader has made
     /// them so.
     pub members: Vec<u64>,
     /// Every registered node that may be heard: the members, and nodes still in the log's
     /// membership while they leave it.
     pub peers: Vec<RaftPeer>,
-    /// Whether this node starts the log (the first of the subnet's founders still in it);
-    /// every other node waits to be added by the leader.
-    pub bootstrap: bool,
-    /// The registry's time for this membership: a membership change asked with an older one
-    /// than the leader has seen is refused.
-    pub membership_time: u64,
+    /// The registry's time for this view: a membership change asked with an older one than
+    /// the leader has acted on is refused.
+    pub time: u64,
 }
+
+impl crate::spec::Spec for Membership {
+    const WHAT: &'static str = "subnet membership";
+}
+
+/// The membership file's name, next to the spec.
+pub const MEMBERSHIP_FILE: &str = "membership.json";
 
 /// A node that may take part in a subnet's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,14 +134,8 @@ mod tests {
                 id: member_id("n1"),
                 listen: "[::]:4100".parse().unwrap(),
                 log: d.path().join("raft.redb"),
-                members: vec![member_id("n1")],
-                peers: vec![RaftPeer {
-                    id: member_id("n1"),
-                    url: "http://[fd00::1]:4100".into(),
-                    public_key: "33".repeat(32),
-                }],
+                membership: d.path().join(MEMBERSHIP_FILE),
                 bootstrap: true,
-                membership_time: 7,
             }),
         };
         s.write(&p).unwrap();

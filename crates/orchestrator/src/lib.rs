@@ -513,7 +513,7 @@ impl Orchestrator {
             Ok((_, state)) => state,
             Err(e) => ReplicaState::Down {
                 subnet: match &want {
-                    replica::Desired::Run(s) => s.subnet.clone(),
+                    replica::Desired::Run { spec, .. } => spec.subnet.clone(),
                     _ => String::new(),
                 },
                 reason: e.to_string(),

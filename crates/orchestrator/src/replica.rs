@@ -8,7 +8,10 @@
 //! longer lists the node in a subnet deletes state.
 
 use crate::payload::{self, Change, PayloadError, Place};
-use node_config::replica::{member_id, RaftPeer, RaftSpec, ReplicaSpec, PEER_PORT};
+use node_config::replica::{
+    member_id, Membership, RaftPeer, RaftSpec, ReplicaSpec, MEMBERSHIP_FILE, PEER_PORT,
+};
+use node_config::spec::Spec;
 use node_status::orchestrator::ReplicaState;
 use registry_model::{keys, Registry};
 
@@ -20,8 +23,12 @@ pub const REPLICA_PORT: u16 = 8080;
 pub enum Desired {
     /// In no subnet.
     None,
-    /// In a subnet whose key opens for this node.
-    Run(Box<ReplicaSpec>),
+    /// In a subnet whose key opens for this node: the replica's spec, and who is in the
+    /// subnet's log (kept up to date without a restart).
+    Run {
+        spec: Box<ReplicaSpec>,
+        membership: Membership,
+    },
     /// In a subnet, but no replica can run: why.
     Cannot { subnet: String, reason: String },
 }
@@ -92,12 +99,25 @@ pub fn peer_addresses(
 /// How `node` takes part in the log of subnet `s`: the members by the registry, every
 /// registered node with a usable peer endpoint (a node leaving the log is still heard
 /// until it has left), and whether this node starts the log.
-fn raft_spec(
-    reg: &Registry,
-    s: &registry_model::Subnet,
-    node: &str,
-    place: &ReplicaPlace,
-) -> RaftSpec {
+fn raft_spec(s: &registry_model::Subnet, node: &str, place: &ReplicaPlace) -> RaftSpec {
+    let starter = s
+        .founders
+        .iter()
+        .filter(|f| s.nodes.contains(f))
+        .min_by_key(|f| member_id(f));
+    RaftSpec {
+        id: member_id(node),
+        listen: place.peer_listen,
+        log: place.payload.dir.join("raft.redb"),
+        membership: place.payload.dir.join(MEMBERSHIP_FILE),
+        bootstrap: starter.is_some_and(|f| f == node),
+    }
+}
+
+/// Who is in the log of subnet `s` by `reg`: its nodes, and every registered node with a
+/// usable peer endpoint as one that may be heard (a node leaving the log is heard until it
+/// has left).
+fn membership(reg: &Registry, s: &registry_model::Subnet, place: &ReplicaPlace) -> Membership {
     let peers = reg
         .nodes
         .values()
@@ -109,19 +129,10 @@ fn raft_spec(
             })
         })
         .collect();
-    let starter = s
-        .founders
-        .iter()
-        .filter(|f| s.nodes.contains(f))
-        .min_by_key(|f| member_id(f));
-    RaftSpec {
-        id: member_id(node),
-        listen: place.peer_listen,
-        log: place.payload.dir.join("raft.redb"),
+    Membership {
         members: s.nodes.iter().map(|n| member_id(n)).collect(),
         peers,
-        bootstrap: starter.is_some_and(|f| f == node),
-        membership_time: reg.time,
+        time: reg.time,
     }
 }
 
@@ -150,7 +161,7 @@ pub fn desired(reg: &Registry, node: &str, key: &keys::SecretKey, place: &Replic
         Ok(k) => k,
         Err(e) => return cannot(e.to_string()),
     };
-    Desired::Run(Box::new(ReplicaSpec {
+    let spec = Box::new(ReplicaSpec {
         subnet: s.id.clone(),
         subnet_secret_key: hex::encode(secret.to_bytes()),
         delegation: material.delegation.clone(),
@@ -165,8 +176,12 @@ pub fn desired(reg: &Registry, node: &str, key: &keys::SecretKey, place: &Replic
             .collect(),
         listen: place.listen,
         state_dir: place.payload.dir.join("state"),
-        raft: Some(raft_spec(reg, s, node, place)),
-    }))
+        raft: Some(raft_spec(s, node, place)),
+    });
+    Desired::Run {
+        spec,
+        membership: membership(reg, s, place),
+    }
 }
 
 /// How long a node taken out of its subnet keeps its replica for the subnet's log to let
@@ -219,13 +234,18 @@ pub fn apply(
                 reason: reason.clone(),
             },
         )),
-        Desired::Run(spec) => {
+        Desired::Run { spec, membership } => {
             let subnet = spec.subnet.clone();
             let applied = match payload::ensure(&place.payload, &**spec, &[])? {
                 Change::Started => Applied::Started { subnet },
                 Change::Restarted => Applied::Restarted { subnet },
                 Change::Nothing | Change::Removed => Applied::Nothing,
             };
+            // The replica reads it every few seconds: a change needs no restart.
+            let path = place.payload.dir.join(MEMBERSHIP_FILE);
+            if Membership::read(&path).ok().as_ref() != Some(membership) {
+                membership.write(&path)?;
+            }
             let state = if payload::active(&place.payload) {
                 ReplicaState::Serving {
                     subnet: spec.subnet.clone(),
@@ -321,7 +341,7 @@ mod tests {
         })
         .unwrap();
         let want = desired(&reg, &me.id, &mine, &place);
-        let Desired::Run(spec) = &want else {
+        let Desired::Run { spec, membership } = &want else {
             panic!("{want:?}")
         };
         assert_eq!(spec.subnet_secret_key, hex::encode(secret.to_bytes()));
@@ -331,13 +351,21 @@ mod tests {
         let raft = spec.raft.as_ref().unwrap();
         let ids = [member_id(&me.id), member_id(&them.id)];
         assert_eq!(raft.id, ids[0]);
-        assert_eq!(raft.members, ids);
+        assert_eq!(membership.members, ids);
+        assert_eq!(membership.time, reg.time);
         assert_eq!(raft.bootstrap, ids[0] < ids[1]);
         assert_eq!(raft.log, place.payload.dir.join("raft.redb"));
-        assert_eq!(raft.peers.len(), 2);
-        assert!(raft.peers.iter().all(|p| p.url == "http://[::1]:4100"));
+        assert_eq!(raft.membership, place.payload.dir.join(MEMBERSHIP_FILE));
+        assert_eq!(membership.peers.len(), 2);
+        assert!(membership
+            .peers
+            .iter()
+            .all(|p| p.url == "http://[::1]:4100"));
         let theirs = desired(&reg, &them.id, &other, &place);
-        let Desired::Run(their_spec) = &theirs else {
+        let Desired::Run {
+            spec: their_spec, ..
+        } = &theirs
+        else {
             panic!("{theirs:?}")
         };
         assert_ne!(raft.bootstrap, their_spec.raft.as_ref().unwrap().bootstrap);
@@ -346,7 +374,7 @@ mod tests {
         let s1 = grown.subnets.get_mut("s1").unwrap();
         s1.nodes.push("late".into());
         let s1 = s1.clone();
-        assert!(!raft_spec(&grown, &s1, "late", &place).bootstrap);
+        assert!(!raft_spec(&s1, "late", &place).bootstrap);
         assert_eq!(s1.founders, [me.id.clone(), them.id.clone()]);
         // A local network's loopback endpoints are reached through the host; the firewall
         // opens the peer port to the other node only.
@@ -357,17 +385,13 @@ mod tests {
             host_loopback: Some(via),
             ..place.clone()
         };
-        let Desired::Run(dev_spec) = desired(&local, &me.id, &mine, &dev) else {
+        let Desired::Run {
+            membership: dev, ..
+        } = desired(&local, &me.id, &mine, &dev)
+        else {
             panic!()
         };
-        let urls: Vec<_> = dev_spec
-            .raft
-            .as_ref()
-            .unwrap()
-            .peers
-            .iter()
-            .map(|p| p.url.clone())
-            .collect();
+        let urls: Vec<_> = dev.peers.iter().map(|p| p.url.clone()).collect();
         assert!(
             urls.contains(&"http://10.0.2.2:7001".to_string()),
             "{urls:?}"
@@ -389,6 +413,8 @@ mod tests {
             &ReplicaSpec::read(&place.payload.spec_path()).unwrap(),
             &**spec
         );
+        let written = Membership::read(&place.payload.dir.join(MEMBERSHIP_FILE)).unwrap();
+        assert_eq!(&written, membership);
         // With the data partition not mounted, nothing is written (the key least of all).
         let unmounted = ReplicaPlace {
             payload: Place {
@@ -404,6 +430,13 @@ mod tests {
         assert!(payload::is_mount_point(std::path::Path::new("/")));
         // The same registry again changes nothing.
         assert_eq!(apply(&want, &place).unwrap().0, Applied::Nothing);
+        // A newer registry view rewrites the membership the replica reads, without a restart.
+        let mut later = reg.clone();
+        later.time += 5;
+        let again = desired(&later, &me.id, &mine, &place);
+        assert_eq!(apply(&again, &place).unwrap().0, Applied::Nothing);
+        let written = Membership::read(&place.payload.dir.join(MEMBERSHIP_FILE)).unwrap();
+        assert_eq!(written.time, later.time);
         std::fs::create_dir_all(&spec.state_dir).unwrap();
         std::fs::write(spec.state_dir.join("checkpoint"), b"x").unwrap();
 
@@ -414,14 +447,20 @@ mod tests {
         })
         .unwrap();
         let want = desired(&reg, &me.id, &mine, &place);
-        let Desired::Run(alone) = &want else {
+        let Desired::Run {
+            spec: alone,
+            membership: left,
+        } = &want
+        else {
             panic!("{want:?}")
         };
-        let raft = alone.raft.as_ref().unwrap();
-        assert_eq!(raft.members, [member_id(&me.id)]);
-        assert!(raft.bootstrap, "the one founder left starts the log");
         assert!(
-            raft.peers.len() == 2,
+            alone.raft.as_ref().unwrap().bootstrap,
+            "the one founder left starts the log"
+        );
+        assert_eq!(left.members, [member_id(&me.id)]);
+        assert!(
+            left.peers.len() == 2,
             "the leaving node is still heard while it leaves"
         );
         assert_eq!(

@@ -17,7 +17,8 @@
 use crate::compare;
 use crate::ordered::Ordered;
 use crate::Replica;
-use node_config::replica::{RaftSpec, ReplicaSpec};
+use node_config::replica::{Membership, ReplicaSpec};
+use node_config::spec::Spec;
 use node_status::replica::{LogRole, ReplicaStatus, Serving, STATUS_FILE};
 use replication::{auth::Identity, Replicated, Settings};
 use std::collections::BTreeMap;
@@ -76,9 +77,9 @@ pub fn run(
     })
 }
 
-/// Hex Ed25519 public keys of the spec's peers, by member id.
-fn peer_keys(raft: &RaftSpec) -> Result<BTreeMap<u64, [u8; 32]>, SubnetError> {
-    raft.peers
+/// Hex Ed25519 public keys of the membership's peers, by member id.
+fn peer_keys(m: &Membership) -> Result<BTreeMap<u64, [u8; 32]>, SubnetError> {
+    m.peers
         .iter()
         .map(|p| {
             let key: [u8; 32] = hex::decode(&p.public_key)
@@ -92,16 +93,33 @@ fn peer_keys(raft: &RaftSpec) -> Result<BTreeMap<u64, [u8; 32]>, SubnetError> {
         .collect()
 }
 
-/// The URLs of `ids`, from the spec's peers (an id without one is left out).
-fn urls(raft: &RaftSpec, ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, String> {
+/// The URLs of `ids`, from the membership's peers (an id without one is left out).
+fn urls(m: &Membership, ids: impl IntoIterator<Item = u64>) -> BTreeMap<u64, String> {
     ids.into_iter()
         .filter_map(|id| {
-            raft.peers
+            m.peers
                 .iter()
                 .find(|p| p.id == id)
                 .map(|p| (id, p.url.clone()))
         })
         .collect()
+}
+
+/// The membership file, once it is there and whole (the orchestrator writes it next to the
+/// spec; a replica started first waits for it).
+async fn first_membership(path: &std::path::Path) -> Membership {
+    let mut said = false;
+    loop {
+        match Membership::read(path) {
+            Ok(m) => return m,
+            Err(e) if !said => {
+                tracing::warn!("waiting for the subnet's membership: {e}");
+                said = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Start the replica of `spec` on the current tokio runtime; returns where it serves and a
@@ -116,17 +134,12 @@ pub async fn start(
         .raft
         .clone()
         .ok_or_else(|| SubnetError::Spec("missing".into()))?;
-    if !raft.members.contains(&raft.id) {
-        return Err(SubnetError::Spec(format!(
-            "this node ({}) is not among the members {:?}",
-            raft.id, raft.members
-        )));
-    }
-    let keys = peer_keys(&raft)?;
+    let members = first_membership(&raft.membership).await;
+    let keys = peer_keys(&members)?;
     let replica = Arc::new(replica);
     let trusted = keys
         .iter()
-        .filter(|(id, _)| raft.members.contains(id))
+        .filter(|(id, _)| members.members.contains(id))
         .map(|(id, k)| (*id, *k))
         .collect();
     let identity = Identity::new(raft.id, replica.config().node_key.clone(), trusted);
@@ -139,7 +152,7 @@ pub async fn start(
     let (api, _) = http_guard::spawn(spec.listen, api_router, http_guard::Limits::default())
         .map_err(|e| SubnetError::Listen(spec.listen, e))?;
     if raft.bootstrap {
-        node.initialize(urls(&raft, raft.members.iter().copied()))
+        node.initialize(urls(&members, members.members.iter().copied()))
             .await?;
     }
     let folder = spec.state_dir.clone();
@@ -147,7 +160,7 @@ pub async fn start(
         .parent()
         .map(|p| p.join(STATUS_FILE))
         .unwrap_or_else(|| PathBuf::from(STATUS_FILE));
-    tokio::spawn(membership(node.clone(), raft.clone(), keys));
+    tokio::spawn(membership(node.clone(), raft.membership.clone(), members));
     tokio::spawn(status(node.clone(), replica.clone(), raft.id, status_file));
     let watched = async move {
         let d = compare::watch(ordered, node.clone(), Duration::from_secs(2)).await;
@@ -160,12 +173,32 @@ pub async fn start(
     Ok((Addresses { api, peers }, watched))
 }
 
-/// Every 2 s: hear the registry's members and the log's (a leaving member is heard until it
-/// has left), and ask the leader for the registry's membership when the log's differs.
-async fn membership(node: Replicated, raft: RaftSpec, keys: BTreeMap<u64, [u8; 32]>) {
-    let want: std::collections::BTreeSet<u64> = raft.members.iter().copied().collect();
+/// Every 2 s: take up the orchestrator's newest membership file (a damaged one is named and
+/// the last good one kept), hear the registry's members and the log's (a leaving member is
+/// heard until it has left), and ask the leader for the registry's membership when the
+/// log's differs.
+async fn membership(node: Replicated, path: PathBuf, mut current: Membership) {
     let mut said = String::new();
+    let mut say = |now: String| {
+        if now != said {
+            tracing::info!("{now}");
+            said = now;
+        }
+    };
     loop {
+        match Membership::read(&path) {
+            Ok(m) => current = m,
+            Err(e) => say(format!("keeping the last membership: {e}")),
+        }
+        let keys = match peer_keys(&current) {
+            Ok(k) => k,
+            Err(e) => {
+                say(format!("keeping the keys heard so far: {e}"));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let want: std::collections::BTreeSet<u64> = current.members.iter().copied().collect();
         let view = node.view();
         let heard = keys
             .iter()
@@ -176,18 +209,14 @@ async fn membership(node: Replicated, raft: RaftSpec, keys: BTreeMap<u64, [u8; 3
             .collect();
         node.trust(heard);
         let voters: std::collections::BTreeSet<u64> = view.voters.iter().copied().collect();
-        if view.leader.is_some() && voters != want {
+        if view.leader.is_some() && voters != want && want.contains(&node.id()) {
             let asked = node
-                .request_members(raft.membership_time, urls(&raft, want.iter().copied()))
+                .request_members(current.time, urls(&current, want.iter().copied()))
                 .await;
-            let now = match asked {
+            say(match asked {
                 Ok(()) => format!("the log's members are now {want:?}"),
                 Err(e) => format!("asking for members {want:?}: {e}"),
-            };
-            if now != said {
-                tracing::info!("{now}");
-                said = now;
-            }
+            });
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
