@@ -24,6 +24,7 @@ pub mod registry;
 pub mod replica;
 pub mod rollout;
 pub mod setupos;
+pub mod subnet;
 pub mod wrk;
 
 use boot_slots::{BootEntry, Esp};

@@ -139,7 +139,7 @@ fn signing_agent(
     .map_err(|e| err("an agent to sign with")(e.to_string()))
 }
 
-fn sign_updates(
+pub(crate) fn sign_updates(
     signer: &ic_agent::Agent,
     canister: &ic_principal::Principal,
     n: usize,
@@ -250,13 +250,24 @@ fn floor_router() -> axum::Router {
 /// Send `bodies` to `url` from `clients` threads, each on one kept-alive connection opened
 /// (with a status request) before the clock starts.
 fn load(url: &str, bodies: &[Vec<u8>], clients: usize) -> Result<Measured, BenchError> {
+    load_spread(&[url.to_string()], bodies, clients)
+}
+
+/// [`load`] with client `i` sending to `urls[i % urls.len()]` (a subnet's nodes).
+pub(crate) fn load_spread(
+    urls: &[String],
+    bodies: &[Vec<u8>],
+    clients: usize,
+) -> Result<Measured, BenchError> {
     let parts: Vec<&[Vec<u8>]> = bodies.chunks(bodies.len().div_ceil(clients)).collect();
     let ready = std::sync::Barrier::new(parts.len() + 1);
     let (results, wall) = std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .iter()
-            .map(|part| {
+            .enumerate()
+            .map(|(i, part)| {
                 let ready = &ready;
+                let url = urls[i % urls.len()].as_str();
                 s.spawn(move || client(url, part, ready))
             })
             .collect();

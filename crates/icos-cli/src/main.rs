@@ -140,6 +140,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2000)]
         requests: usize,
     },
+    /// Subnets: update calls per second with p50/p99 through replicated subnets of 1, 3
+    /// and 4 nodes against the single-node replica, at 1 and 16 clients.
+    Subnet {
+        /// Calls at each subnet size and concurrency.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+    },
     /// API boundary: signed queries through it against nginx as a reverse proxy to the same
     /// replica (wrk, alternating rounds); the replica alone and cached anonymous queries too.
     Boundary {
@@ -382,6 +389,27 @@ fn run(cli: Cli) -> Result<i32> {
                 r.direct_ns / 1000.0,
                 r.message_ns / r.direct_ns
             );
+            Ok(0)
+        }
+        Cmd::Bench {
+            cmd: BenchCmd::Subnet { requests },
+        } => {
+            let r = icos_bench::subnet::subnet_benchmark(requests)?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            for row in &r.rows {
+                let what = match row.nodes {
+                    0 => "single-node replica (no log)".to_string(),
+                    n => format!("subnet of {n} node(s)"),
+                };
+                println!(
+                    "{what:<30} x{:>2} clients: {:>7.1} calls/s p50 {:.2} ms p99 {:.2} ms | ratio to the single-node replica {:.2}",
+                    row.clients,
+                    row.measured.per_sec,
+                    ms(row.measured.p50),
+                    ms(row.measured.p99),
+                    row.measured.per_sec / r.baseline(row.clients).unwrap_or(f64::NAN)
+                );
+            }
             Ok(0)
         }
         Cmd::Bench {

@@ -518,7 +518,7 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
     wait_until(
         &dir,
         "node2's replica removed, node1's serving a subnet of one",
-        Duration::from_secs(180),
+        Duration::from_secs(240),
         || {
             let now = rows(&state);
             orch(&now[1]).replica == ReplicaState::NotAssigned

@@ -113,8 +113,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
+        // A second between heartbeats (an election after 3 to 6 missed): the rate the IC's
+        // subnets make blocks at, and slack enough for nodes that are VMs under emulation.
         Settings {
-            heartbeat: Duration::from_millis(250),
+            heartbeat: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
         }
     }

@@ -29,6 +29,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 
+/// The least time a peer gets to answer one of the engine's requests: openraft allows a
+/// heartbeat's time, which a loaded node (a VM under emulation, a disk syncing) can miss
+/// without being gone; a slow answer only delays the next heartbeat.
+const MIN_RPC_TTL: Duration = Duration::from_secs(2);
+
 /// The largest message a peer accepts (a batch of ingress messages, a snapshot chunk).
 pub const MAX_BODY: usize = 64 << 20;
 
@@ -163,7 +168,7 @@ impl Link {
     {
         let answer: Result<A, RaftError<u64, E>> = self
             .peers
-            .post(&self.base, path, body, option.hard_ttl())
+            .post(&self.base, path, body, option.hard_ttl().max(MIN_RPC_TTL))
             .await
             .map_err(|e| match e {
                 PeerError::Unreachable { .. } | PeerError::Timeout { .. } => {
