@@ -173,6 +173,26 @@ pub(crate) fn install(
     index: u64,
     wasm: Vec<u8>,
 ) -> Result<ic_principal::Principal, BenchError> {
+    let (id, envelopes) = install_envelopes(signer, index, wasm)?;
+    for (method, body) in envelopes {
+        match replica.call(&body, &id) {
+            Ok(replica::CallAnswer::Certified(_)) => {}
+            other => return Err(err(method)(format!("{other:?}"))),
+        }
+    }
+    Ok(id)
+}
+
+/// A signed call and its method's name.
+pub(crate) type Envelope = (&'static str, Vec<u8>);
+
+/// The signed management calls that create canister number `index` and install `wasm` in
+/// it, in order, each with its method's name; and the canister's id (their effective id).
+pub(crate) fn install_envelopes(
+    signer: &ic_agent::Agent,
+    index: u64,
+    wasm: Vec<u8>,
+) -> Result<(ic_principal::Principal, Vec<Envelope>), BenchError> {
     use candid::Encode;
     use ic_management_canister_types as mgmt;
     let id = certified_state::canister_id(index);
@@ -187,13 +207,31 @@ pub(crate) fn install(
         sender_canister_version: None,
     })
     .map_err(|e| err("encoding install")(e.to_string()))?;
-    for (method, arg) in [
+    let envelopes = [
         ("provisional_create_canister_with_cycles", create),
         ("install_code", install),
-    ] {
-        call(replica, signer, &management, &id, method, arg)?;
-    }
-    Ok(id)
+    ]
+    .into_iter()
+    .map(|(method, arg)| Ok((method, sign_call(signer, &management, &id, method, arg)?)))
+    .collect::<Result<_, BenchError>>()?;
+    Ok((id, envelopes))
+}
+
+/// `method` of `canister` with `arg`, signed by `signer` for the effective canister.
+fn sign_call(
+    signer: &ic_agent::Agent,
+    canister: &ic_principal::Principal,
+    effective: &ic_principal::Principal,
+    method: &str,
+    arg: Vec<u8>,
+) -> Result<Vec<u8>, BenchError> {
+    signer
+        .update(canister, method)
+        .with_effective_canister_id(*effective)
+        .with_arg(arg)
+        .sign()
+        .map(|s| s.signed_update)
+        .map_err(|e| err("signing")(e.to_string()))
 }
 
 /// One call, signed by `signer`, through the replica's call path; certified or an error.
@@ -205,13 +243,7 @@ pub(crate) fn call(
     method: &str,
     arg: Vec<u8>,
 ) -> Result<(), BenchError> {
-    let body = signer
-        .update(canister, method)
-        .with_effective_canister_id(*effective)
-        .with_arg(arg)
-        .sign()
-        .map_err(|e| err("signing")(e.to_string()))?
-        .signed_update;
+    let body = sign_call(signer, canister, effective, method, arg)?;
     match replica.call(&body, effective) {
         Ok(replica::CallAnswer::Certified(_)) => Ok(()),
         other => Err(err(method)(format!("{other:?}"))),

@@ -212,33 +212,10 @@ fn install_counter(
     url: &str,
     signer: &ic_agent::Agent,
 ) -> Result<ic_principal::Principal, BenchError> {
-    use candid::Encode;
-    use ic_management_canister_types as mgmt;
-    let id = certified_state::canister_id(0);
-    let management = ic_principal::Principal::management_canister();
     let wasm = wat::parse_str(example_canisters::COUNTER_WAT)
         .map_err(|e| err("the counter")(e.to_string()))?;
-    let create = Encode!(&mgmt::ProvisionalCreateCanisterWithCyclesArgs::default())
-        .map_err(|e| err("encoding create")(e.to_string()))?;
-    let install = Encode!(&mgmt::InstallCodeArgs {
-        mode: mgmt::CanisterInstallMode::Install,
-        canister_id: id,
-        wasm_module: wasm,
-        arg: vec![],
-        sender_canister_version: None,
-    })
-    .map_err(|e| err("encoding install")(e.to_string()))?;
-    for (method, arg) in [
-        ("provisional_create_canister_with_cycles", create),
-        ("install_code", install),
-    ] {
-        let body = signer
-            .update(&management, method)
-            .with_effective_canister_id(id)
-            .with_arg(arg)
-            .sign()
-            .map_err(|e| err("signing")(e.to_string()))?
-            .signed_update;
+    let (id, envelopes) = crate::replica::install_envelopes(signer, 0, wasm)?;
+    for (_, body) in envelopes {
         call_until_done(url, &id, &body)?;
     }
     Ok(id)

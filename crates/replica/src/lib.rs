@@ -328,17 +328,7 @@ impl Replica {
     pub fn check_call(&self, body: &[u8], effective: &Principal) -> Result<Checked, RequestError> {
         let now = self.now();
         let auth = ingress::authenticate(body, now, &self.config.ingress)?;
-        let EnvelopeContent::Call {
-            canister_id,
-            method_name,
-            arg,
-            ..
-        } = &auth.content
-        else {
-            return Err(RequestError::BadRequest(
-                "the request to /call is not a call (request_type must be \"call\")".into(),
-            ));
-        };
+        let (canister_id, method_name, arg, _) = call_content(&auth)?;
         let mut state = self.lock();
         if state.requests.contains_key(&auth.request_id) {
             return self
@@ -447,18 +437,7 @@ impl Replica {
         now: u64,
         admission: Admission,
     ) -> Result<Ran, RequestError> {
-        let EnvelopeContent::Call {
-            canister_id,
-            method_name,
-            arg,
-            ingress_expiry,
-            ..
-        } = &auth.content
-        else {
-            return Err(RequestError::BadRequest(
-                "the request to /call is not a call (request_type must be \"call\")".into(),
-            ));
-        };
+        let (canister_id, method_name, arg, ingress_expiry) = call_content(auth)?;
         let drift = self.config.ingress.clock_drift_nanos;
         state.prune(now, drift);
         if state.requests.contains_key(&auth.request_id) {
@@ -491,7 +470,7 @@ impl Replica {
             Request {
                 status,
                 sender: auth.sender,
-                expiry: *ingress_expiry,
+                expiry: ingress_expiry,
             },
         );
         Ok(Ran::Recorded)
@@ -686,6 +665,23 @@ impl Replica {
         }
         self.make_durable(&mut state)?;
         self.certificate(&mut state, &paths, now)
+    }
+}
+
+/// A call's canister, method, argument and expiry; an error for any other request sent to
+/// `/call`.
+fn call_content(auth: &Authenticated) -> Result<(&Principal, &str, &[u8], u64), RequestError> {
+    match &auth.content {
+        EnvelopeContent::Call {
+            canister_id,
+            method_name,
+            arg,
+            ingress_expiry,
+            ..
+        } => Ok((canister_id, method_name, arg, *ingress_expiry)),
+        _ => Err(RequestError::BadRequest(
+            "the request to /call is not a call (request_type must be \"call\")".into(),
+        )),
     }
 }
 

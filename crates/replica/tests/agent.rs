@@ -4,8 +4,11 @@
 //! certified state). Then what an attacker sends, byte for byte: forged signatures, expired
 //! requests, requests for another canister, oversized bodies, replays.
 
+mod common;
+
 use candid::{Decode, Encode};
 use certified_state::{canister_id, delegate, BlsKey};
+use common::{create_counter, create_with, get, inc};
 use ic_agent::identity::BasicIdentity;
 use ic_agent::{Agent, AgentError};
 use ic_http_certification::{HttpRequest, HttpResponse};
@@ -84,42 +87,6 @@ async fn agent(net: &Net, seed: u8) -> Agent {
 
 fn counter_wasm() -> Vec<u8> {
     wat::parse_str(COUNTER).unwrap()
-}
-
-/// A canister with `wasm` installed, created through the management canister.
-async fn create_with(a: &Agent, wasm: &[u8]) -> Principal {
-    let mgmt = ManagementCanister::create(a);
-    let (id,) = mgmt
-        .create_canister()
-        .as_provisional_create_with_amount(None)
-        .with_effective_canister_id(canister_id(0))
-        .call_and_wait()
-        .await
-        .unwrap();
-    mgmt.install_code(&id, wasm).call_and_wait().await.unwrap();
-    id
-}
-
-async fn create_counter(a: &Agent) -> Principal {
-    create_with(a, &counter_wasm()).await
-}
-
-async fn inc(a: &Agent, id: &Principal) -> Result<u64, AgentError> {
-    let r = a
-        .update(id, "inc")
-        .with_arg(Encode!().unwrap())
-        .call_and_wait()
-        .await?;
-    Ok(Decode!(&r, u64).unwrap())
-}
-
-async fn get(a: &Agent, id: &Principal) -> Result<u64, AgentError> {
-    let r = a
-        .query(id, "get")
-        .with_arg(Encode!().unwrap())
-        .call()
-        .await?;
-    Ok(Decode!(&r, u64).unwrap())
 }
 
 fn reject_text(e: AgentError) -> String {

@@ -4,12 +4,14 @@
 //! any node, with its default checks on (certificates under the subnet key delegated from the
 //! root key; query answers signed by a node key read from the certified state).
 
-use candid::{Decode, Encode};
+mod common;
+
+use candid::Encode;
 use certified_state::{canister_id, delegate, BlsKey, Delegation};
+use common::{create_counter, get, inc};
 use ic_agent::identity::BasicIdentity;
-use ic_agent::{Agent, AgentError};
+use ic_agent::Agent;
 use ic_principal::Principal;
-use ic_utils::interfaces::ManagementCanister;
 use replica::compare;
 use replica::ordered::Ordered;
 use replica::{Config, Replica};
@@ -154,39 +156,11 @@ impl Drop for Subnet {
     }
 }
 
-async fn create_counter(a: &Agent) -> Principal {
-    let mgmt = ManagementCanister::create(a);
-    let (id,) = mgmt
-        .create_canister()
-        .as_provisional_create_with_amount(None)
-        .with_effective_canister_id(canister_id(0))
-        .call_and_wait()
+/// The counter's count on the node `a` talks to.
+async fn counted(a: &Agent, id: &Principal) -> u64 {
+    get(a, id)
         .await
-        .unwrap();
-    mgmt.install_code(&id, &example_canisters::counter_wasm())
-        .call_and_wait()
-        .await
-        .unwrap();
-    id
-}
-
-async fn inc(a: &Agent, id: &Principal) -> Result<u64, AgentError> {
-    let r = a
-        .update(id, "inc")
-        .with_arg(Encode!().unwrap())
-        .call_and_wait()
-        .await?;
-    Ok(Decode!(&r, u64).unwrap())
-}
-
-async fn get(a: &Agent, id: &Principal) -> u64 {
-    let r = a
-        .query(id, "get")
-        .with_arg(Encode!().unwrap())
-        .call()
-        .await
-        .unwrap_or_else(|e| panic!("query `get`: {e}"));
-    Decode!(&r, u64).unwrap()
+        .unwrap_or_else(|e| panic!("query `get`: {e}"))
 }
 
 /// Calls through every node execute once on every node in one order: each node answers the
@@ -206,7 +180,12 @@ fn calls_through_any_node_reach_every_node_and_survive_a_killed_node() {
     }
     s.settle(0);
     for (i, a) in agents.iter().enumerate() {
-        assert_eq!(s.rt.block_on(get(a, &id)), 10, "query on node {}", i + 1);
+        assert_eq!(
+            s.rt.block_on(counted(a, &id)),
+            10,
+            "query on node {}",
+            i + 1
+        );
     }
     let roots = s.roots();
     assert!(roots.iter().all(|r| r == &roots[0]), "{roots:?}");
@@ -232,7 +211,7 @@ fn calls_through_any_node_reach_every_node_and_survive_a_killed_node() {
     s.rt.block_on(stream).unwrap();
     let acked = acked.load(Ordering::SeqCst);
     let alive = (victim + 1) % 3;
-    let count = s.rt.block_on(get(&agents[alive], &id));
+    let count = s.rt.block_on(counted(&agents[alive], &id));
     eprintln!(
         "node {} killed mid-stream: {acked} of {sent} calls acknowledged, the count is {count}",
         victim + 1
@@ -249,7 +228,7 @@ fn calls_through_any_node_reach_every_node_and_survive_a_killed_node() {
     s.start(victim);
     s.settle(alive);
     let back = s.agent(victim, 9);
-    assert_eq!(s.rt.block_on(get(&back, &id)), count);
+    assert_eq!(s.rt.block_on(counted(&back, &id)), count);
     assert_eq!(s.rt.block_on(inc(&back, &id)).unwrap(), count + 1);
 
     // Two nodes down: the one left orders nothing and says why.
@@ -267,7 +246,7 @@ fn calls_through_any_node_reach_every_node_and_survive_a_killed_node() {
         "{text}"
     );
     // Queries still answer from the state it has.
-    assert_eq!(s.rt.block_on(get(&agents[lone], &id)), count + 1);
+    assert_eq!(s.rt.block_on(counted(&agents[lone], &id)), count + 1);
 }
 
 /// A node whose state was changed on disk while it was down (its checkpoint rewritten whole,
@@ -351,6 +330,6 @@ fn a_node_whose_state_was_tampered_on_disk_stops_serving_and_resyncs() {
     s.start(victim);
     s.settle(0);
     assert_eq!(s.replicas[victim].stopped(), None);
-    assert_eq!(s.rt.block_on(get(&agents[victim], &id)), 6);
+    assert_eq!(s.rt.block_on(counted(&agents[victim], &id)), 6);
     assert_eq!(s.rt.block_on(inc(&agents[victim], &id)).unwrap(), 7);
 }
