@@ -464,7 +464,14 @@ impl Orchestrator {
 
     fn firewall(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {
         let rules = reg.firewall_for_node(node);
-        let peers = replica::peer_addresses(reg, node, cfg.host_loopback);
+        let place = replica::ReplicaPlace {
+            host_loopback: cfg.host_loopback,
+            ..self.opts.replica.clone()
+        };
+        let voters = replica::log_status(&place)
+            .map(|s| s.voters)
+            .unwrap_or_default();
+        let peers = replica::peer_addresses(reg, node, cfg.host_loopback, &voters);
         let script = firewall::render(&rules, &cfg.admin_prefixes, &peers);
         let digest = firewall::digest(&script);
         if self.applied_ruleset.as_deref() == Some(digest.as_str()) {

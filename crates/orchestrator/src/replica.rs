@@ -70,24 +70,27 @@ pub fn peer_url(
 }
 
 /// The addresses the other nodes of `node`'s subnet reach its peer port from: their peer
-/// endpoints' hosts (none when it is in no subnet).
+/// endpoints' hosts, and those of the nodes the replica's log still counts (`log_voters`,
+/// member ids): a node taken out of the subnet, or the last one left when this one is taken
+/// out, must still reach this one until the log has let it go, or a two-node subnet could
+/// never shrink.
 pub fn peer_addresses(
     reg: &Registry,
     node: &str,
     host_loopback: Option<std::net::IpAddr>,
+    log_voters: &[u64],
 ) -> Vec<std::net::IpAddr> {
-    let Some(s) = reg
+    let in_subnet = reg
         .subnets
         .values()
         .find(|s| s.nodes.iter().any(|n| n == node))
-    else {
-        return Vec::new();
-    };
-    let mut v: Vec<std::net::IpAddr> = s
+        .map(|s| s.nodes.clone())
+        .unwrap_or_default();
+    let mut v: Vec<std::net::IpAddr> = reg
         .nodes
-        .iter()
-        .filter(|n| *n != node)
-        .filter_map(|n| reg.nodes.get(n))
+        .values()
+        .filter(|n| n.id != node)
+        .filter(|n| in_subnet.contains(&n.id) || log_voters.contains(&member_id(&n.id)))
         .filter_map(|n| peer_url(n, host_loopback))
         .filter_map(|u| registry_model::endpoint::host_addr(&u))
         .collect();
@@ -188,15 +191,23 @@ pub fn desired(reg: &Registry, node: &str, key: &keys::SecretKey, place: &Replic
 /// it go (a two-node subnet cannot shrink without the leaving node's vote).
 pub const LEAVE_GRACE: std::time::Duration = std::time::Duration::from_secs(180);
 
-/// The subnet whose log still counts on this node's replica (a voter or learner that
-/// wrote its status in the last 30 s), if any: by the replica's `status.json` and spec.
-pub fn still_counted(place: &ReplicaPlace) -> Option<String> {
-    use node_config::spec::Spec;
-    use node_status::replica::{LogRole, ReplicaStatus, STATUS_FILE};
+/// The running replica's own account of its log (`status.json`), when it wrote it in the
+/// last 30 s.
+pub fn log_status(place: &ReplicaPlace) -> Option<node_status::replica::ReplicaStatus> {
+    use node_status::replica::{ReplicaStatus, STATUS_FILE};
     let bytes = std::fs::read(place.payload.dir.join(STATUS_FILE)).ok()?;
     let status: ReplicaStatus = serde_json::from_slice(&bytes).ok()?;
     let fresh = daemon_support::unix_now().saturating_sub(status.written_at) <= 30;
-    if !fresh || status.role == LogRole::Outside || !payload::active(&place.payload) {
+    (fresh && payload::active(&place.payload)).then_some(status)
+}
+
+/// The subnet whose log still counts on this node's replica (a voter or learner by its
+/// fresh status), if any.
+pub fn still_counted(place: &ReplicaPlace) -> Option<String> {
+    use node_config::spec::Spec;
+    use node_status::replica::LogRole;
+    let status = log_status(place)?;
+    if status.role == LogRole::Outside {
         return None;
     }
     ReplicaSpec::read(&place.payload.spec_path())
@@ -396,10 +407,29 @@ mod tests {
             urls.contains(&"http://10.0.2.2:7001".to_string()),
             "{urls:?}"
         );
-        assert_eq!(peer_addresses(&local, &me.id, Some(via)), vec![via]);
+        assert_eq!(peer_addresses(&local, &me.id, Some(via), &[]), vec![via]);
         assert_eq!(
-            peer_addresses(&reg, &me.id, None),
+            peer_addresses(&reg, &me.id, None, &[]),
             vec!["::1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // Taken out of the subnet, either side still opens the port to the nodes its log
+        // counts, until the log has let them go.
+        let mut shrunk = reg.clone();
+        shrunk
+            .subnets
+            .get_mut("s1")
+            .unwrap()
+            .nodes
+            .retain(|n| *n == me.id);
+        assert!(peer_addresses(&shrunk, &me.id, None, &[]).is_empty());
+        let counted = [member_id(&me.id), member_id(&them.id)];
+        assert_eq!(
+            peer_addresses(&shrunk, &me.id, None, &counted),
+            peer_addresses(&reg, &me.id, None, &[])
+        );
+        assert_eq!(
+            peer_addresses(&shrunk, &them.id, None, &counted),
+            peer_addresses(&reg, &them.id, None, &[])
         );
         let (done, state) = apply(&want, &place).unwrap();
         assert_eq!(
