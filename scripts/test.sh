@@ -5,28 +5,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each step says when it started, for finding where the run's time goes.
+step() { echo "[test $(date -u +%H:%M:%S)] $*"; }
+
 ./scripts/setup.sh
 
 for tool in cargo-nextest cargo-machete; do
   if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "[test] installing $tool"
+    step "installing $tool"
     cargo install --locked "$tool"
   fi
 done
 
-echo "[test] cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all --check
-echo "[test] cargo clippy --workspace --all-targets -- -D warnings"
+step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
-echo "[test] cargo machete (unused dependencies)"
+step "cargo machete (unused dependencies)"
 cargo machete
-echo "[test] documentation examples (cargo test --doc)"
+step "documentation examples (cargo test --doc)"
 cargo test --workspace --doc -q
-echo "[test] building the tests"
+step "building the tests"
 cargo nextest run --workspace --locked --no-run
 # The images' release binaries and Debian bases are built here, once, into the image cache:
 # built inside the VM tests they took 20 min on both cores while other tests' VMs starved.
-echo "[test] the images' release binaries and Debian bases (kept in the image cache)"
+step "the images' release binaries and Debian bases (kept in the image cache)"
 target="${CARGO_TARGET_DIR:-target}"
 warm="$target/warm-images"
 rm -rf "$warm"
@@ -36,5 +39,5 @@ done
 ICOS_PLAIN_PROGRESS=1 "$target/debug/icos" build setupos --version 1.0.0 --out "$warm/setupos" \
   --hostos "$warm/hostos" --guestos "$warm/guestos"
 rm -rf "$warm"
-echo "[test] cargo nextest run --workspace"
+step "cargo nextest run --workspace"
 cargo nextest run --workspace --locked --no-fail-fast

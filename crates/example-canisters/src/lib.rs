@@ -5,11 +5,16 @@
 //! ```
 //! let counter = example_canisters::counter_wasm();
 //! assert_eq!(&counter[..4], b"\0asm");
+//! assert_eq!(&example_canisters::ballast_wasm()[..4], b"\0asm");
 //! assert_eq!(&example_canisters::ASSETS_WASM[..4], b"\0asm");
 //! ```
 
 /// The counter canister as WebAssembly text (`canisters/counter.wat`).
 pub const COUNTER_WAT: &str = include_str!("../../../canisters/counter.wat");
+
+/// The ballast canister as WebAssembly text (`canisters/ballast.wat`): 64 MiB of distinct
+/// stable memory per `grow` call, for benchmarks of large states.
+pub const BALLAST_WAT: &str = include_str!("../../../canisters/ballast.wat");
 
 /// The asset canister (`canisters/assets.c`), compiled by this crate's build script.
 pub const ASSETS_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/assets.wasm"));
@@ -18,6 +23,12 @@ pub const ASSETS_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/assets.
 pub fn counter_wasm() -> Vec<u8> {
     // The text is part of this crate and checked by its doc test: it always parses.
     wat::parse_str(COUNTER_WAT).expect("canisters/counter.wat is valid WebAssembly text")
+}
+
+/// The ballast canister as a Wasm module.
+pub fn ballast_wasm() -> Vec<u8> {
+    // The text is part of this crate and checked by its doc test: it always parses.
+    wat::parse_str(BALLAST_WAT).expect("canisters/ballast.wat is valid WebAssembly text")
 }
 
 /// Every example by name, as `icos canister examples` writes them.

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod boundary;
+pub mod catchup;
 pub mod install;
 pub mod registry;
 pub mod replica;

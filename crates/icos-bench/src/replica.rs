@@ -218,7 +218,7 @@ pub(crate) fn install_envelopes(
 }
 
 /// `method` of `canister` with `arg`, signed by `signer` for the effective canister.
-fn sign_call(
+pub(crate) fn sign_call(
     signer: &ic_agent::Agent,
     canister: &ic_principal::Principal,
     effective: &ic_principal::Principal,

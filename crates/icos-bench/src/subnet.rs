@@ -15,7 +15,8 @@ use node_config::spec::Spec;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn err(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
+/// A replica-side failure of `what`.
+pub(crate) fn err(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
     move |message| BenchError::Replica {
         what: what.to_string(),
         message,
@@ -48,13 +49,13 @@ impl SubnetReport {
 }
 
 /// Keys and delegation every node of a bench subnet shares.
-struct Keys {
-    root: certified_state::BlsKey,
-    subnet: certified_state::BlsKey,
-    delegation: String,
+pub(crate) struct Keys {
+    pub(crate) root: certified_state::BlsKey,
+    pub(crate) subnet: certified_state::BlsKey,
+    pub(crate) delegation: String,
 }
 
-fn keys() -> Result<Keys, BenchError> {
+pub(crate) fn keys() -> Result<Keys, BenchError> {
     let root = certified_state::BlsKey::generate();
     let subnet = certified_state::BlsKey::generate();
     let id = ic_principal::Principal::self_authenticating(subnet.public_der());
@@ -185,7 +186,7 @@ fn limits() -> http_guard::Limits {
 
 /// POST a signed call to `url` until it is answered 200 (a subnet electing its first
 /// leader answers 503 for a moment).
-fn call_until_done(
+pub(crate) fn call_until_done(
     url: &str,
     effective: &ic_principal::Principal,
     body: &[u8],

@@ -147,6 +147,13 @@ enum BenchCmd {
         #[arg(long, default_value_t = 500)]
         requests: usize,
     },
+    /// Catch-up: a node of a three-node subnet takes up a canister state of MIB it lacks
+    /// (its log purged behind the subnet's snapshots) against `cp -r` + `sync` of the same
+    /// state folder.
+    CatchUp {
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+    },
     /// API boundary: signed queries through it against nginx as a reverse proxy to the same
     /// replica (wrk, alternating rounds); the replica alone and cached anonymous queries too.
     Boundary {
@@ -410,6 +417,21 @@ fn run(cli: Cli) -> Result<i32> {
                     row.measured.per_sec / r.baseline(row.clients).unwrap_or(f64::NAN)
                 );
             }
+            Ok(0)
+        }
+        Cmd::Bench {
+            cmd: BenchCmd::CatchUp { mib },
+        } => {
+            let r = icos_bench::catchup::catch_up_benchmark(mib)?;
+            println!(
+                "catch-up of {} MiB ({} pieces, {} snapshot(s)) by state transfer: {:.1} s; cp -r + sync of the same folder: {:.1} s; ratio {:.1}",
+                r.mib,
+                r.pieces,
+                r.snapshots,
+                r.catch_up.as_secs_f64(),
+                r.copy.as_secs_f64(),
+                r.catch_up.as_secs_f64() / r.copy.as_secs_f64()
+            );
             Ok(0)
         }
         Cmd::Bench {

@@ -37,6 +37,14 @@ const KEEP: usize = 2;
 /// The manifest format this code writes and reads.
 pub(crate) const FORMAT: u32 = 1;
 const TMP: &str = ".tmp-";
+/// The manifests last handed to the subnet's members as snapshots are kept in
+/// `checkpoints/` as `snapshot-<height>.cbor`: never taken up at open (they are not named
+/// by a height alone), but their pieces stay while they are there.
+const PINNED: &str = "snapshot-";
+/// Snapshots whose pieces are kept. The leader's stream to a member that is down keeps the
+/// snapshot it fetched and sends it once the member is back, after newer ones were built:
+/// a test saw it send the one before the newest.
+const PINNED_KEPT: usize = 4;
 /// Where pieces that fail their hash are moved.
 const DAMAGED: &str = "damaged";
 
@@ -139,7 +147,8 @@ impl Manifest {
             .flat_map(|c| c.wasm.iter().chain([&c.heap, &c.stable]))
     }
 
-    fn chunks(&self) -> impl Iterator<Item = &String> {
+    /// Every piece it names (a piece shared by two blobs, twice).
+    pub fn chunks(&self) -> impl Iterator<Item = &String> {
         self.blobs().flat_map(|b| b.chunks.iter())
     }
 
@@ -325,6 +334,93 @@ impl Store {
             }
             Ok(()) => Ok(()),
         }
+    }
+
+    /// Keep `manifest`'s pieces until another manifest is pinned: the subnet's members
+    /// fetch them from here while they take up the state it describes.
+    pub fn pin(&mut self, manifest: &Manifest) -> Result<(), CheckpointError> {
+        let bytes =
+            serde_cbor::to_vec(manifest).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        let name = format!("{PINNED}{}", manifest_name(manifest.height));
+        self.write_file(&self.manifest_dir(), &name, &bytes, "pinned manifest")?;
+        let mut pinned: Vec<(PathBuf, String)> = listing(&self.manifest_dir())?
+            .into_iter()
+            .filter(|(_, n)| n.starts_with(PINNED) && n.ends_with(".cbor"))
+            .collect();
+        pinned.sort_by(|a, b| b.1.cmp(&a.1));
+        for (path, _) in pinned.iter().skip(PINNED_KEPT) {
+            std::fs::remove_file(path).map_err(io(path))?;
+        }
+        self.sync_dir(&self.manifest_dir(), "checkpoints directory")
+    }
+
+    /// Whether the piece `name` is here.
+    pub fn has_piece(&self, name: &str) -> bool {
+        self.present.contains(name)
+    }
+
+    /// The piece `name`, checked against its name (none when it is not here or damaged).
+    pub fn piece(&self, name: &str) -> Option<Vec<u8>> {
+        if !self.present.contains(name) {
+            return None;
+        }
+        self.read_chunk(name).ok()
+    }
+
+    /// Keep a piece fetched from another member: refused unless its bytes hash to its name
+    /// and fit in a piece. Durable once [`Store::adopt`] syncs the directory.
+    pub fn put_piece(&mut self, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
+        let path = self.chunk_dir().join(name);
+        if !is_piece_name(name) || bytes.len() > CHUNK {
+            return Err(CheckpointError::Damaged {
+                path,
+                reason: format!("not a piece ({} bytes)", bytes.len()),
+            });
+        }
+        if hex::encode(Sha256::digest(bytes)) != name {
+            return Err(CheckpointError::Damaged {
+                path,
+                reason: "the piece's content does not match its hash".into(),
+            });
+        }
+        if !self.present.contains(name) {
+            self.write_file(&self.chunk_dir(), name, bytes, "piece")?;
+            self.present.insert(name.to_string());
+        }
+        Ok(())
+    }
+
+    /// Make `manifest`, whose pieces are all here, the newest checkpoint. Checkpoints above
+    /// its height are of a state that is not the subnet's: they are set aside.
+    pub fn adopt(&mut self, manifest: &Manifest) -> Result<(), CheckpointError> {
+        if self.cut_at.is_none() {
+            self.steps.clear();
+        }
+        let mut sizes = BTreeMap::new();
+        for name in manifest.chunks() {
+            let path = self.chunk_dir().join(name);
+            if let Ok(meta) = std::fs::metadata(&path) {
+                sizes.insert(name.clone(), meta.len());
+            }
+        }
+        manifest
+            .validate(&sizes)
+            .map_err(|reason| CheckpointError::Damaged {
+                path: self.manifest_dir(),
+                reason,
+            })?;
+        self.sync_dir(&self.chunk_dir(), "pieces directory")?;
+        for (height, path) in self.manifests()? {
+            if height > manifest.height {
+                set_aside(&path)?;
+            }
+        }
+        let bytes =
+            serde_cbor::to_vec(manifest).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        let name = manifest_name(manifest.height);
+        self.write_file(&self.manifest_dir(), &name, &bytes, "manifest")?;
+        self.sync_dir(&self.manifest_dir(), "checkpoints directory")?;
+        self.prune(manifest)
     }
 
     /// The bytes of `blob`, each piece checked against its hash.

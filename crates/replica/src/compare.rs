@@ -110,6 +110,17 @@ pub async fn compare(ordered: &Ordered, node: &Replicated) -> Verdict {
         return Verdict::Nothing;
     };
     let members = node.members();
+    let held = held_at(node, &members, index).await;
+    judge(index, mine, held, members.len())
+}
+
+/// Who of `members` (but `node` itself) holds which root at `index`; members that do not
+/// answer or no longer have that entry's root are left out.
+pub async fn held_at(
+    node: &Replicated,
+    members: &BTreeMap<u64, String>,
+    index: u64,
+) -> BTreeMap<[u8; 32], Vec<u64>> {
     let mut held: BTreeMap<[u8; 32], Vec<u64>> = BTreeMap::new();
     for (id, url) in members.iter().filter(|(id, _)| **id != node.id()) {
         match node
@@ -124,7 +135,7 @@ pub async fn compare(ordered: &Ordered, node: &Replicated) -> Verdict {
             Err(e) => tracing::debug!(member = id, "no root from it: {e}"),
         }
     }
-    judge(index, mine, held, members.len())
+    held
 }
 
 /// The verdict at `index` on this node's root `mine`, given who of a subnet of `size`

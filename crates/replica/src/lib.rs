@@ -34,6 +34,7 @@ pub mod ordered;
 mod query;
 pub mod state;
 pub mod subnet;
+pub mod transfer;
 
 use canister_runtime::{Context, Entry, Outcome, Runtime, Trap};
 use certified_state::{BlsKey, Delegation, Path, StateTree};

@@ -59,8 +59,8 @@ pub enum OrderedError {
     NotABatch(String, serde_cbor::Error),
     #[error("the state could not be made durable: {0}")]
     Durable(crate::RequestError),
-    #[error("this replica cannot hand over or take up a whole state yet: a member that lacks the log behind the state catches up only from the log")]
-    NoStateTransfer,
+    #[error("state transfer: {0}")]
+    Transfer(#[from] crate::transfer::TransferError),
 }
 
 /// The adapter: one replica, driven by the log, and the roots its recent entries left (the
@@ -68,6 +68,10 @@ pub enum OrderedError {
 pub struct Ordered {
     pub replica: Arc<Replica>,
     pub(crate) roots: crate::compare::Roots,
+    /// The log's node, once started: whom a snapshot's pieces are fetched through.
+    node: std::sync::OnceLock<Replicated>,
+    /// Snapshots taken up since start.
+    taken_up: std::sync::atomic::AtomicU64,
 }
 
 impl Ordered {
@@ -81,7 +85,23 @@ impl Ordered {
         {
             roots.record(index, replica.state_root().1);
         }
-        Ordered { replica, roots }
+        Ordered {
+            replica,
+            roots,
+            node: std::sync::OnceLock::new(),
+            taken_up: Default::default(),
+        }
+    }
+
+    /// How many snapshots this node took up since it started.
+    pub fn taken_up(&self) -> u64 {
+        self.taken_up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The log's node driving this state (set once, before its peer routes are served):
+    /// a snapshot is taken up through it.
+    pub fn attach(&self, node: Replicated) {
+        let _ = self.node.set(node);
     }
 }
 
@@ -118,11 +138,32 @@ impl StateMachine for Ordered {
     }
 
     fn snapshot(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), AppError> {
-        Err(OrderedError::NoStateTransfer.into())
+        Ok(self.replica.snapshot().map_err(OrderedError::from)?)
     }
 
-    fn restore(&self, _state: &[u8], _position: &[u8]) -> Result<(), AppError> {
-        Err(OrderedError::NoStateTransfer.into())
+    /// Runs on a blocking thread of the engine's runtime: the pieces are fetched from the
+    /// members through it.
+    fn restore(&self, state: &[u8], position: &[u8]) -> Result<(), AppError> {
+        use crate::transfer::{Members, TransferError};
+        let node = self.node.get().ok_or(TransferError::NotAttached)?;
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|_| TransferError::NotAttached)?;
+        let mut members = Members::new(node.clone(), handle, position);
+        let root = self
+            .replica
+            .take_up(state, position, &mut members)
+            .map_err(OrderedError::from)?;
+        if let Some(index) = replication::applied_index_of(position) {
+            self.roots.record(index, root);
+        }
+        self.taken_up
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            member = node.id(),
+            root = hex::encode(root),
+            "took up the subnet's state"
+        );
+        Ok(())
     }
 }
 
@@ -150,8 +191,19 @@ pub async fn call(
     body: Vec<u8>,
     effective: Principal,
 ) -> Result<CallAnswer, RequestError> {
-    let (r, b) = (replica.clone(), body.clone());
-    let (request_id, time_ns) = match blocking(move || r.check_call(&b, &effective)).await? {
+    let check = || {
+        let (r, b) = (replica.clone(), body.clone());
+        blocking(move || r.check_call(&b, &effective))
+    };
+    let mut checked = check().await?;
+    if matches!(checked, Checked::Answered(CallAnswer::NotExecuted(_))) {
+        // Refused by this node's state, which may lag the subnet's (a canister installed
+        // through another node a moment ago): catch up with what is committed, ask again.
+        if node.read_barrier().await.is_ok() {
+            checked = check().await?;
+        }
+    }
+    let (request_id, time_ns) = match checked {
         Checked::Answered(a) => return Ok(a),
         Checked::Admitted {
             request_id,

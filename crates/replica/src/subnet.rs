@@ -1,13 +1,16 @@
 //! A replica of a replicated subnet, as the GuestOS runs it from its spec
 //! ([`node_config::replica::RaftSpec`]): the replica driven by the subnet's ordered log, its
 //! peer routes (the log's and the root comparison's) on the peer port, its interface on the
-//! payload port, and four background duties:
+//! payload port, and these background duties:
 //!
 //! * **start** the log, on the one node the spec names (the first founder still in the
 //!   subnet); every other node waits for the leader to add it;
 //! * **membership**: hear the subnet's members and, while they leave, the log's; ask the
 //!   leader to make the registry's members the log's (a change asked with an older registry
 //!   view than the leader's newest is refused, so a lagging node cannot undo one);
+//! * **catch-up** by state transfer ([`crate::transfer`]): snapshots every few thousand
+//!   entries, the log purged behind them, a member that lacks the purged entries takes up
+//!   the snapshot's state from the members;
 //! * **comparison** of state roots ([`crate::compare`]): on a divergence the node stops
 //!   serving, sets its state folder aside and ends with an error, and its supervisor (systemd)
 //!   starts it again on an empty folder, which the log replays into the subnet's state;
@@ -42,6 +45,14 @@ pub enum SubnetError {
     Diverged(compare::Divergence, PathBuf),
     #[error("{0}; and setting its state aside failed: {1}")]
     SetAside(compare::Divergence, std::io::Error),
+    #[error("the subnet's log stopped: {0}; the replica ends, and its restart resumes from its last durable state")]
+    Stopped(String),
+}
+
+/// The replica's own peer routes beside the log's: the root comparison and the pieces of
+/// its state for members taking it up.
+pub fn peer_routes(ordered: Arc<Ordered>) -> axum::Router {
+    compare::routes(ordered.clone()).merge(crate::transfer::routes(ordered))
 }
 
 /// Where a started replicated replica serves.
@@ -145,7 +156,8 @@ pub async fn start(
     let identity = Identity::new(raft.id, replica.config().node_key.clone(), trusted);
     let ordered = Arc::new(Ordered::new(replica.clone()));
     let node = Replicated::start(raft.id, &raft.log, ordered.clone(), identity, settings).await?;
-    let peer_router = node.router_with(compare::routes(ordered.clone()));
+    ordered.attach(node.clone());
+    let peer_router = node.router_with(peer_routes(ordered.clone()));
     let (peers, _) = http_guard::spawn(raft.listen, peer_router, http_guard::Limits::default())
         .map_err(|e| SubnetError::Listen(raft.listen, e))?;
     let api_router = crate::http::subnet_router(replica.clone(), node.clone());
@@ -163,7 +175,10 @@ pub async fn start(
     tokio::spawn(membership(node.clone(), raft.membership.clone(), members));
     tokio::spawn(status(node.clone(), replica.clone(), raft.id, status_file));
     let watched = async move {
-        let d = compare::watch(ordered, node.clone(), Duration::from_secs(2)).await;
+        let d = tokio::select! {
+            d = compare::watch(ordered, node.clone(), Duration::from_secs(2)) => d,
+            why = node.fatal() => return SubnetError::Stopped(why),
+        };
         node.shutdown().await;
         match compare::set_aside(&folder) {
             Ok(aside) => SubnetError::Diverged(d, aside),

@@ -28,11 +28,18 @@ struct Subnet {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     replicas: Vec<Arc<Replica>>,
+    /// Each node's log adapter, as last started.
+    ordered: std::collections::BTreeMap<usize, Arc<Ordered>>,
     rt: tokio::runtime::Runtime,
 }
 
 impl Subnet {
     fn new() -> Subnet {
+        Subnet::with_settings(replication::testing::settings())
+    }
+
+    /// Three nodes whose log engines run with `settings`.
+    fn with_settings(settings: replication::Settings) -> Subnet {
         let root = BlsKey::generate();
         let subnet = BlsKey::generate();
         let id = Principal::self_authenticating(subnet.public_der());
@@ -46,7 +53,11 @@ impl Subnet {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let members = (1..=3)
-            .map(|id| Member::new(id, dir.path().join(format!("node{id}"))))
+            .map(|id| {
+                let mut m = Member::new(id, dir.path().join(format!("node{id}")));
+                m.settings = settings.clone();
+                m
+            })
             .collect();
         let mut s = Subnet {
             root,
@@ -55,6 +66,7 @@ impl Subnet {
             dir,
             members,
             replicas: Vec::new(),
+            ordered: Default::default(),
             rt: tokio::runtime::Runtime::new().unwrap(),
         };
         for i in 0..3 {
@@ -73,6 +85,11 @@ impl Subnet {
 
     /// Node `i`'s replica from its state folder.
     fn open(&self, i: usize) -> Arc<Replica> {
+        Arc::new(self.open_at(i, &self.state_dir(i)))
+    }
+
+    /// A replica with node `i`'s configuration on the state folder `dir`.
+    fn open_at(&self, i: usize, dir: &std::path::Path) -> Replica {
         let me = key(i as u64 + 1);
         let der = ingress::ed25519_der(me.verifying_key().as_bytes());
         let config = Config {
@@ -91,10 +108,9 @@ impl Subnet {
             runtime: Default::default(),
             ingress: Default::default(),
         };
-        let dir = self.state_dir(i);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
         let clock = Box::new(replica::system_time_nanos);
-        Arc::new(Replica::open(config, &dir, clock).unwrap().0)
+        Replica::open(config, dir, clock).unwrap().0
     }
 
     /// Start member `i` over its replica, serving the replica's interface, with the root
@@ -103,8 +119,12 @@ impl Subnet {
     fn start(&mut self, i: usize) {
         let r = self.replicas[i].clone();
         let ordered = Arc::new(Ordered::new(r.clone()));
+        self.ordered.insert(i, ordered.clone());
         let peer = ordered.clone();
-        self.members[i].start_with(ordered.clone(), move |_| compare::routes(peer));
+        self.members[i].start_with(ordered.clone(), move |node| {
+            peer.attach(node.clone());
+            replica::subnet::peer_routes(peer)
+        });
         let node = self.members[i].node().clone();
         let watched = node.clone();
         self.members[i].spawn(async move {
@@ -315,6 +335,13 @@ fn a_node_whose_state_was_tampered_on_disk_stops_serving_and_resyncs() {
         matches!(unsigned, Err(ureq::Error::Status(401, _))),
         "{unsigned:?}"
     );
+    // So does the one that hands out the state's pieces.
+    let unsigned = ureq::post(&format!("{raft}{}", replica::transfer::PIECE_ROUTE))
+        .send_bytes(&serde_cbor::to_vec(&"00".repeat(32)).unwrap());
+    assert!(
+        matches!(unsigned, Err(ureq::Error::Status(401, _))),
+        "{unsigned:?}"
+    );
     // The others never doubted themselves, and serve on.
     for i in 0..2 {
         assert_eq!(s.replicas[i].stopped(), None);
@@ -332,4 +359,147 @@ fn a_node_whose_state_was_tampered_on_disk_stops_serving_and_resyncs() {
     assert_eq!(s.replicas[victim].stopped(), None);
     assert_eq!(s.rt.block_on(counted(&agents[victim], &id)), 6);
     assert_eq!(s.rt.block_on(inc(&agents[victim], &id)).unwrap(), 7);
+}
+
+/// A node down while the subnet went on past a snapshot, the log purged behind it: back, it
+/// cannot replay what was purged, so it takes up the subnet's state from the members
+/// (only the pieces it lacks), confirmed against their roots, and serves the same count.
+#[test]
+fn a_node_behind_a_purged_log_takes_up_the_subnets_state_from_its_members() {
+    let mut settings = replication::testing::settings();
+    settings.snapshot_every = 8;
+    settings.keep_behind = 2;
+    let mut s = Subnet::with_settings(settings);
+    let agents: Vec<Agent> = (0..3).map(|i| s.agent(i, 12)).collect();
+    let id = s.rt.block_on(create_counter(&agents[0]));
+    for n in 1..=3u64 {
+        assert_eq!(s.rt.block_on(inc(&agents[n as usize % 2], &id)).unwrap(), n);
+    }
+    s.settle(0);
+    let victim = 2;
+    let behind = s.members[victim].node().view().applied;
+    s.members[victim].kill();
+    for n in 4..=30u64 {
+        assert_eq!(s.rt.block_on(inc(&agents[n as usize % 2], &id)).unwrap(), n);
+    }
+    let view = s.members[0].node().view();
+    eprintln!("node 1 after 30 calls: {view:?}; node 3 stopped at entry {behind}");
+    assert!(
+        view.purged.is_some_and(|p| p > behind),
+        "node 1's log is not purged past node 3's last entry {behind}: {view:?}"
+    );
+
+    s.replicas[victim] = s.open(victim);
+    s.start(victim);
+    s.settle(0);
+    let view = s.members[victim].node().view();
+    // Once or twice: the leader's stream may first send the snapshot it fetched while node
+    // 3 was down, then the newer one it has purged behind meanwhile.
+    assert!(
+        s.ordered[&victim].taken_up() >= 1,
+        "node 3 did not take up the subnet's state: {view:?}"
+    );
+    assert!(view.snapshot.is_some_and(|i| i > behind), "{view:?}");
+    assert_eq!(s.rt.block_on(counted(&agents[victim], &id)), 30);
+    assert_eq!(s.rt.block_on(inc(&agents[victim], &id)).unwrap(), 31);
+    // Started again from its folder it resumes from the state it took up.
+    s.members[victim].kill();
+    s.replicas[victim] = s.open(victim);
+    s.start(victim);
+    s.settle(0);
+    assert_eq!(s.rt.block_on(counted(&agents[victim], &id)), 31);
+}
+
+/// What a member hands over as a snapshot, as the taker checks it: a piece whose bytes are
+/// not its name is refused, a root the members do not confirm is refused, and neither
+/// leaves anything of the offered state behind; an honest offer is taken up whole and
+/// durable, even after the sender's later checkpoints (its pinned pieces stay).
+#[test]
+fn a_taker_refuses_a_forged_piece_and_an_unconfirmed_root_and_keeps_what_it_had() {
+    use replica::transfer::{Source, TransferError};
+    let s = Subnet::new();
+    let agents: Vec<Agent> = (0..3).map(|i| s.agent(i, 13)).collect();
+    let id = s.rt.block_on(create_counter(&agents[0]));
+    for n in 1..=4u64 {
+        assert_eq!(s.rt.block_on(inc(&agents[0], &id)).unwrap(), n);
+    }
+    s.settle(0);
+    let sender = s.replicas[0].clone();
+    let (manifest, position) = sender.snapshot().unwrap();
+    let position = position.unwrap();
+    let want = sender.state_root().1;
+    // The sender goes on; its later checkpoints do not take the pinned pieces away.
+    assert_eq!(s.rt.block_on(inc(&agents[0], &id)).unwrap(), 5);
+
+    struct Offer {
+        from: Arc<Replica>,
+        forge: bool,
+        confirm: bool,
+    }
+    impl Source for Offer {
+        fn pieces(&mut self, names: &[String]) -> Result<Vec<Vec<u8>>, TransferError> {
+            let piece = |name: &String| {
+                let mut b = self
+                    .from
+                    .piece(name)
+                    .expect("the sender keeps its pinned pieces");
+                if self.forge {
+                    b[0] ^= 1;
+                }
+                b
+            };
+            Ok(names.iter().map(piece).collect())
+        }
+        fn confirm(&mut self, _root: [u8; 32]) -> Result<(), TransferError> {
+            if self.confirm {
+                Ok(())
+            } else {
+                Err(TransferError::Unconfirmed {
+                    index: 0,
+                    root: String::new(),
+                    why: "members [2] hold another root".into(),
+                })
+            }
+        }
+    }
+    let dir = s.dir.path().join("taker");
+    let taker = s.open_at(2, &dir);
+    let empty = taker.state_root();
+    for (forge, confirm, says) in [
+        (true, true, "does not match its hash"),
+        (false, false, "members [2] hold another root"),
+    ] {
+        let mut offer = Offer {
+            from: sender.clone(),
+            forge,
+            confirm,
+        };
+        let e = taker
+            .take_up(&manifest, &position, &mut offer)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{e}");
+        assert_eq!(
+            taker.state_root(),
+            empty,
+            "a refused offer changed the state"
+        );
+    }
+    drop(taker);
+    let reopened = s.open_at(2, &dir);
+    assert_eq!(
+        reopened.state_root(),
+        empty,
+        "a refused offer was checkpointed"
+    );
+    let mut honest = Offer {
+        from: sender.clone(),
+        forge: false,
+        confirm: true,
+    };
+    let root = reopened.take_up(&manifest, &position, &mut honest).unwrap();
+    assert_eq!(root, want);
+    assert_eq!(reopened.state_root().1, want);
+    drop(reopened);
+    assert_eq!(s.open_at(2, &dir).state_root().1, want, "not durable");
 }

@@ -56,6 +56,20 @@ pub fn applied_index_of(position: &[u8]) -> Option<u64> {
         .map(|l| l.index)
 }
 
+/// The voters (id → peer URL) in force at a position the application stored (empty when
+/// it is not one): whom a member taking up a snapshot can ask, before its own view knows.
+pub fn members_of(position: &[u8]) -> BTreeMap<u64, String> {
+    let Ok(p) = state_machine::Position::from_bytes(position) else {
+        return BTreeMap::new();
+    };
+    let m = p.membership.membership();
+    let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
+    m.nodes()
+        .filter(|(id, _)| voters.contains(id))
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect()
+}
+
 /// A command ordered and applied: its entry's index and the application's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposed {
@@ -102,6 +116,9 @@ pub trait StateMachine: Send + Sync + 'static {
     fn restore(&self, state: &[u8], position: &[u8]) -> Result<(), AppError>;
 }
 
+/// How long the leader waits for a member to take up a snapshot.
+pub const TAKE_UP_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Timing of the protocol.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -109,15 +126,25 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// How long a proposal or a read waits for the subnet before it is refused.
     pub request_timeout: Duration,
+    /// Entries between snapshots: after each, the log behind the snapshot is purged but
+    /// for [`Settings::keep_behind`] entries, and a member that lacks what was purged takes
+    /// up the snapshot instead ([`StateMachine::restore`]).
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot, for members a little behind to catch up from the log.
+    pub keep_behind: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         // A second between heartbeats (an election after 3 to 6 missed): the rate the IC's
         // subnets make blocks at, and slack enough for nodes that are VMs under emulation.
+        // A member down for more than a few thousand calls takes up the state rather than
+        // replay every entry (and the log does not grow without end).
         Settings {
             heartbeat: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
+            snapshot_every: 5000,
+            keep_behind: 1000,
         }
     }
 }
@@ -172,6 +199,12 @@ pub struct View {
     pub applied: u64,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// The index of the last snapshot this node built or took up.
+    #[serde(default)]
+    pub snapshot: Option<u64>,
+    /// The index up to which this node's log is purged.
+    #[serde(default)]
+    pub purged: Option<u64>,
 }
 
 /// A membership change a member asks the leader for.
@@ -207,9 +240,14 @@ impl Replicated {
             heartbeat_interval: beat,
             election_timeout_min: beat * 3,
             election_timeout_max: beat * 6,
-            // The application's state is its own snapshot: nothing is built or purged on a
-            // count of entries (catch-up of purged logs is the snapshot path's job).
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                settings.snapshot_every.max(1),
+            ),
+            max_in_snapshot_log_to_keep: settings.keep_behind,
+            // A member answers a snapshot's last chunk once it has taken the state up
+            // (fetched the pieces it lacks, rebuilt and confirmed it): minutes for a large
+            // state, not openraft's 200 ms, or the leader sends it again and again meanwhile.
+            install_snapshot_timeout: TAKE_UP_TIMEOUT.as_millis() as u64,
             ..Default::default()
         }
         .validate()
@@ -322,6 +360,23 @@ impl Replicated {
             applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             voters,
             learners,
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+        }
+    }
+
+    /// Wait until the engine stops for good (a storage error: the application refused a
+    /// command or a state); the reason. The node's supervisor then ends the process, and
+    /// its restart resumes from what is durable.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the raft engine ended".into();
+            }
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Member {
     /// The port of the application's interface ([`Member::serve`]; 0 until served).
     pub api_port: u16,
     pub dir: PathBuf,
+    /// The engine's timing and snapshots ([`settings`] unless a test changes them).
+    pub settings: Settings,
     running: Option<(tokio::runtime::Runtime, Replicated)>,
 }
 
@@ -37,6 +39,7 @@ pub fn settings() -> Settings {
     Settings {
         heartbeat: Duration::from_millis(100),
         request_timeout: Duration::from_secs(5),
+        ..Settings::default()
     }
 }
 
@@ -49,6 +52,7 @@ impl Member {
             port: 0,
             api_port: 0,
             dir,
+            settings: settings(),
             running: None,
         }
     }
@@ -93,7 +97,7 @@ impl Member {
                 &log,
                 app.clone(),
                 identity,
-                settings(),
+                self.settings.clone(),
             )) {
                 Ok(n) => Ok(n),
                 Err(e @ ReplicationError::OpenLog { .. }) => Err(e.to_string()),
