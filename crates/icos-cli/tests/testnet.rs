@@ -116,7 +116,19 @@ fn status_table(dir: &Path) -> String {
 
 /// The counter canister's value, by a query.
 fn counter_value(dir: &Path, url: &str, id: &str) -> u64 {
-    let out = canister(dir, url, &["query", id, "get"]);
+    // The orchestrator says "serving" once the replica's unit is active, a moment before the
+    // replica listens (it opens its state and its log first; CI saw a refused connection
+    // right after a rollback): retry a connection that fails, never a wrong answer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = canister(dir, url, &["query", id, "get"]);
+        let refused = String::from_utf8_lossy(&out.stderr).contains("error sending request");
+        if out.status.success() || !refused || Instant::now() > deadline {
+            break out;
+        }
+        eprintln!("{url}: not listening yet; again");
+        std::thread::sleep(Duration::from_secs(1));
+    };
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
