@@ -96,8 +96,7 @@ impl Node {
     fn start(&mut self) -> String {
         let peer = self.ordered.clone();
         self.member.start_with(self.ordered.clone(), move |node| {
-            peer.attach(node.clone());
-            replica::subnet::peer_routes(peer)
+            replica::subnet::peer_routes(peer, node)
         });
         let node = self.member.node().clone();
         let port = self

@@ -464,10 +464,7 @@ impl Orchestrator {
 
     fn firewall(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {
         let rules = reg.firewall_for_node(node);
-        let place = replica::ReplicaPlace {
-            host_loopback: cfg.host_loopback,
-            ..self.opts.replica.clone()
-        };
+        let place = self.replica_place(cfg);
         let voters = replica::log_status(&place)
             .map(|s| s.voters)
             .unwrap_or_default();
@@ -494,12 +491,17 @@ impl Orchestrator {
         }
     }
 
-    /// Run, restart or remove the replica as the registry says; say each change once.
-    fn replica(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {
-        let place = replica::ReplicaPlace {
+    /// Where the replica lives, as this guest's config places it.
+    fn replica_place(&self, cfg: &GuestConfig) -> replica::ReplicaPlace {
+        replica::ReplicaPlace {
             host_loopback: cfg.host_loopback,
             ..self.opts.replica.clone()
-        };
+        }
+    }
+
+    /// Run, restart or remove the replica as the registry says; say each change once.
+    fn replica(&mut self, reg: &registry_model::Registry, node: &str, cfg: &GuestConfig) {
+        let place = self.replica_place(cfg);
         let want = replica::desired(reg, node, &self.key, &place);
         if want != replica::Desired::None {
             self.leaving_since = None;

@@ -198,6 +198,11 @@ impl Manifest {
     }
 }
 
+/// The name of a piece holding `bytes`: their SHA-256 in lowercase hex.
+pub fn piece_name(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Pieces are named by their SHA-256 in lowercase hex; nothing else in `chunks/` is ours.
 fn is_piece_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -321,6 +326,12 @@ impl Store {
             }
         }
         self.sync_dir(&self.chunk_dir(), "pieces directory")?;
+        self.commit(manifest)
+    }
+
+    /// Write `manifest`, whose pieces are durable, as the newest checkpoint, then remove old
+    /// ones. Ok once the manifest is durable (a failed clean-up after that is logged).
+    fn commit(&mut self, manifest: &Manifest) -> Result<(), CheckpointError> {
         let bytes =
             serde_cbor::to_vec(manifest).map_err(|e| CheckpointError::Encode(e.to_string()))?;
         let name = manifest_name(manifest.height);
@@ -377,7 +388,7 @@ impl Store {
                 reason: format!("not a piece ({} bytes)", bytes.len()),
             });
         }
-        if hex::encode(Sha256::digest(bytes)) != name {
+        if piece_name(bytes) != name {
             return Err(CheckpointError::Damaged {
                 path,
                 reason: "the piece's content does not match its hash".into(),
@@ -415,12 +426,7 @@ impl Store {
                 set_aside(&path)?;
             }
         }
-        let bytes =
-            serde_cbor::to_vec(manifest).map_err(|e| CheckpointError::Encode(e.to_string()))?;
-        let name = manifest_name(manifest.height);
-        self.write_file(&self.manifest_dir(), &name, &bytes, "manifest")?;
-        self.sync_dir(&self.manifest_dir(), "checkpoints directory")?;
-        self.prune(manifest)
+        self.commit(manifest)
     }
 
     /// The bytes of `blob`, each piece checked against its hash.
@@ -446,10 +452,7 @@ impl Store {
     pub fn blob_of(bytes: &[u8]) -> Blob {
         Blob {
             len: bytes.len() as u64,
-            chunks: bytes
-                .chunks(CHUNK)
-                .map(|c| hex::encode(Sha256::digest(c)))
-                .collect(),
+            chunks: bytes.chunks(CHUNK).map(piece_name).collect(),
         }
     }
 
@@ -559,7 +562,7 @@ impl Store {
             }
             Err(e) => return Err(io(&path)(e)),
         };
-        if hex::encode(Sha256::digest(&bytes)) != name {
+        if piece_name(&bytes) != name {
             return Err(CheckpointError::Damaged {
                 path,
                 reason: "the piece's content does not match its hash".into(),

@@ -98,8 +98,8 @@ impl Ordered {
         self.taken_up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The log's node driving this state (set once, before its peer routes are served):
-    /// a snapshot is taken up through it.
+    /// The log's node driving this state (set once, by [`crate::subnet::peer_routes`]
+    /// before they are served): a snapshot is taken up through it.
     pub fn attach(&self, node: Replicated) {
         let _ = self.node.set(node);
     }
@@ -146,8 +146,7 @@ impl StateMachine for Ordered {
     fn restore(&self, state: &[u8], position: &[u8]) -> Result<(), AppError> {
         use crate::transfer::{Members, TransferError};
         let node = self.node.get().ok_or(TransferError::NotAttached)?;
-        let handle =
-            tokio::runtime::Handle::try_current().map_err(|_| TransferError::NotAttached)?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| TransferError::NoRuntime)?;
         let mut members = Members::new(node.clone(), handle, position);
         let root = self
             .replica

@@ -49,9 +49,11 @@ pub enum SubnetError {
     Stopped(String),
 }
 
-/// The replica's own peer routes beside the log's: the root comparison and the pieces of
-/// its state for members taking it up.
-pub fn peer_routes(ordered: Arc<Ordered>) -> axum::Router {
+/// The replica's own peer routes beside the log's `node`: the root comparison and the
+/// pieces of its state for members taking it up. `ordered` is attached to `node` first, so
+/// a snapshot that arrives through these routes finds the members to fetch from.
+pub fn peer_routes(ordered: Arc<Ordered>, node: &Replicated) -> axum::Router {
+    ordered.attach(node.clone());
     compare::routes(ordered.clone()).merge(crate::transfer::routes(ordered))
 }
 
@@ -156,8 +158,7 @@ pub async fn start(
     let identity = Identity::new(raft.id, replica.config().node_key.clone(), trusted);
     let ordered = Arc::new(Ordered::new(replica.clone()));
     let node = Replicated::start(raft.id, &raft.log, ordered.clone(), identity, settings).await?;
-    ordered.attach(node.clone());
-    let peer_router = node.router_with(peer_routes(ordered.clone()));
+    let peer_router = node.router_with(peer_routes(ordered.clone(), &node));
     let (peers, _) = http_guard::spawn(raft.listen, peer_router, http_guard::Limits::default())
         .map_err(|e| SubnetError::Listen(raft.listen, e))?;
     let api_router = crate::http::subnet_router(replica.clone(), node.clone());

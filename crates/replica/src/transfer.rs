@@ -12,13 +12,12 @@
 //! it and none that answers holds another. Nothing local is replaced before that, so a
 //! lying or broken sender costs the taker a retry, never its state.
 
-use crate::checkpoint::{CheckpointError, Manifest};
+use crate::checkpoint::{piece_name, CheckpointError, Manifest};
 use crate::ordered::Ordered;
 use crate::state::{RestoreError, State};
 use crate::{Replica, RequestError};
 use certified_state::StateTree;
 use replication::Replicated;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -48,6 +47,8 @@ pub enum TransferError {
     Durable(RequestError),
     #[error("this replica is not attached to its subnet's log yet")]
     NotAttached,
+    #[error("a state is taken up on the log engine's runtime, and this thread has none")]
+    NoRuntime,
 }
 
 /// Pieces a taker asks for at once: fetching, checking and writing overlap.
@@ -212,14 +213,14 @@ impl Source for Members {
     }
 }
 
-/// The piece `name` from the first of `members` (but `node` itself) that hands it over
+/// The piece `name` from the first of `members` (asked through `node`) that hands it over
 /// sound, starting at one picked by the name so the load spreads over the members.
 async fn fetch(
     node: &Replicated,
     members: &BTreeMap<u64, String>,
     name: &str,
 ) -> Result<Vec<u8>, TransferError> {
-    let all: Vec<(&u64, &String)> = members.iter().filter(|(id, _)| **id != node.id()).collect();
+    let all: Vec<(&u64, &String)> = members.iter().collect();
     let first = name.bytes().map(usize::from).sum::<usize>() % all.len().max(1);
     let mut tried = Vec::new();
     for (id, url) in all.iter().cycle().skip(first).take(all.len()) {
@@ -227,7 +228,7 @@ async fn fetch(
             .ask::<&str, Option<serde_bytes::ByteBuf>>(url, PIECE_ROUTE, &name)
             .await
         {
-            Ok(Some(b)) if hex::encode(Sha256::digest(&b)) == name => return Ok(b.into_vec()),
+            Ok(Some(b)) if piece_name(&b) == name => return Ok(b.into_vec()),
             Ok(Some(_)) => tried.push(format!("member {id} sent bytes of another hash")),
             Ok(None) => tried.push(format!("member {id} does not have it")),
             Err(e) => tried.push(format!("member {id}: {e}")),

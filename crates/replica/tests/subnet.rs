@@ -122,8 +122,7 @@ impl Subnet {
         self.ordered.insert(i, ordered.clone());
         let peer = ordered.clone();
         self.members[i].start_with(ordered.clone(), move |node| {
-            peer.attach(node.clone());
-            replica::subnet::peer_routes(peer)
+            replica::subnet::peer_routes(peer, node)
         });
         let node = self.members[i].node().clone();
         let watched = node.clone();
