@@ -68,6 +68,7 @@ fn open(
         subnet_nodes: (1..=3)
             .map(|k| hex::encode(key(k).verifying_key().to_bytes()))
             .collect(),
+        guestos_version: String::new(),
         listen: "127.0.0.1:0".parse().expect("an address"),
         state_dir: dir.join(format!("node{id}/state")),
         raft: None,

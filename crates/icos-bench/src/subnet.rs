@@ -144,6 +144,7 @@ fn start(dir: &Path, k: &Keys, n: usize) -> Result<Vec<String>, BenchError> {
                 .iter()
                 .map(|p| p.public_key.clone())
                 .collect(),
+            guestos_version: String::new(),
             listen: format!("127.0.0.1:{}", ports[i].0)
                 .parse()
                 .expect("an address"),

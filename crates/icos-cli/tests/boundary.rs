@@ -81,6 +81,12 @@ struct Net {
 /// `front_a`, node a's registered endpoint is another port than its replica's (a test puts
 /// something in between).
 fn network(dir: &Path, front_a: bool) -> Net {
+    network_of(dir, front_a, &[("s1", 0..1), ("s2", 1..3)])
+}
+
+/// Registry, three registered nodes, and the subnets of `layout` (name, the nodes' indices;
+/// the n-th subnet gets the n-th block of canister ids) by proposals.
+fn network_of(dir: &Path, front_a: bool, layout: &[(&str, std::ops::Range<usize>)]) -> Net {
     let data = dir.join("registry");
     let gov = governed_registry(&dir.join("keys"), "boundary", &data);
     let port = free_port();
@@ -111,10 +117,10 @@ fn network(dir: &Path, front_a: bool) -> Net {
         );
     }
     let ids: Vec<String> = keys.iter().map(|k| node_id(&keys::public_hex(k))).collect();
-    for (subnet, nodes, range) in [
-        ("s1", &ids[..1], format!("0-{}", S2_FIRST - 1)),
-        ("s2", &ids[1..], format!("{S2_FIRST}-{}", 2 * S2_FIRST - 1)),
-    ] {
+    for (n, (subnet, members)) in layout.iter().enumerate() {
+        let n = n as u64;
+        let nodes = &ids[members.clone()];
+        let range = format!("{}-{}", n * S2_FIRST, (n + 1) * S2_FIRST - 1);
         let out = icos()
             .args(["gov", "propose", "create-subnet", "--id", subnet, "--nodes"])
             .arg(nodes.join(","))
@@ -147,6 +153,7 @@ fn network(dir: &Path, front_a: bool) -> Net {
                 listen: format!("127.0.0.1:{port}").parse().unwrap(),
                 peer_listen: format!("127.0.0.1:{peer_port}").parse().unwrap(),
                 host_loopback: None,
+                guestos_version: "1.0.0".into(),
             };
             let Desired::Run { spec, membership } = desired(&reg, id, key, &place) else {
                 panic!("{id} has no replica to run")
@@ -954,4 +961,229 @@ async fn floods_and_bad_requests_cost_their_senders_only_and_memory_stays_bounde
         std::thread::sleep(Duration::from_millis(500));
     }
     s2_query(&a).await.unwrap();
+}
+
+/// Node `n`'s spec made anew for the GuestOS version `version` (what its orchestrator
+/// writes after rebooting into it).
+fn respec(n: &NodeSpec, version: &str) {
+    use node_config::spec::Spec;
+    let mut spec = node_config::replica::ReplicaSpec::read(&n.spec).unwrap();
+    spec.guestos_version = version.into();
+    spec.write(&n.spec).unwrap();
+}
+
+/// What node `n`'s replica last wrote about itself and the members it heard.
+fn replica_status(n: &NodeSpec) -> Option<node_status::replica::ReplicaStatus> {
+    let file = n
+        .spec
+        .parent()
+        .unwrap()
+        .join(node_status::replica::STATUS_FILE);
+    serde_json::from_slice(&std::fs::read(file).ok()?).ok()
+}
+
+/// SIGTERM (what systemd sends when the node reboots), then wait for the process to end.
+fn stop_gracefully(p: &mut Proc) -> std::process::ExitStatus {
+    let pid = p.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "replica {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One node's part of a rolling upgrade, as its orchestrator plays it: wait for the turn the
+/// orchestrator's rule gives from the replica's `status.json`, then reboot into `target`
+/// (the replica drains and ends on SIGTERM; the node is away a few seconds; the replica
+/// starts again from its spec, now on `target`). Counts the nodes away at once.
+fn take_turn(
+    n: &NodeSpec,
+    mut replica: Proc,
+    target: &str,
+    away: &AtomicU64,
+    most_away: &AtomicU64,
+) -> Proc {
+    use orchestrator::rollout::{turn, Turn};
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut said = String::new();
+    loop {
+        assert!(Instant::now() < deadline, "{}: no turn came: {said}", n.id);
+        let why = match replica_status(n).map(|s| turn(&s, target)) {
+            Some(Turn::Go(why)) => why,
+            Some(Turn::Wait(why)) => {
+                if why != said {
+                    eprintln!("rollout: {} waits: {why}", n.id);
+                    said = why;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
+            }
+            None => {
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
+            }
+        };
+        let now = away.fetch_add(1, Ordering::SeqCst) + 1;
+        most_away.fetch_max(now, Ordering::SeqCst);
+        eprintln!("rollout: {} reboots into {target}: {why}", n.id);
+        let ended = stop_gracefully(&mut replica);
+        assert!(
+            ended.success(),
+            "{}'s replica ended with {ended} on SIGTERM",
+            n.id
+        );
+        drop(replica);
+        std::thread::sleep(Duration::from_secs(2));
+        respec(n, target);
+        let replica = start_replica(n);
+        // Away until it serves on the target, caught up, as the others will see it.
+        let back = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = replica_status(n).is_some_and(|s| {
+                s.guestos_version == target
+                    && s.serving == node_status::replica::Serving::Serving
+                    && s.peers.values().all(|p| match p {
+                        node_status::replica::PeerReport::Reached(h) => {
+                            s.applied + orchestrator::rollout::CAUGHT_UP >= h.applied
+                        }
+                        node_status::replica::PeerReport::Unreachable { .. } => true,
+                    })
+            });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < back,
+                "{} did not come back on {target}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        away.fetch_sub(1, Ordering::SeqCst);
+        eprintln!("rollout: {} is back on {target}", n.id);
+        return replica;
+    }
+}
+
+/// A GuestOS rollout to a three-node subnet while a client sends calls and queries through
+/// the boundary the whole time: every node waits for its turn by the orchestrator's rule
+/// (read from what its replica heard from the others), reboots with a drain, and comes back
+/// on the new version; no two are away at once, not one request fails, and every
+/// acknowledged call is counted exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_upgrade_of_a_three_node_subnet_costs_no_request_through_the_boundary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = network_of(tmp.path(), false, &[("s1", 0..3)]);
+    let replicas: Vec<Proc> = net.nodes.iter().map(start_replica).collect();
+    let (_boundary, url) = start_boundary(&net, &[]);
+    wait_nodes(&url, "every node healthy", |_, s| *s == NodeState::Healthy);
+    let a = agent(&url, 5).await;
+    let id = install_in_s1(&a, &wat::parse_str(example_canisters::COUNTER_WAT).unwrap()).await;
+    // Every member has heard the others before the rollout starts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !net.nodes.iter().all(|n| {
+        replica_status(n).is_some_and(|s| {
+            s.peers.len() == 2
+                && s.peers
+                    .values()
+                    .all(|p| matches!(p, node_status::replica::PeerReport::Reached(_)))
+        })
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the members never heard each other"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (a, stop) = (a.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut queries, mut failures) = (0u64, 0u64, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                match a
+                    .update(&id, "inc")
+                    .with_arg(Encode!().unwrap())
+                    .call_and_wait()
+                    .await
+                {
+                    Ok(_) => acked += 1,
+                    Err(e) => {
+                        failures.push(format!("call {acked}: {e} after {:?}", started.elapsed()))
+                    }
+                }
+                match a
+                    .query(&id, "get")
+                    .with_arg(Encode!().unwrap())
+                    .call()
+                    .await
+                {
+                    Ok(_) => queries += 1,
+                    Err(e) => failures.push(format!("query {queries}: {e}")),
+                }
+            }
+            (acked, queries, failures)
+        })
+    };
+
+    let target = "1.1.0";
+    let away = AtomicU64::new(0);
+    let most_away = AtomicU64::new(0);
+    let started = Instant::now();
+    let replicas: Vec<Proc> = std::thread::scope(|s| {
+        let turns: Vec<_> = net
+            .nodes
+            .iter()
+            .zip(replicas)
+            .map(|(n, r)| {
+                let (away, most_away) = (&away, &most_away);
+                s.spawn(move || take_turn(n, r, target, away, most_away))
+            })
+            .collect();
+        turns.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    eprintln!("rollout: finished in {:?}", started.elapsed());
+    wait_nodes(&url, "every node healthy after the rollout", |_, s| {
+        *s == NodeState::Healthy
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (acked, queries, failures) = client.await.unwrap();
+    eprintln!("rollout: {acked} calls and {queries} queries answered meanwhile");
+
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(most_away.load(Ordering::SeqCst), 1, "nodes away at once");
+    assert!(
+        acked >= 10 && queries >= 10,
+        "{acked} calls, {queries} queries"
+    );
+    for n in &net.nodes {
+        assert_eq!(
+            replica_status(n).unwrap().guestos_version,
+            target,
+            "{}",
+            n.id
+        );
+    }
+    // Every acknowledged call counted once, on every node.
+    assert_eq!(counter_get(&a, &id).await, acked);
+    for n in &net.nodes {
+        let direct = agent(&format!("http://127.0.0.1:{}", n.port), 5).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter_get(&direct, &id).await != acked {
+            assert!(Instant::now() < deadline, "{} never counted {acked}", n.id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(replicas);
 }

@@ -499,6 +499,18 @@ fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgra
         Duration::from_secs(120),
         || settled_on(&rows(&state), "1.1.0"),
     );
+    // One node at a time: each rebooted into 1.1.0 only while the other served, caught up
+    // (the orchestrator's rollout turn, from what its replica heard from the other).
+    for n in &state.nodes {
+        let logs = ["state/guest-serial.log.1", "state/guest-serial.log"]
+            .map(|f| std::fs::read_to_string(n.dir.join(f)).unwrap_or_default())
+            .concat();
+        check(
+            &dir,
+            logs.contains("1.1.0 installed; rebooting (1 of 2 members away with this node"),
+            &format!("{} rebooted into 1.1.0 without its turn", n.name),
+        );
+    }
     // Each node met a bad mirror first, and none of them installed what it served.
     assert!(
         served(&dir, "garbage.tar") >= 1,

@@ -68,7 +68,8 @@ fn serve(path: &std::path::Path) -> Result<i32> {
 }
 
 /// A replica of a replicated subnet: until its state is found diverged from the subnet's
-/// (then set aside, and the process ends with an error for systemd to start it again).
+/// (then set aside, and the process ends with an error for systemd to start it again), or
+/// until it is told to stop (it drains first, then ends well).
 fn serve_replicated(spec: &node_config::replica::ReplicaSpec, r: replica::Replica) -> Result<i32> {
     let why = replica::subnet::run(spec, r, Default::default(), |at| {
         println!(
@@ -80,7 +81,13 @@ fn serve_replicated(spec: &node_config::replica::ReplicaSpec, r: replica::Replic
             at.api
         );
     });
-    Err(why).with_context(|| format!("the replica of {} stopped serving", spec.subnet))
+    match why {
+        replica::subnet::SubnetError::Drained => {
+            println!("replica: {why}");
+            Ok(0)
+        }
+        why => Err(why).with_context(|| format!("the replica of {} stopped serving", spec.subnet)),
+    }
 }
 
 fn run(dir: PathBuf, listen: SocketAddr, gateway: Option<SocketAddr>) -> Result<i32> {

@@ -32,6 +32,10 @@ pub struct ReplicaSpec {
     /// signed by any node of the subnet, whichever node a boundary sent it to.
     #[serde(default)]
     pub subnet_nodes: Vec<String>,
+    /// The GuestOS version the node runs: told to the subnet's other members, who wait for
+    /// it in a rolling upgrade.
+    #[serde(default)]
+    pub guestos_version: String,
     pub listen: std::net::SocketAddr,
     /// Where the replica keeps its checkpoints.
     pub state_dir: PathBuf,
@@ -128,6 +132,7 @@ mod tests {
             canister_range: (0, 9),
             subnet_size: 1,
             subnet_nodes: Vec::new(),
+            guestos_version: String::new(),
             listen: "[::]:8080".parse().unwrap(),
             state_dir: d.path().join("state"),
             raft: Some(RaftSpec {

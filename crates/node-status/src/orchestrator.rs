@@ -10,6 +10,9 @@ pub enum UpgradeState {
     /// Running the assigned version (or none is assigned).
     #[default]
     Idle,
+    /// The subnet cannot spare this node yet: it waits for its turn in the subnet's rolling
+    /// upgrade (`last_result` says for what).
+    WaitingForTurn,
     /// Downloading and installing the assigned version into the other slot.
     Downloading,
     /// Installed and activated; the node is rebooting into it.

@@ -23,6 +23,31 @@ pub struct ReplicaStatus {
     pub serving: Serving,
     /// When this was written (seconds since 1970).
     pub written_at: u64,
+    /// The GuestOS version this node runs (from its spec; empty outside a GuestOS).
+    #[serde(default)]
+    pub guestos_version: String,
+    /// What the subnet's other members said of themselves when last asked (every 2 s, on
+    /// the signed peer route): what the orchestrator's rollout turn is decided from.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<u64, PeerReport>,
+}
+
+/// One member's answer on the peer route `/subnet/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHealth {
+    pub member_id: u64,
+    pub role: LogRole,
+    pub applied: u64,
+    pub serving: Serving,
+    pub guestos_version: String,
+}
+
+/// What this node heard from another member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum PeerReport {
+    Reached(PeerHealth),
+    Unreachable { why: String },
 }
 
 /// This node's place in the log.
@@ -46,4 +71,7 @@ pub enum Serving {
     Diverged {
         reason: String,
     },
+    /// It was told to stop (the node is rebooting, e.g. into an upgrade): it still answers
+    /// but says it is not healthy, so boundaries send its requests elsewhere first.
+    Draining,
 }

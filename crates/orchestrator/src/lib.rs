@@ -10,7 +10,9 @@
 //! 4. **GuestOS**: the version the node must run is its subnet's, or the unassigned nodes'
 //!    one; when it differs from the running version, download from the elected URLs (the list
 //!    rotated by node id, the next URL on any error), install with the upgrade engine (which
-//!    refuses a package whose SHA-256 is not the elected one), activate and reboot. A version
+//!    refuses a package whose SHA-256 is not the elected one); then, when the subnet can
+//!    spare the node ([`rollout`]: a few members at a time, in member order, each back on
+//!    the new version and caught up before the next goes), activate and reboot. A version
 //!    that failed its health check on this node is never retried;
 //! 5. **HostOS**: ask the host its version over the channel; if governance assigned another,
 //!    ask the host to upgrade (backoff 1 min × 1.75 up to 2 h);
@@ -42,6 +44,7 @@ mod http;
 pub mod identity;
 pub mod payload;
 pub mod replica;
+pub mod rollout;
 
 use daemon_support::release::{running_slot, Release};
 use daemon_support::{unix_now, Backoff, Console};
@@ -151,6 +154,8 @@ pub struct Orchestrator {
     leaving_since: Option<std::time::Instant>,
     /// The boundary state last said on the console.
     said_boundary: Option<BoundaryState>,
+    /// Why the node last waited for its turn in a rolling upgrade, as said on the console.
+    said_turn: Option<String>,
 }
 
 impl Orchestrator {
@@ -196,6 +201,7 @@ impl Orchestrator {
             last_waiting_message: None,
             applied_ruleset: None,
             said_replica: None,
+            said_turn: None,
             leaving_since: None,
             said_boundary: None,
         })
@@ -495,6 +501,7 @@ impl Orchestrator {
     fn replica_place(&self, cfg: &GuestConfig) -> replica::ReplicaPlace {
         replica::ReplicaPlace {
             host_loopback: cfg.host_loopback,
+            guestos_version: running_version(),
             ..self.opts.replica.clone()
         }
     }
@@ -658,11 +665,50 @@ impl Orchestrator {
         if !self.engine.confirmed || !self.upgrade_backoff.due() {
             return;
         }
-        self.upgrade_to(&target, node, &running);
+        if !self.staged(&target) && !self.stage(&target, node, &running) {
+            return;
+        }
+        match self.rollout_turn(&target.version) {
+            rollout::Turn::Wait(why) => {
+                if self.said_turn.as_ref() != Some(&why) {
+                    self.console(&format!(
+                        "GUESTOS ORCHESTRATOR {} installed; waiting for this node's turn to reboot into it: {why}",
+                        target.version
+                    ));
+                    self.said_turn = Some(why.clone());
+                }
+                self.set(|s| {
+                    s.upgrade.state = UpgradeState::WaitingForTurn;
+                    s.upgrade.target = Some(target.version.clone());
+                    s.upgrade.last_result = Some(why);
+                });
+            }
+            rollout::Turn::Go(why) => {
+                self.said_turn = None;
+                self.reboot_into(&target.version, &why);
+            }
+        }
     }
 
-    /// One attempt: download, install, activate, reboot.
-    fn upgrade_to(&mut self, target: &registry_model::Elected, node: &str, running: &str) {
+    /// Whether the subnet can spare this node for a reboot now ([`rollout`]), from what its
+    /// replica last heard from the other members; a node that serves no subnet can go.
+    fn rollout_turn(&self, target: &str) -> rollout::Turn {
+        let serving = matches!(self.said_replica, Some(ReplicaState::Serving { .. }));
+        match replica::log_status(&self.opts.replica) {
+            Some(own) if serving => rollout::turn(&own, target),
+            _ => rollout::Turn::Go("this node serves no subnet now".into()),
+        }
+    }
+
+    /// Whether the other slot holds `target`, installed earlier and waiting for its turn.
+    fn staged(&self, target: &registry_model::Elected) -> bool {
+        upgrade_engine::Engine::open_running()
+            .is_ok_and(|e| upgrade_engine::elected::staged(&e, &target.version, &target.sha256))
+    }
+
+    /// Download `target` and install it into the other slot (not booting it yet); false,
+    /// said and backed off, when that failed.
+    fn stage(&mut self, target: &registry_model::Elected, node: &str, running: &str) -> bool {
         self.set(|s| {
             s.upgrade.state = UpgradeState::Downloading;
             s.upgrade.target = Some(target.version.clone());
@@ -674,22 +720,7 @@ impl Orchestrator {
             target.version
         ));
         match install(target, node) {
-            Ok(()) => {
-                self.set(|s| {
-                    s.upgrade.state = UpgradeState::Rebooting;
-                    s.upgrade.last_result =
-                        Some(format!("{} installed and activated", target.version));
-                });
-                self.console(&format!(
-                    "GUESTOS ORCHESTRATOR {} installed; rebooting",
-                    target.version
-                ));
-                if self.opts.reboot {
-                    if let Err(e) = daemon_support::reboot() {
-                        self.console(&format!("GUESTOS ORCHESTRATOR cannot reboot: {e}"));
-                    }
-                }
-            }
+            Ok(()) => true,
             Err(e) => {
                 self.upgrade_backoff.fail();
                 self.console(&format!(
@@ -700,13 +731,49 @@ impl Orchestrator {
                     s.upgrade.state = UpgradeState::Failed;
                     s.upgrade.last_result = Some(e.to_string());
                 });
+                false
+            }
+        }
+    }
+
+    /// Make the installed `version` boot next and reboot into it (`why`: the turn).
+    fn reboot_into(&mut self, version: &str, why: &str) {
+        let activated = upgrade_engine::Engine::open_running()
+            .map_err(UpgradeFailed::from)
+            .and_then(|mut e| {
+                upgrade_engine::elected::activate(&mut e, version, BOOT_TRIES).map_err(Into::into)
+            });
+        if let Err(e) = activated {
+            self.upgrade_backoff.fail();
+            self.console(&format!(
+                "GUESTOS ORCHESTRATOR {version} installed but not activated: {e}"
+            ));
+            self.set(|s| {
+                s.upgrade.state = UpgradeState::Failed;
+                s.upgrade.last_result = Some(e.to_string());
+            });
+            return;
+        }
+        self.set(|s| {
+            s.upgrade.state = UpgradeState::Rebooting;
+            s.upgrade.last_result = Some(format!("{version} installed and activated"));
+        });
+        self.console(&format!(
+            "GUESTOS ORCHESTRATOR {version} installed; rebooting ({why})"
+        ));
+        if self.opts.reboot {
+            if let Err(e) = daemon_support::reboot() {
+                self.console(&format!("GUESTOS ORCHESTRATOR cannot reboot: {e}"));
             }
         }
     }
 }
 
-/// Install from the elected URLs (in this node's mirror order) into the inactive slot of
-/// the running disk and activate.
+/// Boot tries a new version gets before systemd-boot falls back to the old one.
+const BOOT_TRIES: u32 = 3;
+
+/// Download from the elected URLs (in this node's mirror order) into the inactive slot of
+/// the running disk; activation waits for the node's turn.
 fn install(target: &registry_model::Elected, node: &str) -> Result<(), UpgradeFailed> {
     let mut engine = upgrade_engine::Engine::open_running()?;
     let urls: Vec<&str> = target
@@ -714,13 +781,7 @@ fn install(target: &registry_model::Elected, node: &str) -> Result<(), UpgradeFa
         .into_iter()
         .map(String::as_str)
         .collect();
-    upgrade_engine::elected::install_elected(
-        &mut engine,
-        &target.version,
-        &urls,
-        &target.sha256,
-        3,
-    )?;
+    upgrade_engine::elected::fetch_elected(&mut engine, &target.version, &urls, &target.sha256)?;
     Ok(())
 }
 

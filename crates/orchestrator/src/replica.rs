@@ -43,6 +43,8 @@ pub struct ReplicaPlace {
     /// Development networks: where this guest reaches its host's loopback, at which a local
     /// network's nodes register their endpoints.
     pub host_loopback: Option<std::net::IpAddr>,
+    /// The GuestOS version this node runs, which its replica tells the subnet's members.
+    pub guestos_version: String,
 }
 
 impl Default for ReplicaPlace {
@@ -52,6 +54,7 @@ impl Default for ReplicaPlace {
             listen: std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, REPLICA_PORT)),
             peer_listen: std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, PEER_PORT)),
             host_loopback: None,
+            guestos_version: String::new(),
         }
     }
 }
@@ -180,6 +183,7 @@ pub fn desired(reg: &Registry, node: &str, key: &keys::SecretKey, place: &Replic
         listen: place.listen,
         state_dir: place.payload.dir.join("state"),
         raft: Some(raft_spec(s, node, place)),
+        guestos_version: place.guestos_version.clone(),
     });
     Desired::Run {
         spec,

@@ -112,6 +112,8 @@ async fn status(State(s): Served) -> Response {
             t("replica_health_status"),
             t(if r.stopped().is_some() {
                 "diverged"
+            } else if r.draining() {
+                "stopping"
             } else {
                 "healthy"
             }),

@@ -26,6 +26,7 @@
 
 pub mod checkpoint;
 pub mod compare;
+pub mod health;
 pub mod http;
 pub mod local;
 mod management;
@@ -160,6 +161,8 @@ pub struct Replica {
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
     /// Why this replica stopped serving (its state is not its subnet's), if it did.
     stopped: Mutex<Option<String>>,
+    /// Told to stop: still answering, but saying so on `/api/v2/status`.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Why a replica could not start.
@@ -201,6 +204,7 @@ impl Replica {
             store: None,
             clock,
             stopped: Mutex::new(None),
+            draining: Default::default(),
         })
     }
 
@@ -285,6 +289,17 @@ impl Replica {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The node is going down (a reboot, an upgrade): keep answering, but say "stopping"
+    /// on the status route so boundaries send new requests to other nodes first.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &Config {

@@ -122,6 +122,7 @@ mod tests {
             canister_range: range,
             subnet_size: 1,
             subnet_nodes: Vec::new(),
+            guestos_version: String::new(),
             listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: "/nonexistent".into(),
             raft: None,

@@ -181,6 +181,27 @@ fn unordered(e: ReplicationError) -> RequestError {
     ))
 }
 
+/// How long a call whose proposal went down with its leader is proposed again.
+const PROPOSE_AGAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Order `batch`, proposing it again when the leader it went to could not be reached or
+/// answer (it rebooted or crashed, perhaps with the proposal in hand). Safe because the replica executes
+/// a request id once: a batch ordered twice is answered the second time as `Duplicate`, from
+/// the first one's record.
+async fn propose(node: &Replicated, batch: Vec<u8>) -> Result<replication::Proposed, RequestError> {
+    let deadline = tokio::time::Instant::now() + PROPOSE_AGAIN_WITHIN;
+    loop {
+        match node.propose(batch.clone()).await {
+            // (A proposal that found no leader has already waited for an election.)
+            Err(e @ ReplicationError::NoLeader(_)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("proposing a call again: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            other => return other.map_err(unordered),
+        }
+    }
+}
+
 /// An ingress call to `effective` through `node`, a member of the subnet: checked at this
 /// node's time, ordered as a batch of its own, and answered from this node's state once it
 /// has applied that batch.
@@ -213,7 +234,7 @@ pub async fn call(
         time_ns,
         messages: vec![Ingress { body, effective }],
     };
-    let proposed = node.propose(encode(&batch)).await.map_err(unordered)?;
+    let proposed = propose(node, encode(&batch)).await?;
     let done: BatchDone = serde_cbor::from_slice(&proposed.answer).map_err(|e| {
         RequestError::Internal(format!(
             "the subnet's answer to the call is not a batch's: {e}"

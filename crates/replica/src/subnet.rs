@@ -15,14 +15,18 @@
 //!   serving, sets its state folder aside and ends with an error, and its supervisor (systemd)
 //!   starts it again on an empty folder, which the log replays into the subnet's state;
 //! * **status**: `status.json` next to the spec every second
-//!   ([`node_status::replica::ReplicaStatus`]).
+//!   ([`node_status::replica::ReplicaStatus`]), with what the other members said of
+//!   themselves ([`crate::health`]);
+//! * **drain** on a stop signal: answer for [`crate::health::DRAIN`] more while saying
+//!   "stopping", then leave the log and end (a reboot costs clients nothing).
 
 use crate::compare;
+use crate::health::{self, Own};
 use crate::ordered::Ordered;
 use crate::Replica;
 use node_config::replica::{Membership, ReplicaSpec};
 use node_config::spec::Spec;
-use node_status::replica::{LogRole, ReplicaStatus, Serving, STATUS_FILE};
+use node_status::replica::{LogRole, PeerHealth, ReplicaStatus, Serving, STATUS_FILE};
 use replication::{auth::Identity, Replicated, Settings};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +51,9 @@ pub enum SubnetError {
     SetAside(compare::Divergence, std::io::Error),
     #[error("the subnet's log stopped: {0}; the replica ends, and its restart resumes from its last durable state")]
     Stopped(String),
+    /// Told to stop, it drained and left: not a failure.
+    #[error("stopped on request, after {:?} of saying so", health::DRAIN)]
+    Drained,
 }
 
 /// The replica's own peer routes beside the log's `node`: the root comparison and the
@@ -80,7 +87,7 @@ pub fn run(
         Err(e) => return SubnetError::Runtime(e),
     };
     rt.block_on(async {
-        match start(spec, replica, settings).await {
+        match start(spec, replica, settings, stop_signal()).await {
             Ok((at, stopped)) => {
                 started(&at);
                 stopped.await
@@ -88,6 +95,24 @@ pub fn run(
             Err(e) => e,
         }
     })
+}
+
+/// SIGTERM (systemd stopping the unit, as a reboot does) or SIGINT; never, if neither can be
+/// listened for (the replica then ends as it did before: at once).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// Hex Ed25519 public keys of the membership's peers, by member id.
@@ -137,11 +162,12 @@ async fn first_membership(path: &std::path::Path) -> Membership {
 
 /// Start the replica of `spec` on the current tokio runtime; returns where it serves and a
 /// future that ends only with the reason it stopped (a divergence, after setting the state
-/// aside).
+/// aside; or `stop`, after draining).
 pub async fn start(
     spec: &ReplicaSpec,
     replica: Replica,
     settings: Settings,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(Addresses, impl std::future::Future<Output = SubnetError>), SubnetError> {
     let raft = spec
         .raft
@@ -158,7 +184,9 @@ pub async fn start(
     let identity = Identity::new(raft.id, replica.config().node_key.clone(), trusted);
     let ordered = Arc::new(Ordered::new(replica.clone()));
     let node = Replicated::start(raft.id, &raft.log, ordered.clone(), identity, settings).await?;
-    let peer_router = node.router_with(peer_routes(ordered.clone(), &node));
+    let own = Own::new();
+    let peer_router =
+        node.router_with(peer_routes(ordered.clone(), &node).merge(health::routes(own.clone())));
     let (peers, _) = http_guard::spawn(raft.listen, peer_router, http_guard::Limits::default())
         .map_err(|e| SubnetError::Listen(raft.listen, e))?;
     let api_router = crate::http::subnet_router(replica.clone(), node.clone());
@@ -174,11 +202,19 @@ pub async fn start(
         .map(|p| p.join(STATUS_FILE))
         .unwrap_or_else(|| PathBuf::from(STATUS_FILE));
     tokio::spawn(membership(node.clone(), raft.membership.clone(), members));
-    tokio::spawn(status(node.clone(), replica.clone(), raft.id, status_file));
+    let version = spec.guestos_version.clone();
+    tokio::spawn(status(
+        node.clone(),
+        replica.clone(),
+        own,
+        version,
+        status_file,
+    ));
     let watched = async move {
         let d = tokio::select! {
             d = compare::watch(ordered, node.clone(), Duration::from_secs(2)) => d,
             why = node.fatal() => return SubnetError::Stopped(why),
+            () = stop => return drain(&replica, &node).await,
         };
         node.shutdown().await;
         match compare::set_aside(&folder) {
@@ -238,9 +274,26 @@ async fn membership(node: Replicated, path: PathBuf, mut current: Membership) {
     }
 }
 
-/// Every second: `status.json` from the log's view and the replica's serving state.
-async fn status(node: Replicated, replica: Arc<Replica>, id: u64, file: PathBuf) {
+/// Keep answering for [`health::DRAIN`] while saying "stopping", then leave the log.
+async fn drain(replica: &Replica, node: &Replicated) -> SubnetError {
+    tracing::info!("told to stop: draining for {:?}", health::DRAIN);
+    replica.drain();
+    tokio::time::sleep(health::DRAIN).await;
+    node.shutdown().await;
+    SubnetError::Drained
+}
+
+/// Every second: `status.json` from the log's view and the replica's serving state; every
+/// [`health::ASK_EVERY`], what the other members say of themselves.
+async fn status(node: Replicated, replica: Arc<Replica>, own: Own, version: String, file: PathBuf) {
+    let id = node.id();
+    let mut peers = BTreeMap::new();
+    let mut asked = tokio::time::Instant::now() - health::ASK_EVERY;
     loop {
+        if asked.elapsed() >= health::ASK_EVERY {
+            peers = health::ask_members(&node).await;
+            asked = tokio::time::Instant::now();
+        }
         let view = node.view();
         // A member taken out never hears of it: ask the others when no leader is heard.
         let role = if view.leader.is_none() && node.let_go().await {
@@ -260,11 +313,21 @@ async fn status(node: Replicated, replica: Arc<Replica>, id: u64, file: PathBuf)
             applied: view.applied,
             voters: view.voters,
             serving: match replica.stopped() {
-                None => Serving::Serving,
                 Some(reason) => Serving::Diverged { reason },
+                None if replica.draining() => Serving::Draining,
+                None => Serving::Serving,
             },
             written_at: daemon_support::unix_now(),
+            guestos_version: version.clone(),
+            peers: peers.clone(),
         };
+        own.set(PeerHealth {
+            member_id: id,
+            role,
+            applied: s.applied,
+            serving: s.serving.clone(),
+            guestos_version: version.clone(),
+        });
         let bytes = serde_json::to_vec_pretty(&s).unwrap_or_default();
         if let Err(e) = daemon_support::write_private(&file, &bytes) {
             tracing::warn!("writing {}: {e}", file.display());

@@ -40,6 +40,20 @@ pub fn install_elected(
     sha256: &Sha256Hex,
     tries: u32,
 ) -> Result<InstallReport, ElectedError> {
+    let report = fetch_elected(engine, version, urls, sha256)?;
+    activate(engine, version, tries)?;
+    Ok(report)
+}
+
+/// Install `version` into the inactive slot from the first of `urls` that gives the package
+/// with `sha256`, without making it boot: a node in a rolling upgrade fetches at once and
+/// activates when its turn comes ([`activate`]).
+pub fn fetch_elected(
+    engine: &mut Engine,
+    version: &str,
+    urls: &[&str],
+    sha256: &Sha256Hex,
+) -> Result<InstallReport, ElectedError> {
     if urls.is_empty() {
         return Err(ElectedError::NoUrls {
             version: version.to_string(),
@@ -55,14 +69,7 @@ pub fn install_elected(
                     .map_err(|e| e.to_string())
             });
         match result {
-            Ok(report) => {
-                return engine.activate(tries).map(|_| report).map_err(|error| {
-                    ElectedError::Activate {
-                        version: version.to_string(),
-                        error: Box::new(error),
-                    }
-                })
-            }
+            Ok(report) => return Ok(report),
             Err(e) => {
                 tracing::warn!("{url}: {e}");
                 attempts.push((url.to_string(), e));
@@ -72,5 +79,27 @@ pub fn install_elected(
     Err(ElectedError::AllFailed {
         version: version.to_string(),
         attempts,
+    })
+}
+
+/// Make the installed `version` boot next with `tries` attempts.
+pub fn activate(engine: &mut Engine, version: &str, tries: u32) -> Result<(), ElectedError> {
+    engine
+        .activate(tries)
+        .map(|_| ())
+        .map_err(|error| ElectedError::Activate {
+            version: version.to_string(),
+            error: Box::new(error),
+        })
+}
+
+/// Whether the inactive slot holds `version` from the package with `sha256`, installed and
+/// not activated yet (fetched earlier, waiting for its turn).
+pub fn staged(engine: &Engine, version: &str, sha256: &Sha256Hex) -> bool {
+    let (Ok(state), Ok(current)) = (engine.read_state(), engine.current_slot()) else {
+        return false;
+    };
+    state.installed.is_some_and(|i| {
+        i.slot != current && i.version == version && i.package_sha256 == sha256.to_string()
     })
 }
