@@ -30,6 +30,8 @@ struct Subnet {
     replicas: Vec<Arc<Replica>>,
     /// Each node's log adapter, as last started.
     ordered: std::collections::BTreeMap<usize, Arc<Ordered>>,
+    /// What each node says of itself on the health route (set by the tests that need it).
+    health: Vec<replica::health::Own>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -67,6 +69,7 @@ impl Subnet {
             members,
             replicas: Vec::new(),
             ordered: Default::default(),
+            health: (0..3).map(|_| Default::default()).collect(),
             rt: tokio::runtime::Runtime::new().unwrap(),
         };
         for i in 0..3 {
@@ -120,9 +123,9 @@ impl Subnet {
         let r = self.replicas[i].clone();
         let ordered = Arc::new(Ordered::new(r.clone()));
         self.ordered.insert(i, ordered.clone());
-        let peer = ordered.clone();
+        let (peer, health) = (ordered.clone(), self.health[i].clone());
         self.members[i].start_with(ordered.clone(), move |node| {
-            replica::subnet::peer_routes(peer, node)
+            replica::subnet::peer_routes(peer, node).merge(replica::health::routes(health))
         });
         let node = self.members[i].node().clone();
         let watched = node.clone();
@@ -180,6 +183,58 @@ async fn counted(a: &Agent, id: &Principal) -> u64 {
     get(a, id)
         .await
         .unwrap_or_else(|e| panic!("query `get`: {e}"))
+}
+
+/// Members hear what the others say of themselves (for rolling upgrades) on the signed health
+/// route: an answer given under another member's id, and no answer, count as unreachable;
+/// anyone without a member's key is refused.
+#[test]
+fn members_hear_each_others_health_and_an_answer_under_another_id_counts_for_nothing() {
+    use node_status::replica::{LogRole, PeerHealth, PeerReport, Serving};
+    let s = Subnet::new();
+    let says = |i: usize, member_id: u64| {
+        s.health[i].set(PeerHealth {
+            member_id,
+            role: LogRole::Voter,
+            applied: 7,
+            serving: Serving::Serving,
+            guestos_version: "1.1.0".into(),
+        })
+    };
+    says(1, 2);
+    // Node 3 relays node 2's answer as its own.
+    says(2, 2);
+    let heard =
+        s.rt.block_on(replica::health::ask_members(s.members[0].node()));
+    assert!(
+        matches!(&heard[&2], PeerReport::Reached(h) if h.guestos_version == "1.1.0" && h.applied == 7),
+        "{heard:?}"
+    );
+    assert!(
+        matches!(&heard[&3], PeerReport::Unreachable { why } if why.contains("answered as member 2")),
+        "{heard:?}"
+    );
+    assert!(
+        !heard.contains_key(&1),
+        "a member does not ask itself: {heard:?}"
+    );
+    // A member that has taken no status yet (node 1 here) answers 503: not counted healthy.
+    let heard =
+        s.rt.block_on(replica::health::ask_members(s.members[1].node()));
+    assert!(
+        matches!(&heard[&1], PeerReport::Unreachable { why } if why.contains("503")),
+        "{heard:?}"
+    );
+    let unsigned = ureq::post(&format!(
+        "{}{}",
+        s.members[0].url(),
+        replica::health::HEALTH_ROUTE
+    ))
+    .send_bytes(&serde_cbor::to_vec(&()).unwrap());
+    assert!(
+        matches!(unsigned, Err(ureq::Error::Status(401, _))),
+        "{unsigned:?}"
+    );
 }
 
 /// Calls through every node execute once on every node in one order: each node answers the
