@@ -20,8 +20,36 @@ use testnet::{Health, NodeRow, RolloutOutcome, State};
 
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// Stops the testnet however the test ends.
+/// Stops the testnet however the test ends: on a panic (drop), and on SIGTERM, which nextest
+/// sends when the test runs out of time and after which no drop runs (the VMs, agents,
+/// registry and mirror are detached and would run on, starving the tests after it).
 struct Down(PathBuf);
+
+impl Down {
+    fn new(dir: PathBuf) -> Down {
+        let on_term = dir.clone();
+        std::thread::spawn(move || {
+            use tokio::signal::unix::{signal, SignalKind};
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    return;
+                };
+                term.recv().await;
+                eprintln!("testnet test: SIGTERM (out of time?): stopping the testnet");
+                if on_term.join("testnet.json").exists() {
+                    let _ = testnet::down(&on_term, &testnet::Stderr);
+                }
+                std::process::exit(1);
+            });
+        });
+        Down(dir)
+    }
+}
+
 impl Drop for Down {
     fn drop(&mut self) {
         if self.0.join("testnet.json").exists() {
@@ -216,9 +244,9 @@ fn wait_until(dir: &Path, what: &str, timeout: Duration, mut f: impl FnMut() -> 
 
 #[test]
 fn testnet_nodes_follow_governance_through_good_broken_forged_and_rejected_upgrades() {
-    let images = images();
     let dir = run_dir().join("testnet");
-    let _down = Down(dir.clone());
+    let _down = Down::new(dir.clone());
+    let images = images();
 
     // --- Up: two nodes register and run 1.0.0. --------------------------------------
     let out = icos()
