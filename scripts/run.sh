@@ -64,6 +64,18 @@ echo "call inc through node2 ($N2): $($NET --url "$N2" call "$SHARED" inc)"
 sleep 1 # a node answers a call once it has applied it; the other may be a moment behind
 echo "query get on node1: $($NET --url "$N1" query "$SHARED" get), on node2: $($NET --url "$N2" query "$SHARED" get)"
 
+NEXT=1.1.0
+if [ "${ICOS_UPGRADE:-1}" != 0 ]; then
+  step "a rolling upgrade of subnet-1 to 1.1.0: built, elected and deployed by governance; each node fetches it at once and reboots into it only while the other serves (about 4 minutes; ICOS_UPGRADE=0 skips it)"
+  if "$ICOS" testnet upgrade --dir "$DIR" --subnet subnet-1 --to 1.1.0; then
+    NEXT=1.2.0
+    grep -a -h -o "GUESTOS ORCHESTRATOR 1.1.0 installed; .*" "$DIR"/nodes/node[12]/state/guest-serial.log* || true
+    echo "the counter after the rollout, through the boundary: $($NET --url "$BOUNDARY" query "$SHARED" get || echo 'no answer yet')"
+  else
+    echo "the rollout did not finish: see $ICOS testnet status --dir $DIR"
+  fi
+fi
+
 step "a canister on a local replica (icos replica run: one node that is its own subnet)"
 REPLICA_DIR="$DIR/replica"
 if [ -f "$REPLICA_DIR.pid" ]; then kill "$(cat "$REPLICA_DIR.pid")" 2>/dev/null || true; fi
@@ -104,7 +116,7 @@ Open in a browser:  http://$ASSETS.localhost:$GATEWAY_PORT/   (the asset caniste
 Agents:             $URL (the local replica)   $BOUNDARY (the network, through its API boundary)
 
 The network is running. Try:
-  $ICOS testnet upgrade --dir $DIR --subnet subnet-1 --to 1.1.0   # build, propose, vote, watch the rollout
+  $ICOS testnet upgrade --dir $DIR --subnet subnet-1 --to $NEXT   # build, propose, vote, watch the rollout
   $ICOS testnet status --dir $DIR
   $ICOS testnet down --dir $DIR                                   # stop everything
   $ICOS canister --url $BOUNDARY ...     # agents: the network through its API boundary

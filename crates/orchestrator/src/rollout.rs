@@ -103,15 +103,17 @@ mod tests {
     /// member that did not answer.
     type Said<'a> = Option<(&'a str, u64, Serving)>;
 
-    /// Member 1's view of a subnet whose other members `others` said this.
-    fn view(applied: u64, others: &[(u64, Said)]) -> ReplicaStatus {
+    /// Member `me`'s view of a subnet whose other members `others` said this.
+    fn view(me: u64, applied: u64, others: &[(u64, Said)]) -> ReplicaStatus {
+        let mut voters: Vec<u64> = [me].into_iter().chain(others.iter().map(|o| o.0)).collect();
+        voters.sort_unstable();
         ReplicaStatus {
-            member_id: 1,
+            member_id: me,
             role: LogRole::Voter,
-            leader: Some(1),
+            leader: Some(voters[0]),
             term: 3,
             applied,
-            voters: [1].into_iter().chain(others.iter().map(|o| o.0)).collect(),
+            voters,
             serving: Serving::Serving,
             written_at: 0,
             guestos_version: "1.0.0".into(),
@@ -144,57 +146,34 @@ mod tests {
 
     #[test]
     fn three_nodes_go_one_at_a_time_in_member_order() {
+        let on = |v, applied| Some((v, applied, OK));
         // Everyone on 1.0.0: member 1 is first.
-        let v = view(
-            50,
-            &[(2, Some(("1.0.0", 50, OK))), (3, Some(("1.0.0", 50, OK)))],
-        );
+        let v = view(1, 50, &[(2, on("1.0.0", 50)), (3, on("1.0.0", 50))]);
         assert!(go(turn(&v, "1.1.0")));
         // Member 2's view of the same: member 1 goes first.
-        let mut v2 = view(
-            50,
-            &[(1, Some(("1.0.0", 50, OK))), (3, Some(("1.0.0", 50, OK)))],
-        );
-        v2.member_id = 2;
-        v2.voters = vec![1, 2, 3];
+        let v2 = view(2, 50, &[(1, on("1.0.0", 50)), (3, on("1.0.0", 50))]);
         assert!(matches!(turn(&v2, "1.1.0"), Turn::Wait(w) if w.contains("[1]")));
         // Member 1 is away (rebooting): member 2 waits for it.
-        let mut away = view(50, &[(1, None), (3, Some(("1.0.0", 50, OK)))]);
-        away.member_id = 2;
-        away.voters = vec![1, 2, 3];
+        let away = view(2, 50, &[(1, None), (3, on("1.0.0", 50))]);
         assert!(!go(turn(&away, "1.1.0")));
         // Back on 1.1.0 but still catching up: still waiting.
-        let mut behind = view(
-            500,
-            &[(1, Some(("1.1.0", 100, OK))), (3, Some(("1.0.0", 500, OK)))],
-        );
-        behind.member_id = 2;
-        behind.voters = vec![1, 2, 3];
+        let behind = view(2, 500, &[(1, on("1.1.0", 100)), (3, on("1.0.0", 500))]);
         assert!(!go(turn(&behind, "1.1.0")));
         // Caught up: member 2's turn; member 3 still waits for member 2.
-        let mut ready = view(
-            500,
-            &[(1, Some(("1.1.0", 480, OK))), (3, Some(("1.0.0", 500, OK)))],
-        );
-        ready.member_id = 2;
-        ready.voters = vec![1, 2, 3];
+        let ready = view(2, 500, &[(1, on("1.1.0", 480)), (3, on("1.0.0", 500))]);
         assert!(go(turn(&ready, "1.1.0")));
-        let mut third = view(
-            500,
-            &[(1, Some(("1.1.0", 500, OK))), (2, Some(("1.0.0", 500, OK)))],
-        );
-        third.member_id = 3;
-        third.voters = vec![1, 2, 3];
+        let third = view(3, 500, &[(1, on("1.1.0", 500)), (2, on("1.0.0", 500))]);
         assert!(!go(turn(&third, "1.1.0")));
     }
 
     #[test]
     fn no_node_goes_while_the_subnet_has_no_spare() {
         // Member 3 is down for its own reasons: member 1 (first in order) must not add to it.
-        let v = view(50, &[(2, Some(("1.0.0", 50, OK))), (3, None)]);
+        let v = view(1, 50, &[(2, Some(("1.0.0", 50, OK))), (3, None)]);
         assert!(matches!(turn(&v, "1.1.0"), Turn::Wait(w) if w.contains("[3]")));
         // A draining or diverged member counts as away too.
         let v = view(
+            1,
             50,
             &[
                 (2, Some(("1.0.0", 50, Serving::Draining))),
@@ -206,67 +185,42 @@ mod tests {
 
     #[test]
     fn five_nodes_spare_two_and_a_failed_member_holds_the_rollout() {
-        let all = |v1: &str| {
-            view(
-                9,
-                &[
-                    (2, Some((v1, 9, OK))),
-                    (3, Some(("1.0.0", 9, OK))),
-                    (4, Some(("1.0.0", 9, OK))),
-                    (5, Some(("1.0.0", 9, OK))),
-                ],
-            )
-        };
+        let on = Some(("1.0.0", 9, OK));
         // Member 1 and member 2 may be away together.
-        let mut v2 = all("1.0.0");
-        v2.member_id = 2;
-        v2.peers.remove(&2);
-        v2.peers.insert(1, v2.peers[&3].clone());
-        if let Some(PeerReport::Reached(h)) = v2.peers.get_mut(&1) {
-            h.member_id = 1;
-        }
+        let v2 = view(
+            2,
+            9,
+            &[
+                (1, on.clone()),
+                (3, on.clone()),
+                (4, on.clone()),
+                (5, on.clone()),
+            ],
+        );
         assert!(go(turn(&v2, "1.1.0")));
         // Member 3 waits for them.
-        let mut v3 = all("1.0.0");
-        v3.member_id = 3;
-        v3.peers.remove(&3);
-        v3.peers.insert(
-            1,
-            PeerReport::Unreachable {
-                why: "rebooting".into(),
-            },
+        let v3 = view(
+            3,
+            9,
+            &[(1, None), (2, on.clone()), (4, on.clone()), (5, on.clone())],
         );
         assert!(!go(turn(&v3, "1.1.0")));
         // A member that rolled back stays on 1.0.0 and serving: the ones after it wait.
-        let held = view(9, &[(2, Some(("1.1.0", 9, OK)))]);
-        let mut after = held.clone();
-        after.member_id = 2;
-        after.voters = vec![1, 2];
-        after.peers = [(
-            1,
-            PeerReport::Reached(PeerHealth {
-                member_id: 1,
-                role: LogRole::Voter,
-                applied: 9,
-                serving: OK,
-                guestos_version: "1.0.0".into(),
-            }),
-        )]
-        .into();
+        let after = view(2, 9, &[(1, on)]);
         assert!(!go(turn(&after, "1.1.0")));
     }
 
     #[test]
     fn a_node_not_serving_or_not_voting_goes_at_once() {
-        let mut v = view(50, &[(2, None), (3, None)]);
+        let mut v = view(1, 50, &[(2, None), (3, None)]);
         v.serving = Serving::Diverged {
             reason: "root differs".into(),
         };
         assert!(go(turn(&v, "1.1.0")));
-        let mut v = view(50, &[(2, None), (3, None)]);
+        let mut v = view(1, 50, &[(2, None), (3, None)]);
         v.role = LogRole::Learner;
         assert!(go(turn(&v, "1.1.0")));
         // A subnet of one has nothing to wait for.
-        assert!(go(turn(&view(5, &[]), "1.1.0")));
+        assert!(go(turn(&view(1, 5, &[]), "1.1.0")));
     }
 }

@@ -29,26 +29,16 @@ const ANSWER_WITHIN: Duration = Duration::from_millis(1500);
 pub const DRAIN: Duration = Duration::from_secs(3);
 
 /// This node's latest [`PeerHealth`], kept by the status loop and served to members.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Own(Arc<Mutex<Option<PeerHealth>>>);
 
 impl Own {
-    pub fn new() -> Own {
-        Own(Arc::new(Mutex::new(None)))
-    }
-
     pub fn set(&self, h: PeerHealth) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
     }
 
     fn get(&self) -> Option<PeerHealth> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl Default for Own {
-    fn default() -> Self {
-        Own::new()
     }
 }
 

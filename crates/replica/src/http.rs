@@ -110,12 +110,10 @@ async fn status(State(s): Served) -> Response {
         ),
         (
             t("replica_health_status"),
-            t(if r.stopped().is_some() {
-                "diverged"
-            } else if r.draining() {
-                "stopping"
-            } else {
-                "healthy"
+            t(match r.serving() {
+                node_status::replica::Serving::Diverged { .. } => "diverged",
+                node_status::replica::Serving::Draining => "stopping",
+                node_status::replica::Serving::Serving => "healthy",
             }),
         ),
         (t("root_key"), Value::Bytes(r.config.root_key_der.clone())),

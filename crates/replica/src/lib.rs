@@ -298,8 +298,14 @@ impl Replica {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn draining(&self) -> bool {
-        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether it answers: diverged (503 from now on) before draining before serving.
+    pub fn serving(&self) -> node_status::replica::Serving {
+        use node_status::replica::Serving;
+        match self.stopped() {
+            Some(reason) => Serving::Diverged { reason },
+            None if self.draining.load(std::sync::atomic::Ordering::Relaxed) => Serving::Draining,
+            None => Serving::Serving,
+        }
     }
 
     pub fn config(&self) -> &Config {

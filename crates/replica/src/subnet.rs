@@ -26,7 +26,7 @@ use crate::ordered::Ordered;
 use crate::Replica;
 use node_config::replica::{Membership, ReplicaSpec};
 use node_config::spec::Spec;
-use node_status::replica::{LogRole, PeerHealth, ReplicaStatus, Serving, STATUS_FILE};
+use node_status::replica::{LogRole, PeerHealth, ReplicaStatus, STATUS_FILE};
 use replication::{auth::Identity, Replicated, Settings};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -184,7 +184,7 @@ pub async fn start(
     let identity = Identity::new(raft.id, replica.config().node_key.clone(), trusted);
     let ordered = Arc::new(Ordered::new(replica.clone()));
     let node = Replicated::start(raft.id, &raft.log, ordered.clone(), identity, settings).await?;
-    let own = Own::new();
+    let own = Own::default();
     let peer_router =
         node.router_with(peer_routes(ordered.clone(), &node).merge(health::routes(own.clone())));
     let (peers, _) = http_guard::spawn(raft.listen, peer_router, http_guard::Limits::default())
@@ -312,11 +312,7 @@ async fn status(node: Replicated, replica: Arc<Replica>, own: Own, version: Stri
             term: view.term,
             applied: view.applied,
             voters: view.voters,
-            serving: match replica.stopped() {
-                Some(reason) => Serving::Diverged { reason },
-                None if replica.draining() => Serving::Draining,
-                None => Serving::Serving,
-            },
+            serving: replica.serving(),
             written_at: daemon_support::unix_now(),
             guestos_version: version.clone(),
             peers: peers.clone(),
